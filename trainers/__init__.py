@@ -1,0 +1,29 @@
+"""envhub's reference trainer: GRPO with the DAPO and CISPO objectives, LoRA adapters via peft.
+
+The algorithm reads top to bottom in :mod:`trainers.grpo`; generation backends live in
+:mod:`trainers.generation`, model loading in :mod:`trainers.models`. Importing this package is
+cheap: torch and transformers load only when a model or the trainer is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["TrainConfig", "TrainResult", "cli_main", "default_model_path", "load_policy", "train"]
+
+_LAZY = {
+    "TrainConfig": "trainers.grpo",
+    "TrainResult": "trainers.grpo",
+    "train": "trainers.grpo",
+    "cli_main": "trainers.grpo",
+    "default_model_path": "trainers.models",
+    "load_policy": "trainers.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trainers' has no attribute {name!r}")
