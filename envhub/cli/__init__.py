@@ -1,0 +1,83 @@
+"""The ``envhub`` command line: a thin entry over one module per command group.
+
+Each module in :data:`COMMAND_MODULES` exposes ``register(app)``. Known errors (``EnvhubError``)
+print as one line plus the next step to take, with exit code 1; tracebacks appear only with
+``ENVHUB_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from envhub.errors import EnvhubError
+
+#: Command-group modules under ``envhub.cli``; a group whose module is absent is skipped.
+COMMAND_MODULES = (
+    "authoring",  # init, validate, play, pack, index
+    "registry",  # publish, pull, list, info, versions, search, lock, ...
+    "runtime",  # serve, build
+    "hub",  # hub serve, login, pack create/publish/grant/revoke, audit-log
+    "train",  # train
+    "evaluate",  # eval, audit, serve-model
+    "demo",  # quickstart: the main job
+)
+
+err_console = Console(stderr=True)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="envhub",
+        help="Write, validate, publish, pull, evaluate and train on RL environments for language models.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for name in COMMAND_MODULES:
+        qualified = f"envhub.cli.{name}"
+        if importlib.util.find_spec(qualified) is None:
+            continue
+        importlib.import_module(qualified).register(app)
+    return app
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("ENVHUB_DEBUG", "") not in ("", "0", "false")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    app = build_app()
+    try:
+        app(args=argv, standalone_mode=False)
+    except EnvhubError as exc:
+        if debug_enabled():
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"[dim]next:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's usage errors and the like come through here too
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if debug_enabled():
+            raise
+        err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False)
+        err_console.print("[dim]next:[/] rerun with ENVHUB_DEBUG=1 for the traceback, and report it", highlight=False)
+        sys.exit(1)

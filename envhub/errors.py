@@ -1,0 +1,216 @@
+"""Every error envhub raises on purpose.
+
+One root, :class:`EnvhubError`, and a small tree under it. Each class also derives from the stdlib
+exception a caller would naturally catch (``ValueError``, ``LookupError``, ``OSError``...), carries
+typed fields, and has a ``hint``: the one next step the CLI prints under the message.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+
+class EnvhubError(Exception):
+    """Root of every error envhub raises on purpose."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+def suggest(name: str, candidates: Iterable[str], *, n: int = 3) -> list[str]:
+    """Near matches of ``name`` among ``candidates``, best first."""
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+
+
+def _did_you_mean(matches: Sequence[str]) -> str:
+    if not matches:
+        return ""
+    return " Did you mean " + " or ".join(f"`{m}`" for m in matches) + "?"
+
+
+# --- identity and lookup -------------------------------------------------------------------------
+
+
+class InvalidEnvIdError(EnvhubError, ValueError):
+    """An environment id that does not parse."""
+
+    def __init__(self, env_id: str, reason: str) -> None:
+        self.env_id = env_id
+        super().__init__(
+            f"invalid environment id {env_id!r}: {reason}",
+            hint="ids look like `name`, `namespace/name` or `namespace/name@version`, or a folder path",
+        )
+
+
+class EnvNotFoundError(EnvhubError, LookupError):
+    """No environment of that name in the registry that was asked."""
+
+    def __init__(self, name: str, *, where: str, available: Iterable[str] = ()) -> None:
+        self.name = name
+        self.where = where
+        self.suggestions = suggest(name, available)
+        super().__init__(
+            f"environment `{name}` not found in {where}.{_did_you_mean(self.suggestions)}",
+            hint="run `envhub list` to see what is installed, or `envhub pull NAME` to fetch it",
+        )
+
+
+class VersionNotFoundError(EnvhubError, LookupError):
+    """The environment exists but no version matches the request."""
+
+    def __init__(self, name: str, requested: str, available: Sequence[str]) -> None:
+        self.name = name
+        self.requested = requested
+        self.available = list(available)
+        listed = ", ".join(self.available) or "none"
+        super().__init__(
+            f"no version of `{name}` matches `{requested}`; available: {listed}",
+            hint=f"run `envhub info {name}` to see its versions",
+        )
+
+
+# --- manifests, entrypoints, artifacts -----------------------------------------------------------
+
+
+class ManifestError(EnvhubError, ValueError):
+    """An ``envhub.toml`` that is missing, unparsable or invalid. ``problems`` names every bad field."""
+
+    def __init__(self, path: str, problems: Sequence[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        detail = "; ".join(self.problems)
+        super().__init__(
+            f"invalid manifest {path}: {detail}",
+            hint="fix the fields named above, then run `envhub validate FOLDER`",
+        )
+
+
+class EntrypointError(EnvhubError, ImportError):
+    """The manifest's ``module:factory`` could not be imported or called."""
+
+    def __init__(self, env: str, entrypoint: str, reason: str) -> None:
+        self.env = env
+        self.entrypoint = entrypoint
+        super().__init__(
+            f"environment `{env}`: entrypoint {entrypoint!r} failed: {reason}",
+            hint="check `entrypoint` in envhub.toml and that the module imports, then `envhub validate FOLDER`",
+        )
+
+
+class ArtifactError(EnvhubError, OSError):
+    """An artifact that cannot be packed, verified or unpacked safely."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or "re-download it with `envhub pull`, or repack it with `envhub pack`")
+
+
+class DigestMismatchError(ArtifactError):
+    """An artifact whose sha256 is not the one it was published or locked with."""
+
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{what}: digest {actual} does not match the expected {expected}")
+
+
+class VersionConflictError(EnvhubError, ValueError):
+    """Different content published under a version that already exists (versions are immutable)."""
+
+    def __init__(self, ref: str, existing: str, new: str) -> None:
+        self.ref = ref
+        self.existing = existing
+        self.new = new
+        super().__init__(
+            f"{ref} is already published with digest {existing}; this content has digest {new}",
+            hint="published versions are immutable: bump `version` in envhub.toml and publish again",
+        )
+
+
+class RegistryError(EnvhubError, OSError):
+    """A registry that cannot be read or written."""
+
+
+# --- episodes -----------------------------------------------------------------------------------
+
+
+class InvalidActionError(EnvhubError, TypeError):
+    """An action that is not a message the environment can take."""
+
+    def __init__(self, env: str, reason: str) -> None:
+        self.env = env
+        super().__init__(f"environment `{env}`: invalid action: {reason}", hint="pass the assistant's message as a str")
+
+
+class EpisodeEndedError(EnvhubError, RuntimeError):
+    """``step`` called after the episode terminated or was truncated, or before ``reset``."""
+
+    def __init__(self, env: str, reason: str = "the episode has ended") -> None:
+        self.env = env
+        super().__init__(f"environment `{env}`: {reason}", hint="call `reset()` to start a new episode")
+
+
+class TaskNotFoundError(EnvhubError, LookupError):
+    """``reset(options={"task_id": ...})`` with an id the environment does not have."""
+
+    def __init__(self, env: str, task_id: str, available: Iterable[str] = ()) -> None:
+        self.env = env
+        self.task_id = task_id
+        self.suggestions = suggest(task_id, available)
+        super().__init__(f"environment `{env}` has no task {task_id!r}.{_did_you_mean(self.suggestions)}")
+
+
+class EnvironmentFailure(EnvhubError, RuntimeError):
+    """The environment's own code raised while answering; the episode cannot go on."""
+
+    def __init__(self, env: str, where: str, reason: str) -> None:
+        self.env = env
+        self.where = where
+        super().__init__(f"environment `{env}` failed in {where}: {reason}")
+
+
+class CriterionError(EnvhubError, ValueError):
+    """A rubric criterion that raised or returned something other than a score in [0, 1]."""
+
+    def __init__(self, criterion: str, reason: str, *, env: str | None = None) -> None:
+        self.criterion = criterion
+        self.reason = reason
+        self.env = env
+        where = f"environment `{env}`, " if env else ""
+        super().__init__(
+            f"{where}criterion `{criterion}`: {reason}",
+            hint="a criterion must return a float in [0, 1] (or a Score); fix it and run `envhub validate FOLDER`",
+        )
+
+
+class JudgeError(EnvhubError, RuntimeError):
+    """An LLM judge that could not produce a valid score. Never turned into a made-up score."""
+
+    def __init__(self, criterion: str, reason: str, *, hint: str | None = None) -> None:
+        self.criterion = criterion
+        super().__init__(f"judge `{criterion}`: {reason}", hint=hint)
+
+
+class ValidationFailed(EnvhubError, AssertionError):
+    """``envhub validate`` found contract violations; ``failures`` lists them."""
+
+    def __init__(self, env: str, failures: Sequence[str]) -> None:
+        self.env = env
+        self.failures = list(failures)
+        super().__init__(
+            f"environment `{env}` fails {len(self.failures)} check(s): " + "; ".join(self.failures),
+            hint="fix the checks named above and run `envhub validate FOLDER` again",
+        )
+
+
+class InvalidOptionError(EnvhubError, ValueError):
+    """A ``reset`` option or constructor argument the environment does not accept."""
+
+    def __init__(self, env: str, option: str, reason: str) -> None:
+        self.env = env
+        self.option = option
+        super().__init__(f"environment `{env}`: option `{option}`: {reason}")

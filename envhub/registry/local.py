@@ -1,0 +1,135 @@
+"""The local registry: ``$ENVHUB_HOME`` (``~/.envhub``), the embedded default, needing nothing running.
+
+Layout::
+
+    registry.json                         the index
+    artifacts/<sha256 hex>.tar.gz         every published or pulled artifact
+    envs/<namespace>/<name>/<version>/    its unpacked folder, what ``envhub.make`` loads
+
+Writes take an exclusive file lock, and every file is written to a temporary path and renamed,
+so a crash never leaves a half-written version visible: a version exists once the index says so,
+and the index is only updated after its artifact and folder are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from envhub.artifact import pack_bytes, sha256_digest, unpack, write_atomic
+from envhub.errors import ArtifactError, DigestMismatchError, ManifestError, VersionConflictError
+from envhub.index import EnvEntry, Index, VersionEntry, read_index
+from envhub.manifest import MANIFEST_FILE, Manifest, load_manifest
+from envhub.paths import envhub_home
+from envhub.registry.base import Registry
+
+
+class LocalRegistry(Registry):
+    def __init__(self, home: str | Path | None = None) -> None:
+        self.home = Path(home) if home is not None else envhub_home()
+        self.description = f"the local registry ({self.home})"
+
+    @property
+    def index_path(self) -> Path:
+        return self.home / "registry.json"
+
+    def index(self) -> Index:
+        return read_index(self.index_path)
+
+    def artifact_path(self, digest: str) -> Path:
+        return self.home / "artifacts" / f"{digest.removeprefix('sha256:')}.tar.gz"
+
+    def folder(self, entry: EnvEntry, version: VersionEntry) -> Path:
+        return self.home / "envs" / entry.namespace / entry.name / version.version
+
+    def fetch(self, entry: EnvEntry, version: VersionEntry) -> bytes:
+        path = self.artifact_path(version.digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"{entry.full_name}@{version.version}: artifact {path} is missing") from None
+        actual = sha256_digest(data)
+        if actual != version.digest:
+            raise DigestMismatchError(f"{entry.full_name}@{version.version} in {self.home}", version.digest, actual)
+        return data
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def publish(self, folder: str | Path) -> tuple[VersionEntry, bool]:
+        """Publish an environment folder; returns (entry, created). The same content again is a no-op."""
+        load_manifest(folder)  # named errors for a bad manifest before anything else
+        data = pack_bytes(folder)
+        return self.install(data)
+
+    def install(
+        self, data: bytes, *, expected_digest: str | None = None, expected_ref: str | None = None, source: str = ""
+    ) -> tuple[VersionEntry, bool]:
+        """Add an artifact to the registry; its manifest says which version it is.
+
+        Refuses different content under an existing version (:class:`VersionConflictError`), and an
+        artifact whose manifest is not the ``namespace/name@version`` it was fetched as.
+        """
+        digest = sha256_digest(data)
+        if expected_digest is not None and digest != expected_digest:
+            raise DigestMismatchError(source or "artifact", expected_digest, digest)
+        with self._locked():
+            staging = self.home / "tmp"
+            staging.mkdir(parents=True, exist_ok=True)
+            scratch = staging / digest.removeprefix("sha256:")[:16]
+            shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                unpack(data, scratch, expected_digest=digest)
+                manifest = load_manifest(scratch)
+                if expected_ref is not None and manifest.ref != expected_ref:
+                    raise ArtifactError(
+                        f"{source or 'artifact'}: its manifest says {manifest.ref}, but it was published as {expected_ref}",
+                        hint="the registry entry is wrong or was tampered with; tell its owner",
+                    )
+                index = self.index()
+                key = manifest.full_name
+                existing = index.environments.get(key)
+                if existing and manifest.version in existing.versions:
+                    old = existing.versions[manifest.version]
+                    if old.digest != digest:
+                        raise VersionConflictError(manifest.ref, old.digest, digest)
+                    return old, False
+                version = VersionEntry(
+                    version=manifest.version,
+                    digest=digest,
+                    artifact=str(self.artifact_path(digest).relative_to(self.home)),
+                    size=len(data),
+                    description=manifest.description,
+                    tags=manifest.tags,
+                    license=manifest.license,
+                    max_turns=manifest.max_turns,
+                )
+                entry = existing or EnvEntry(namespace=manifest.namespace, name=manifest.name)
+                write_atomic(self.artifact_path(digest), data)
+                target = self.folder(entry, version)
+                shutil.rmtree(target, ignore_errors=True)  # a leftover of a crash before the index update
+                target.parent.mkdir(parents=True, exist_ok=True)
+                scratch.rename(target)
+                entry.versions[manifest.version] = version
+                entry.description, entry.tags = manifest.description, manifest.tags
+                index.environments[key] = entry
+                write_atomic(self.index_path, index.to_json().encode())
+                return version, True
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def manifest_of(self, entry: EnvEntry, version: VersionEntry) -> Manifest:
+        folder = self.folder(entry, version)
+        if not (folder / MANIFEST_FILE).is_file():
+            raise ManifestError(str(folder / MANIFEST_FILE), ["missing from the local registry; pull it again"])
+        return load_manifest(folder)

@@ -1,0 +1,58 @@
+"""A read-only registry: a ``registry.json`` plus the artifacts it points at, on disk.
+
+The bundled environments are one: the top-level ``registry.json`` indexes ``environments/``, whose
+artifact locations are folders packed on demand (and checked against the indexed digest).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from envhub.artifact import pack_bytes, sha256_digest
+from envhub.errors import DigestMismatchError, RegistryError
+from envhub.index import EnvEntry, Index, VersionEntry, read_index
+from envhub.paths import bundled_root
+from envhub.registry.base import Registry
+
+INDEX_FILE = "registry.json"
+
+
+class StaticRegistry(Registry):
+    """A registry served from a folder that holds ``registry.json``."""
+
+    def __init__(self, root: str | Path, *, description: str | None = None) -> None:
+        self.root = Path(root)
+        self.description = description or f"the registry at {self.root}"
+        self._index: Index | None = None
+
+    def index(self) -> Index:
+        if self._index is None:
+            path = self.root / INDEX_FILE
+            if not path.is_file():
+                raise RegistryError(f"{self.description} has no {INDEX_FILE}", hint="point envhub at a registry folder")
+            self._index = read_index(path)
+        return self._index
+
+    def fetch(self, entry: EnvEntry, version: VersionEntry) -> bytes:
+        location = self.root / version.artifact
+        if location.is_dir():
+            data = pack_bytes(location)
+        elif location.is_file():
+            data = location.read_bytes()
+        else:
+            raise RegistryError(f"{entry.full_name}@{version.version}: artifact {location} is missing")
+        actual = sha256_digest(data)
+        if actual != version.digest:
+            raise DigestMismatchError(f"{entry.full_name}@{version.version}", version.digest, actual)
+        return data
+
+    def folder(self, entry: EnvEntry, version: VersionEntry) -> Path | None:
+        """The unpacked folder of a version, when the index points at one."""
+        location = self.root / version.artifact
+        return location if location.is_dir() else None
+
+
+def bundled_registry() -> StaticRegistry | None:
+    """The registry of the environments bundled with envhub, or None outside a source tree."""
+    root = bundled_root()
+    return StaticRegistry(root, description="the bundled environments") if root else None
