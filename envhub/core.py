@@ -173,6 +173,14 @@ class ChatEnv(gymnasium.Env[list, str]):
         """
         return Reply(done=True)
 
+    def reference_action(self, episode: Episode) -> str | None:
+        """A correct next assistant message for ``episode``, where the task has one (None otherwise).
+
+        Used by ``envhub validate`` and ``envhub audit`` to check that a right answer earns the
+        reward that reward-hacking probes must not.
+        """
+        return None
+
     # --- identity --------------------------------------------------------------------------------
 
     @property

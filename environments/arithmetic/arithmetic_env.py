@@ -122,6 +122,9 @@ class Arithmetic(ChatEnv):
     def initial_messages(self, task: dict) -> list[dict]:
         return [system(SYSTEM_PROMPT), user(f"What is {task['expression']}?")]
 
+    def reference_action(self, episode) -> str:
+        return f"<answer>{episode.task['answer']}</answer>"
+
 
 def make_env(**kwargs) -> Arithmetic:
     return Arithmetic(**kwargs)
