@@ -214,3 +214,64 @@ class InvalidOptionError(EnvhubError, ValueError):
         self.env = env
         self.option = option
         super().__init__(f"environment `{env}`: option `{option}`: {reason}")
+
+
+# --- registries, lockfiles, the hub --------------------------------------------------------------
+
+
+class LockfileError(EnvhubError, ValueError):
+    """An ``envhub.lock`` that is unreadable, or that disagrees with what was asked or installed."""
+
+    def __init__(self, path: str, reason: str, *, hint: str | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"lockfile {path}: {reason}",
+            hint=hint or "run `envhub lock NAME...` to refresh it, or set ENVHUB_LOCKFILE to another file",
+        )
+
+
+class AuthenticationError(EnvhubError, PermissionError):
+    """No token, or a token that is unknown, expired or revoked (HTTP 401)."""
+
+    def __init__(self, message: str, *, registry: str | None = None) -> None:
+        self.registry = registry
+        where = f" {registry}" if registry else " URL"
+        super().__init__(message, hint=f"run `envhub login{where}` with a valid token")
+
+
+class PermissionDeniedError(EnvhubError, PermissionError):
+    """A valid token that may not do this (HTTP 403). ``pack`` names the pack to ask for, when one grants it."""
+
+    def __init__(self, message: str, *, pack: str | None = None) -> None:
+        self.pack = pack
+        hint = (
+            f"ask the owner of pack `{pack}` to grant you access (`envhub pack grant {pack} USER`)"
+            if pack
+            else "use a token of the namespace's owner, with the `write` scope for changes"
+        )
+        super().__init__(message, hint=hint)
+
+
+class SignatureError(EnvhubError, ValueError):
+    """A pack whose ed25519 signature is missing, malformed or does not verify."""
+
+    def __init__(self, pack: str, reason: str) -> None:
+        self.pack = pack
+        super().__init__(
+            f"pack `{pack}`: {reason}",
+            hint="pull it from a registry you trust, or check the public key configured in ENVHUB_PACK_PUBLIC_KEY",
+        )
+
+
+class PayloadTooLargeError(ArtifactError):
+    """An upload larger than the registry accepts (HTTP 413)."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        shown = f"{size} bytes" if size is not None else "the upload"
+        super().__init__(
+            f"{shown} is larger than the registry's limit of {limit} bytes",
+            hint="shrink the environment (list large files in .envhubignore) or ask the hub's operator to raise --max-upload-mb",
+        )
