@@ -275,3 +275,98 @@ class PayloadTooLargeError(ArtifactError):
             f"{shown} is larger than the registry's limit of {limit} bytes",
             hint="shrink the environment (list large files in .envhubignore) or ask the hub's operator to raise --max-upload-mb",
         )
+
+
+# --- runtimes and the session server -------------------------------------------------------------
+
+
+class StepTimeoutError(EnvironmentFailure, TimeoutError):
+    """A ``reset`` or ``step`` that ran past the environment's step timeout; its episode has ended."""
+
+    def __init__(self, env: str, where: str, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        EnvhubError.__init__(
+            self,
+            f"environment `{env}` {where} ran past its step timeout of {timeout_s:g} s; the episode has ended",
+            hint="call `reset()` to start a new episode, or raise `step_timeout_s` under [limits] in envhub.toml",
+        )
+        self.env = env
+        self.where = where
+
+
+class RuntimeDiedError(EnvironmentFailure, ConnectionError):
+    """The process or container serving the environment exited, was killed or stopped answering."""
+
+    def __init__(self, env: str, reason: str) -> None:
+        self.reason = reason
+        EnvhubError.__init__(
+            self,
+            f"environment `{env}`: its runtime died: {reason}",
+            hint="make the environment again; if it keeps dying, check its memory limit ([limits] memory_mb) and its logs",
+        )
+        self.env = env
+        self.where = "runtime"
+
+
+class SessionNotFoundError(EnvhubError, LookupError):
+    """A session id the server does not hold: never created, closed, or reaped after being idle."""
+
+    def __init__(self, session: str, *, reason: str = "unknown, closed or reaped after being idle") -> None:
+        self.session = session
+        super().__init__(f"session {session!r}: {reason}", hint="make the environment again to open a new session")
+
+
+class CapacityError(EnvhubError, RuntimeError):
+    """The server holds as many sessions as it may (HTTP 503)."""
+
+    def __init__(self, limit: int, *, where: str = "the server") -> None:
+        self.limit = limit
+        super().__init__(
+            f"{where} already holds its maximum of {limit} sessions",
+            hint="close environments you no longer use, or start the server with a larger --max-sessions",
+        )
+
+
+class BodyTooLargeError(EnvhubError, ValueError):
+    """A request body over the server's size limit (HTTP 413)."""
+
+    def __init__(self, limit: int, *, size: int | None = None) -> None:
+        self.limit = limit
+        self.size = size
+        shown = f"{size} bytes" if size is not None else "the request body"
+        super().__init__(
+            f"{shown} is over the server's limit of {limit} bytes",
+            hint="send a shorter action, or start the server with a larger --max-body-mb",
+        )
+
+
+class RemoteError(EnvhubError, RuntimeError):
+    """An error answered by an environment server that has no class of its own on this side."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None, hint: str | None = None) -> None:
+        self.code = code
+        self.status = status
+        super().__init__(f"{message} [{code}]", hint=hint)
+
+
+class DockerUnavailableError(EnvhubError, OSError):
+    """No Docker engine answers, or the docker SDK is not installed."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"the docker runtime is unavailable: {reason}",
+            hint="run `bash scripts/setup-docker.sh` (root) or start Docker, and `pip install 'envhub[docker]'`",
+        )
+
+
+class ImageBuildError(EnvhubError, RuntimeError):
+    """``envhub build`` could not build the environment's image; ``log`` holds the build's last lines."""
+
+    def __init__(self, env: str, reason: str, *, log: str = "") -> None:
+        self.env = env
+        self.log = log
+        super().__init__(
+            f"building the image of `{env}` failed: {reason}",
+            hint="fix the cause above (dependencies in envhub.toml, ENVHUB_BASE_IMAGE), then `envhub build FOLDER` again",
+        )
