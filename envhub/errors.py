@@ -370,3 +370,55 @@ class ImageBuildError(EnvhubError, RuntimeError):
             f"building the image of `{env}` failed: {reason}",
             hint="fix the cause above (dependencies in envhub.toml, ENVHUB_BASE_IMAGE), then `envhub build FOLDER` again",
         )
+
+
+# --- evaluation, judges, model serving, audits ---------------------------------------------------
+
+
+class EndpointError(EnvhubError, ConnectionError):
+    """An OpenAI-compatible endpoint that failed after every retry (timeouts, 429, 5xx, bad JSON)."""
+
+    def __init__(self, url: str, reason: str, *, status: int | None = None, attempts: int = 1) -> None:
+        self.url = url
+        self.reason = reason
+        self.status = status
+        self.attempts = attempts
+        super().__init__(
+            f"endpoint {url} failed after {attempts} attempt(s): {reason}",
+            hint="check that the server is up (`envhub serve-model` for a local one), the model name and the API key",
+        )
+
+
+class AdapterMismatchError(EnvhubError, ValueError):
+    """A LoRA adapter folder that is not an adapter, or was trained on another base model."""
+
+    def __init__(self, adapter: str, base: str, reason: str) -> None:
+        self.adapter = adapter
+        self.base = base
+        self.reason = reason
+        super().__init__(
+            f"adapter {adapter} does not fit base model {base}: {reason}",
+            hint="pass the base model the adapter was trained on with --model (see base_model_name_or_path "
+            "in its adapter_config.json)",
+        )
+
+
+class EvalRunError(EnvhubError, ValueError):
+    """An evaluation output folder that cannot be resumed, read or compared as asked."""
+
+    def __init__(self, run_dir: str, reason: str, *, hint: str | None = None) -> None:
+        self.run_dir = run_dir
+        self.reason = reason
+        super().__init__(f"evaluation run {run_dir}: {reason}", hint=hint)
+
+
+class AuditFailed(EnvhubError, AssertionError):
+    """Reward-hacking probes earned more than the audit's threshold; ``failures`` names them."""
+
+    def __init__(self, env: str, failures: Sequence[str]) -> None:
+        self.env = env
+        self.failures = list(failures)
+        super().__init__(
+            f"environment `{env}` fails its reward-hacking audit: " + "; ".join(self.failures),
+            hint="tighten the rubric so that these probes earn nothing, then run `envhub audit ENV` again",
+        )
