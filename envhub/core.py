@@ -129,6 +129,9 @@ class ChatEnv(gymnasium.Env[list, str]):
     rubric: Rubric
 
     def __init__(self, *, max_turns: int | None = None, render_mode: str | None = None) -> None:
+        self.manifest: Manifest | None = None
+        self._identity: EnvIdentity | None = None
+        self._episode: Episode | None = None
         if max_turns is not None:
             if not isinstance(max_turns, int) or max_turns < 1:
                 raise InvalidOptionError(self.env_name, "max_turns", f"must be an int >= 1, got {max_turns!r}")
@@ -138,9 +141,6 @@ class ChatEnv(gymnasium.Env[list, str]):
         self.render_mode = render_mode
         self.observation_space = Conversation()
         self.action_space = Message()
-        self.manifest: Manifest | None = None
-        self._identity: EnvIdentity | None = None
-        self._episode: Episode | None = None
 
     # --- what authors write ----------------------------------------------------------------------
 
