@@ -1,0 +1,5 @@
+"""``python -m envhub``: the same as the ``envhub`` command."""
+
+from envhub.cli import main
+
+main()
