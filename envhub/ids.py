@@ -87,7 +87,7 @@ class Version:
 
 
 def is_version_spec(spec: str) -> bool:
-    return spec == "latest" or bool(DIGEST_RE.match(spec)) or _range(spec) is not None
+    return spec == "latest" or bool(DIGEST_RE.match(spec)) or bool(SEMVER_RE.match(spec)) or _range(spec) is not None
 
 
 def _range(spec: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
