@@ -20,6 +20,7 @@ from envhub.errors import EnvhubError, EnvNotFoundError, InvalidOptionError, Man
 from envhub.ids import EnvId, parse_env_id
 from envhub.index import EnvEntry, VersionEntry
 from envhub.loading import load_folder
+from envhub.lockfile import active_lockfile, check_installed, pin
 from envhub.manifest import MANIFEST_FILE, Manifest, load_manifest
 from envhub.registry import LocalRegistry, Registry, bundled_registry
 
@@ -48,6 +49,9 @@ def locate(id_or_path: str | os.PathLike) -> Located:
             raise ManifestError(text, ["no such folder"])
         return Located(folder, load_manifest(folder), None, "folder")
     env_id = parse_env_id(text)
+    lock = active_lockfile()  # envhub.lock pins the version and the digest
+    if lock is not None:
+        env_id = pin(env_id, lock[1], lock[0])
     errors: list[EnvhubError] = []
     local = LocalRegistry()
     bundled = bundled_registry()
@@ -62,6 +66,8 @@ def locate(id_or_path: str | os.PathLike) -> Located:
         folder = registry.folder(entry, version)
         if folder is None:  # a bundled index that points at archives, not folders
             raise EnvNotFoundError(str(env_id), where=registry.description)
+        if lock is not None:
+            check_installed(registry, entry, version, lock[1], lock[0])
         return Located(folder, load_manifest(folder), version.digest, label)
     raise _most_specific(env_id, errors)
 
@@ -125,6 +131,7 @@ def pull(env_id: str, *, source: Registry | None = None, local: LocalRegistry | 
     try:
         have_entry, have = local.resolve(f"{entry.full_name}@{version.version}")
         if have.digest == version.digest and local.folder(have_entry, have).is_dir():
+            local.fetch(have_entry, have)  # the cached artifact still hashes to its digest
             return have_entry, have, False
     except (EnvNotFoundError, VersionNotFoundError):
         pass
