@@ -6,6 +6,15 @@ Every backend speaks the index format of :mod:`envhub.index`. ``resolve`` finds 
 
 from envhub.registry.base import Registry
 from envhub.registry.local import LocalRegistry
-from envhub.registry.static import StaticRegistry, bundled_registry
+from envhub.registry.config import configured_registry, open_registry
+from envhub.registry.static import StaticRegistry, bundled_registry, export_static
 
-__all__ = ["LocalRegistry", "Registry", "StaticRegistry", "bundled_registry"]
+__all__ = [
+    "LocalRegistry",
+    "Registry",
+    "StaticRegistry",
+    "bundled_registry",
+    "configured_registry",
+    "export_static",
+    "open_registry",
+]

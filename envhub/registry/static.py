@@ -56,3 +56,31 @@ def bundled_registry() -> StaticRegistry | None:
     """The registry of the environments bundled with envhub, or None outside a source tree."""
     root = bundled_root()
     return StaticRegistry(root, description="the bundled environments") if root else None
+
+
+def export_static(source: Registry, out_dir: str | Path) -> Index:
+    """Write ``source``'s public versions as a static registry: ``registry.json`` plus
+    ``artifacts/<sha256 hex>.tar.gz``, servable by any web server or bucket.
+
+    Every artifact is verified against its digest on the way; ``registry.json`` is written last,
+    so a reader never sees an index pointing at a missing artifact.
+    """
+    from envhub.artifact import write_atomic
+
+    out_dir = Path(out_dir)
+    src = source.index()
+    out = Index(packs=src.packs)
+    for key, entry in sorted(src.environments.items()):
+        if entry.private:
+            continue
+        exported = entry.model_copy(deep=True)
+        for name, version in entry.versions.items():
+            data = source.fetch(entry, version)
+            rel = f"artifacts/{version.digest.removeprefix('sha256:')}.tar.gz"
+            target = out_dir / rel
+            if not (target.is_file() and target.stat().st_size == len(data)):
+                write_atomic(target, data)
+            exported.versions[name] = version.model_copy(update={"artifact": rel, "size": len(data)})
+        out.environments[key] = exported
+    write_atomic(out_dir / INDEX_FILE, out.to_json().encode())
+    return out

@@ -1,0 +1,190 @@
+"""Registries over HTTP: a static registry (``registry.json`` plus artifacts on any web server or
+bucket, read-only) and the hub server (read-write, with tokens).
+
+Every artifact is checked against its sha256 before anyone unpacks it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from envhub.artifact import sha256_digest
+from envhub.errors import DigestMismatchError, RegistryError
+from envhub.ids import EnvId, parse_env_id
+from envhub.index import EnvEntry, Index, PackEntry, VersionEntry
+from envhub.registry.base import Registry
+from envhub.registry.wire import from_payload
+
+TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+API = "/api/v1"
+HUB_SERVICE = "envhub-hub"
+
+
+def _get(client: httpx.Client, url: str, what: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return client.get(url, **kwargs)
+    except httpx.HTTPError as exc:
+        raise RegistryError(f"cannot reach {what} at {url}: {exc}", hint="check the URL and that the server is up") from exc
+
+
+def probe_hub(url: str) -> bool:
+    """Whether ``url`` is an envhub hub server (its health route says so)."""
+    try:
+        response = httpx.get(f"{url}{API}/health", timeout=5.0)
+        return response.status_code == 200 and response.json().get("service") == HUB_SERVICE
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
+def _verified(data: bytes, entry: EnvEntry, version: VersionEntry) -> bytes:
+    actual = sha256_digest(data)
+    if actual != version.digest:
+        raise DigestMismatchError(f"{entry.full_name}@{version.version}", version.digest, actual)
+    return data
+
+
+class StaticHttpRegistry(Registry):
+    """A read-only registry served as files: ``BASE/registry.json`` and the artifacts it points at."""
+
+    def __init__(self, base_url: str, *, client: httpx.Client | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.description = f"the static registry at {self.base_url}"
+        self._client = client or httpx.Client(timeout=TIMEOUT, follow_redirects=True)
+        self._index: Index | None = None
+
+    def _check(self, response: httpx.Response, what: str) -> None:
+        if response.status_code != 200:
+            raise RegistryError(
+                f"{self.description}: GET {what} answered HTTP {response.status_code}",
+                hint="check the registry URL; it must serve registry.json and the artifacts beside it",
+            )
+
+    def index(self) -> Index:
+        if self._index is None:
+            response = _get(self._client, f"{self.base_url}/registry.json", self.description)
+            self._check(response, "registry.json")
+            try:
+                self._index = Index.model_validate_json(response.content)
+            except ValueError as exc:
+                raise RegistryError(f"{self.description}: registry.json is not a registry index: {exc}") from exc
+        return self._index
+
+    def fetch(self, entry: EnvEntry, version: VersionEntry) -> bytes:
+        if not version.artifact.endswith(".tar.gz"):
+            raise RegistryError(
+                f"{self.description}: {entry.full_name}@{version.version} points at a folder, not an archive",
+                hint="serve a registry written by `envhub export-static`",
+            )
+        path = "/".join(quote(part) for part in version.artifact.split("/"))
+        response = _get(self._client, f"{self.base_url}/{path}", self.description)
+        self._check(response, version.artifact)
+        return _verified(response.content, entry, version)
+
+
+class HubRegistry(Registry):
+    """The hub server's API, with an optional bearer token."""
+
+    def __init__(self, url: str, *, token: str | None = None, client: httpx.Client | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.description = f"the hub at {self.url}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = client or httpx.Client(base_url=self.url + API, timeout=TIMEOUT, headers=headers)
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request to the API; an error answer becomes the matching envhub error."""
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"cannot reach {self.description}: {exc}", hint="check the URL and that the server is up") from exc
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"detail": response.text}
+            raise from_payload(response.status_code, body, registry=self.url)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    # --- the Registry interface ------------------------------------------------------------------
+
+    def index(self) -> Index:
+        return Index.model_validate(self.json("GET", "/index"))
+
+    def resolve(self, env_id: EnvId | str) -> tuple[EnvEntry, VersionEntry]:
+        if isinstance(env_id, str):
+            env_id = parse_env_id(env_id)
+        if env_id.namespace is None:
+            return super().resolve(env_id)
+        # One request that answers 401/403/404 precisely, private environments included.
+        entry = EnvEntry.model_validate(self.json("GET", f"/envs/{env_id.namespace}/{env_id.name}"))
+        return entry, entry.resolve(env_id.version)
+
+    def fetch(self, entry: EnvEntry, version: VersionEntry) -> bytes:
+        response = self.request("GET", f"/envs/{entry.namespace}/{entry.name}/{version.version}/artifact")
+        return _verified(response.content, entry, version)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def publish_bytes(self, data: bytes, *, namespace: str, name: str, version: str, private: bool = False) -> tuple[VersionEntry, bool]:
+        """Upload an artifact; returns (entry, created). The same content again is a no-op."""
+        response = self.request(
+            "PUT",
+            f"/envs/{namespace}/{name}/{version}",
+            content=data,
+            params={"private": "true" if private else "false"},
+            headers={"Content-Type": "application/octet-stream", "X-Envhub-Digest": sha256_digest(data)},
+        )
+        return VersionEntry.model_validate(response.json()), response.status_code == 201
+
+    def publish(self, folder, *, private: bool = False) -> tuple[VersionEntry, bool]:
+        from envhub.artifact import pack_bytes
+        from envhub.manifest import load_manifest
+
+        manifest = load_manifest(folder)
+        data = pack_bytes(folder)
+        return self.publish_bytes(data, namespace=manifest.namespace, name=manifest.name, version=manifest.version, private=private)
+
+    # --- packs, entitlements, audit --------------------------------------------------------------
+
+    def pack(self, namespace: str, name: str) -> dict[str, PackEntry]:
+        data = self.json("GET", f"/packs/{namespace}/{name}")
+        return {v: PackEntry.model_validate(p) for v, p in data["versions"].items()}
+
+    def publish_pack(self, pack: dict[str, Any]) -> tuple[PackEntry, bool]:
+        ns, name, version = pack["namespace"], pack["name"], pack["version"]
+        response = self.request("PUT", f"/packs/{ns}/{name}/{version}", json=pack)
+        return PackEntry.model_validate(response.json()), response.status_code == 201
+
+    def grant(self, namespace: str, pack: str, user: str) -> dict[str, Any]:
+        return self.json("POST", f"/packs/{namespace}/{pack}/grants", json={"user": user})
+
+    def revoke(self, namespace: str, pack: str, user: str) -> dict[str, Any]:
+        return self.json("DELETE", f"/packs/{namespace}/{pack}/grants/{user}")
+
+    def audit_log(self, namespace: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        return self.json("GET", "/audit", params={"namespace": namespace, "limit": limit})["events"]
+
+    def whoami(self) -> dict[str, Any]:
+        return self.json("GET", "/whoami")
+
+    def create_token(self, *, name: str = "", scope: str = "read", expires_in_s: int | None = None) -> dict[str, Any]:
+        body = {"name": name, "scope": scope, "expires_in_s": expires_in_s}
+        return self.json("POST", "/tokens", content=json.dumps(body), headers={"Content-Type": "application/json"})
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        return self.json("DELETE", f"/tokens/{token_id}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+__all__ = ["HubRegistry", "StaticHttpRegistry", "probe_hub"]

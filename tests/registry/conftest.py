@@ -1,0 +1,47 @@
+"""Fixtures for registry tests: an isolated ENVHUB_HOME and environment folders to publish."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ARITHMETIC = Path(__file__).resolve().parents[2] / "environments" / "arithmetic"
+
+
+def make_env_folder(parent: Path, *, name: str = "adder", version: str = "1.0.0", namespace: str = "acme", extra: str = "") -> Path:
+    """A copy of the arithmetic environment under another identity; ``extra`` changes its content."""
+    folder = parent / f"{namespace}-{name}-{version}{'-x' if extra else ''}"
+    shutil.copytree(ARITHMETIC, folder, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    toml = (folder / "envhub.toml").read_text()
+    toml = re.sub(r'^namespace = ".*"$', f'namespace = "{namespace}"', toml, flags=re.M)
+    toml = re.sub(r'^name = ".*"$', f'name = "{name}"', toml, flags=re.M)
+    toml = re.sub(r'^version = ".*"$', f'version = "{version}"', toml, flags=re.M)
+    (folder / "envhub.toml").write_text(toml)
+    if extra:
+        (folder / "EXTRA.txt").write_text(extra)
+    return folder
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """ENVHUB_HOME in a temporary folder; no registry, token or lockfile leaks in from outside."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("ENVHUB_HOME", str(path))
+    for var in ("ENVHUB_REGISTRY", "ENVHUB_TOKEN", "ENVHUB_LOCKFILE", "ENVHUB_PACK_PUBLIC_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+@pytest.fixture
+def env_factory(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+
+    def factory(**kwargs) -> Path:
+        return make_env_folder(src, **kwargs)
+
+    return factory
