@@ -297,6 +297,7 @@ class VLLMBackend:
         self.temperature = temperature
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
+        self.stop_ids = [int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else []
         self.llm = LLM(
             model=model_path,
             enable_lora=True,
