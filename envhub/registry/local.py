@@ -133,3 +133,21 @@ class LocalRegistry(Registry):
         if not (folder / MANIFEST_FILE).is_file():
             raise ManifestError(str(folder / MANIFEST_FILE), ["missing from the local registry; pull it again"])
         return load_manifest(folder)
+
+    def set_image(self, full_name: str, version: str, *, digest: str, image: str, image_digest: str) -> bool:
+        """Record the Docker image built for a version (``envhub build``); False when the version is absent.
+
+        Only a version whose artifact digest is ``digest`` is updated, so an image is never attached
+        to other content.
+        """
+        with self._locked():
+            index = self.index()
+            entry = index.environments.get(full_name)
+            found = entry.versions.get(version) if entry else None
+            if found is None or found.digest != digest:
+                return False
+            if found.image == image and found.image_digest == image_digest:
+                return True
+            found.image, found.image_digest = image, image_digest
+            write_atomic(self.index_path, index.to_json().encode())
+            return True
