@@ -1,0 +1,444 @@
+"""Remote environments: the Env contract over the session protocol of ``envhub serve``.
+
+:class:`RemoteEnv` is a ``gymnasium.Env`` like any in-process environment: ``reset`` and ``step``
+return the whole conversation, the last step's ``info["rubric"]`` holds the rubric's scores, and it
+has the same ``identity``, ``max_turns``, ``manifest`` and ``rubric`` (whose ``hash`` and
+``describe()`` come from the server, where the real rubric runs). Only deltas cross the wire: the
+client keeps the conversation and appends what each step answers.
+
+Errors come back as the same :mod:`envhub.errors` classes as in process (``EpisodeEndedError``,
+``InvalidActionError``, ``EnvironmentFailure``...), plus ``StepTimeoutError`` and
+``RuntimeDiedError``, both ``EnvironmentFailure``: catching that one class covers every way an
+episode can fail in the environment's code or runtime.
+
+>>> env = RemoteEnv("http://127.0.0.1:8000", kwargs={"level": "easy"})   # or uds="/path/env.sock"
+>>> obs, info = env.reset(seed=0)
+
+:class:`AsyncRemoteEnv` is the same over ``httpx.AsyncClient``, for many concurrent episodes in one
+event loop (``await AsyncRemoteEnv.open(...)``, then ``await env.reset()``, ``await env.step(...)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any, ClassVar, Protocol
+
+import gymnasium
+import httpx
+
+from envhub.errors import (
+    EnvhubError,
+    InvalidActionError,
+    RemoteError,
+    RuntimeDiedError,
+    SessionNotFoundError,
+    StepTimeoutError,
+)
+from envhub.manifest import EnvIdentity, Manifest
+from envhub.server.protocol import PROTOCOL_VERSION, error_from_body
+from envhub.spaces import Conversation, Message
+
+Msg = dict[str, str]
+UDS_BASE_URL = "http://envhub.local"
+#: Seconds the client waits past the server's own step timeout before it calls the server wedged.
+TIMEOUT_MARGIN_S = 15.0
+
+
+class ServerLease(Protocol):
+    """A server lent by a runtime's pool to one environment: where it listens and whether it lives."""
+
+    url: str
+    uds: str | None
+
+    def describe_death(self) -> str | None:
+        """None while the server runs; else why it stopped (exit code, signal, out of memory, log tail)."""
+
+    def release(self, *, broken: bool = False) -> None:
+        """Give the server back (``broken``: it failed; stop it rather than reuse it)."""
+
+
+class RemoteRubric:
+    """The rubric of a remote environment: its ``hash`` and ``describe()``; scoring runs in the server."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.hash: str | None = info.get("hash")
+        self.name: str = info.get("name") or "rubric"
+        self._criteria: list[dict[str, Any]] = list(info.get("criteria") or [])
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [dict(c) for c in self._criteria]
+
+    @property
+    def criteria(self) -> list[dict[str, Any]]:
+        return self.describe()
+
+    def score(self, episode: Any) -> Any:
+        raise NotImplementedError("a remote rubric scores in its server: read info['rubric'] of the final step")
+
+    def __repr__(self) -> str:
+        return f"RemoteRubric({self.name!r}, hash={self.hash!r}, criteria={[c['name'] for c in self._criteria]})"
+
+
+class _FixedLease:
+    """A lease on a server that the caller runs (``envhub serve``): nothing to start or stop."""
+
+    def __init__(self, url: str, uds: str | None) -> None:
+        self.url = url
+        self.uds = uds
+
+    def describe_death(self) -> str | None:
+        return None
+
+    def release(self, *, broken: bool = False) -> None:
+        pass
+
+
+def _split_target(url: str | None, uds: str | None) -> tuple[str, str | None]:
+    if url and url.startswith("unix://"):
+        return UDS_BASE_URL, url.removeprefix("unix://")
+    if uds:
+        return url or UDS_BASE_URL, uds
+    if not url:
+        raise ValueError("give the server's `url` (http://HOST:PORT or unix:///path.sock) or `uds`")
+    return url.rstrip("/"), None
+
+
+def _copy(messages: list[Msg]) -> list[Msg]:
+    # Messages hold only str values: copying the dicts is a deep copy.
+    return [dict(m) for m in messages]
+
+
+class _RemoteBase:
+    """What the sync and async clients share: state, attributes and the protocol's bookkeeping."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "ansi"]}
+
+    def _init_state(self, lease: ServerLease, kwargs: dict[str, Any] | None, render_mode: str | None) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.observation_space = Conversation()
+        self.action_space = Message()
+        self.kwargs = dict(kwargs or {})
+        self._lease = lease
+        self._session: str | None = None
+        self._messages: list[Msg] = []
+        self._dead: str | None = None
+        self._closed = False
+        self.manifest: Manifest | None = None
+        self._identity: EnvIdentity | None = None
+        self.max_turns = 1
+        self.rubric = RemoteRubric({})
+        self.step_timeout_s = 30.0
+        self.server_info: dict[str, Any] = {}
+
+    # --- attributes trainers and evaluators read --------------------------------------------------
+
+    @property
+    def identity(self) -> EnvIdentity:
+        if self._identity is None:
+            raise RemoteError("not_connected", "the remote environment is not connected")
+        return self._identity
+
+    @property
+    def env_name(self) -> str:
+        return self.manifest.ref if self.manifest is not None else "remote environment"
+
+    @property
+    def session_id(self) -> str | None:
+        return self._session
+
+    @property
+    def messages(self) -> list[Msg]:
+        """The conversation so far (a copy)."""
+        return _copy(self._messages)
+
+    # --- protocol bookkeeping --------------------------------------------------------------------
+
+    def _take_info(self, info: dict[str, Any]) -> None:
+        if info.get("protocol") != PROTOCOL_VERSION:
+            raise RemoteError(
+                "protocol_mismatch",
+                f"the server speaks protocol {info.get('protocol')!r}, this client {PROTOCOL_VERSION}",
+                hint="use the same envhub version on both sides (rebuild the image with `envhub build`)",
+            )
+        self.server_info = info
+        self.manifest = Manifest.model_validate(info["manifest"])
+        ident = info["identity"]
+        self._identity = EnvIdentity(ident["namespace"], ident["name"], ident["version"], ident.get("digest"))
+        self.step_timeout_s = float(info.get("step_timeout_s") or self.manifest.limits.step_timeout_s)
+
+    def _take_session(self, answer: dict[str, Any]) -> None:
+        self._session = answer["session"]
+        self.max_turns = int(answer["max_turns"])
+        self.rubric = RemoteRubric(answer.get("rubric") or {})
+        self._messages = []
+
+    def _take_reset(self, answer: dict[str, Any]) -> tuple[list[Msg], dict[str, Any]]:
+        self._messages = answer["observation"]
+        return _copy(self._messages), answer["info"]
+
+    def _take_step(self, action: str, answer: dict[str, Any]) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
+        if "append" in answer:
+            messages = self._messages + [{"role": "assistant", "content": action}] + answer["append"]
+        else:
+            messages = answer["observation"]
+        if len(messages) != answer["length"]:
+            self._messages = []
+            raise RemoteError(
+                "protocol_delta",
+                f"the conversation has {len(messages)} messages here but {answer['length']} in the server",
+                hint="call reset() to start the episode again",
+            )
+        self._messages = messages
+        if self.render_mode == "human":
+            self.render()
+        return _copy(messages), float(answer["reward"]), bool(answer["terminated"]), bool(answer["truncated"]), answer["info"]
+
+    def _check_action(self, action: Any) -> None:
+        if not isinstance(action, str):
+            raise InvalidActionError(self.env_name, f"expected str, got {type(action).__name__}")
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RemoteError("closed", f"environment `{self.env_name}` is closed", hint="make the environment again")
+        if self._dead is not None:
+            raise RuntimeDiedError(self.env_name, self._dead)
+
+    def _error_for(self, response: httpx.Response) -> EnvhubError:
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        return error_from_body(response.status_code, payload, env=self.env_name)
+
+    def _transport_failure(self, exc: httpx.HTTPError, where: str) -> EnvhubError:
+        """A request that got no answer: the server hung past its own timeout, or died."""
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            self._dead = f"the server did not answer {where} within {self.step_timeout_s + TIMEOUT_MARGIN_S:g} s"
+            self._lease.release(broken=True)
+            return StepTimeoutError(self.env_name, where, self.step_timeout_s)
+        reason = self._lease.describe_death() or f"{type(exc).__name__}: {exc or 'connection lost'}"
+        self._dead = reason
+        self._lease.release(broken=True)
+        return RuntimeDiedError(self.env_name, reason)
+
+    def render(self) -> str | None:
+        if not self._messages:
+            return None
+        text = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in self._messages)
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
+
+    def _timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.step_timeout_s + TIMEOUT_MARGIN_S, connect=10.0)
+
+    def __repr__(self) -> str:
+        where = self._lease.uds or self._lease.url
+        return f"<{type(self).__name__} {self.env_name} session={self._session} at {where}>"
+
+    __str__ = __repr__
+
+
+def _finalize_sync(http: httpx.Client, lease: ServerLease, session: list[str | None]) -> None:
+    """Release what a RemoteEnv holds if it is garbage-collected without close()."""
+    with contextlib.suppress(Exception):
+        if session[0]:
+            http.delete(f"/v1/sessions/{session[0]}", timeout=2.0)
+    with contextlib.suppress(Exception):
+        http.close()
+    with contextlib.suppress(Exception):
+        lease.release()
+
+
+class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
+    """A ``gymnasium.Env`` whose episodes run in an ``envhub serve`` server.
+
+    ``url`` is ``http://HOST:PORT`` or ``unix:///path.sock`` (or give ``uds``); ``kwargs`` go to the
+    environment's factory in the server. Runtimes pass a ``lease`` on a server of their pool, and a
+    ``reconnect`` callable that lends a fresh one: after the runtime died, the next ``reset`` starts
+    over on a new server instead of failing.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        uds: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+        lease: ServerLease | None = None,
+        reconnect: Any = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if lease is None:
+            lease = _FixedLease(*_split_target(url, uds))
+        self._init_state(lease, kwargs, render_mode)
+        self._reconnect = reconnect
+        self._http: httpx.Client | None = None
+        self._session_box: list[str | None] = [None]
+        self._finalizer: weakref.finalize | None = None
+        self._connect(lease)
+
+    def _connect(self, lease: ServerLease) -> None:
+        self._lease = lease
+        self._dead = None
+        transport = httpx.HTTPTransport(uds=lease.uds, retries=2) if lease.uds else httpx.HTTPTransport(retries=2)
+        self._http = httpx.Client(base_url=lease.url, transport=transport, timeout=self._timeout())
+        try:
+            self._take_info(self._call("GET", "/v1/info", where="connect"))
+            self._http.timeout = self._timeout()
+            self._open_session()
+        except BaseException:
+            self._http.close()
+            lease.release(broken=self._dead is not None)
+            raise
+        self._session_box = [self._session]
+        self._finalizer = weakref.finalize(self, _finalize_sync, self._http, lease, self._session_box)
+
+    def _open_session(self) -> None:
+        self._take_session(self._call("POST", "/v1/sessions", {"kwargs": self.kwargs}, where="construction"))
+        self._session_box[0] = self._session
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *, where: str) -> Any:
+        assert self._http is not None
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise self._transport_failure(exc, where) from None
+        if response.status_code >= 400:
+            raise self._error_for(response)
+        return response.json() if response.content else None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
+        super().reset(seed=seed)  # the same np_random as the server's instance, as gymnasium checks
+        if self._dead is not None and self._reconnect is not None and not self._closed:
+            self._drop_connection()
+            self._connect(self._reconnect())
+        self._check_usable()
+        body = {"seed": seed, "options": options}
+        try:
+            answer = self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
+        except SessionNotFoundError:  # reaped while idle: a new session continues where this one was
+            self._open_session()
+            answer = self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
+        return self._take_reset(answer)
+
+    def step(self, action: str) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
+        self._check_usable()
+        self._check_action(action)
+        answer = self._call("POST", f"/v1/sessions/{self._session}/step", {"action": action}, where="step")
+        return self._take_step(action, answer)
+
+    def _drop_connection(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._http is not None:
+            self._http.close()
+        self._session = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._http is not None:
+            if self._session and self._dead is None:
+                with contextlib.suppress(Exception):
+                    self._http.delete(f"/v1/sessions/{self._session}", timeout=5.0)
+            self._http.close()
+        if self._dead is None:
+            self._lease.release()
+        super().close()
+
+
+class AsyncRemoteEnv(_RemoteBase):
+    """The remote Env contract over ``httpx.AsyncClient``: ``await env.reset()``, ``await env.step(a)``.
+
+    Build it with ``await AsyncRemoteEnv.open(url, kwargs=...)``. Many environments may share one
+    ``http`` client (its connection pool); a shared client is not closed by ``close()``.
+    """
+
+    def __init__(self, lease: ServerLease, *, kwargs: dict[str, Any] | None = None, http: httpx.AsyncClient | None = None,
+                 render_mode: str | None = None) -> None:
+        self._init_state(lease, kwargs, render_mode)
+        self._own_http = http is None
+        if http is None:
+            transport = httpx.AsyncHTTPTransport(uds=lease.uds, retries=2) if lease.uds else httpx.AsyncHTTPTransport(retries=2)
+            http = httpx.AsyncClient(base_url=lease.url, transport=transport, timeout=self._timeout())
+        self._http = http
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | None = None,
+        *,
+        uds: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+        http: httpx.AsyncClient | None = None,
+        lease: ServerLease | None = None,
+        render_mode: str | None = None,
+    ) -> AsyncRemoteEnv:
+        if lease is None:
+            lease = _FixedLease(*_split_target(url, uds))
+        env = cls(lease, kwargs=kwargs, http=http, render_mode=render_mode)
+        try:
+            env._take_info(await env._call("GET", "/v1/info", where="connect"))
+            env._take_session(await env._call("POST", "/v1/sessions", {"kwargs": env.kwargs}, where="construction"))
+        except BaseException:
+            if env._own_http:
+                await env._http.aclose()
+            lease.release(broken=env._dead is not None)
+            raise
+        return env
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *, where: str) -> Any:
+        try:
+            response = await self._http.request(method, path, json=body, timeout=self._timeout())
+        except httpx.HTTPError as exc:
+            raise self._transport_failure(exc, where) from None
+        if response.status_code >= 400:
+            raise self._error_for(response)
+        return response.json() if response.content else None
+
+    async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
+        self._check_usable()
+        body = {"seed": seed, "options": options}
+        try:
+            answer = await self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
+        except SessionNotFoundError:
+            self._take_session(await self._call("POST", "/v1/sessions", {"kwargs": self.kwargs}, where="construction"))
+            answer = await self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
+        return self._take_reset(answer)
+
+    async def step(self, action: str) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
+        self._check_usable()
+        self._check_action(action)
+        answer = await self._call("POST", f"/v1/sessions/{self._session}/step", {"action": action}, where="step")
+        return self._take_step(action, answer)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._session and self._dead is None:
+            with contextlib.suppress(Exception):
+                await self._http.delete(f"/v1/sessions/{self._session}", timeout=5.0)
+        if self._own_http:
+            await self._http.aclose()
+        if self._dead is None:
+            self._lease.release()
+
+    async def __aenter__(self) -> AsyncRemoteEnv:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+def connect(url: str, **kwargs: Any) -> RemoteEnv:
+    """A :class:`RemoteEnv` on a running server; ``kwargs`` go to the environment's factory."""
+    return RemoteEnv(url, kwargs=kwargs)

@@ -1,0 +1,445 @@
+"""The session server: many concurrent episodes of one environment behind the HTTP protocol.
+
+One :class:`SessionServer` serves one environment folder. Each session is its own environment
+instance (the entrypoint's factory called with the session's ``kwargs``). Environment code never runs
+on the event loop: it runs in a thread pool under a step timeout, so a slow or hung step delays only
+its own session. A step that times out ends its episode; the session's instance is abandoned (the
+thread cannot be stopped) and the next ``reset`` builds a fresh one. Idle sessions are reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from envhub.core import ChatEnv
+from envhub.errors import (
+    BodyTooLargeError,
+    CapacityError,
+    EntrypointError,
+    EnvhubError,
+    EnvironmentFailure,
+    EpisodeEndedError,
+    SessionNotFoundError,
+    StepTimeoutError,
+)
+from envhub.loading import attach_manifest, load_factory
+from envhub.manifest import EnvIdentity, load_manifest
+from envhub.server.protocol import CODES, PROTOCOL_VERSION, error_body, error_to_body
+
+log = logging.getLogger("envhub.server")
+
+
+@dataclass
+class ServerConfig:
+    """How a :class:`SessionServer` bounds its work."""
+
+    #: Most sessions held at once; more are refused with ``capacity`` (HTTP 503).
+    max_sessions: int = 4096
+    #: Sessions untouched this long are closed; 0 or None keeps them until they are deleted.
+    idle_timeout_s: float | None = 600.0
+    #: Time allowed to one reset or step; None takes ``[limits] step_timeout_s`` from the manifest.
+    step_timeout_s: float | None = None
+    #: Largest request body accepted, in bytes (``body_too_large``, HTTP 413, past it).
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: Threads that run environment code. Steps of different sessions run concurrently up to this.
+    threads: int = 16
+
+
+@dataclass
+class Session:
+    id: str
+    kwargs: dict[str, Any]
+    env: ChatEnv | None = None
+    #: The conversation as last sent to the client, to answer ``step`` with a delta.
+    sent: list[dict[str, str]] | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False
+    #: Why the environment instance was abandoned (a timeout); the next reset builds a new one.
+    abandoned: str | None = None
+
+
+def _jsonable(value: Any) -> Any:
+    """``json.dumps`` fallback: numpy scalars and arrays as numbers and lists, anything else as text."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return item()
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    body = json.dumps(payload, default=_jsonable, separators=(",", ":"), ensure_ascii=False)
+    return Response(body.encode(), status_code=status, media_type="application/json")
+
+
+class SessionServer:
+    """The sessions of one environment folder, and the ASGI app that serves them (:attr:`app`)."""
+
+    def __init__(self, folder: str | Path, *, digest: str | None = None, config: ServerConfig | None = None) -> None:
+        self.folder = Path(folder)
+        self.manifest = load_manifest(self.folder)
+        self.config = config or ServerConfig()
+        self.factory = load_factory(self.folder, self.manifest)
+        self.digest = digest
+        self.step_timeout_s = self.config.step_timeout_s or self.manifest.limits.step_timeout_s
+        self.sessions: dict[str, Session] = {}
+        self._executor = self._new_executor()
+        self._hung = 0
+        self._reaper: asyncio.Task | None = None
+        self._counter = itertools.count(1)
+        self.started = time.time()
+        # A probe instance: fails fast on a broken entrypoint, and tells the default rubric and turns.
+        probe = self._build({})
+        self.default_rubric = _rubric_info(probe)
+        self.default_max_turns = probe.max_turns
+        if self.digest is None:
+            from envhub.artifact import folder_digest
+
+            self.digest = folder_digest(self.folder)
+        self.identity = EnvIdentity(self.manifest.namespace, self.manifest.name, self.manifest.version, self.digest)
+        with contextlib.suppress(Exception):
+            probe.close()
+        self.app = self._make_app()
+
+    # --- environment instances -------------------------------------------------------------------
+
+    def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(self.config.threads, thread_name_prefix="envhub-env")
+
+    def prestart_threads(self) -> None:
+        """Start every worker thread now, so that their stacks exist before memory is measured."""
+        futures = [self._executor.submit(time.sleep, 0.05) for _ in range(self.config.threads)]
+        concurrent.futures.wait(futures)
+
+    def _build(self, kwargs: dict[str, Any]) -> ChatEnv:
+        ref = self.manifest.ref
+        try:
+            env = self.factory(**kwargs)
+        except EnvhubError:
+            raise
+        except TypeError as exc:
+            raise EntrypointError(ref, self.manifest.entrypoint, f"bad arguments {sorted(kwargs)}: {exc}") from exc
+        except Exception as exc:
+            raise EntrypointError(ref, self.manifest.entrypoint, f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(env, ChatEnv):
+            raise EntrypointError(ref, self.manifest.entrypoint, f"returned {type(env).__name__}, expected an envhub.ChatEnv")
+        attach_manifest(env, self.manifest, self.folder, digest=self.digest, max_turns_given="max_turns" in kwargs)
+        return env
+
+    async def _run(self, session: Session, fn: Callable[[], Any], where: str) -> Any:
+        """Run ``fn`` in the pool under the step timeout; a timeout abandons the session's instance."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, fn)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.step_timeout_s)
+        except asyncio.TimeoutError:
+            self._abandon(session, future, where)
+            raise StepTimeoutError(self.manifest.ref, where, self.step_timeout_s) from None
+
+    def _abandon(self, session: Session, future: asyncio.Future, where: str) -> None:
+        session.env = None
+        session.sent = None
+        session.abandoned = f"its previous {where} ran past the step timeout"
+        self._hung += 1
+
+        def finished(_: Any) -> None:
+            self._hung -= 1
+
+        future.add_done_callback(finished)
+        # Hung threads still hold pool slots: once half of the pool is stuck, give new work a new pool.
+        if self._hung * 2 >= self.config.threads:
+            log.warning("%d environment threads are stuck past the step timeout; starting a new pool", self._hung)
+            self._executor.shutdown(wait=False)
+            self._executor = self._new_executor()
+            self._hung = 0
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def _session(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise SessionNotFoundError(session_id)
+        if session.busy:
+            raise _Busy(session_id)
+        session.last_used = time.monotonic()
+        return session
+
+    async def open(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if len(self.sessions) >= self.config.max_sessions:
+            raise CapacityError(self.config.max_sessions)
+        session_id = f"s{next(self._counter)}-{secrets.token_hex(6)}"
+        session = Session(session_id, kwargs)
+        session.busy = True
+        self.sessions[session_id] = session  # counted against capacity while its env is built
+        try:
+            session.env = await self._run(session, lambda: self._build(kwargs), "construction")
+        except BaseException:
+            self.sessions.pop(session_id, None)
+            raise
+        finally:
+            session.busy = False
+        env = session.env
+        return {
+            "session": session_id,
+            "max_turns": env.max_turns,
+            "rubric": _rubric_info(env),
+            "step_timeout_s": self.step_timeout_s,
+        }
+
+    async def reset(self, session_id: str, seed: int | None, options: dict[str, Any] | None) -> dict[str, Any]:
+        session = self._session(session_id)
+        session.busy = True
+        try:
+            if session.env is None:  # abandoned after a timeout: a fresh instance for the new episode
+                session.env = await self._run(session, lambda: self._build(session.kwargs), "construction")
+                session.abandoned = None
+            env = session.env
+            observation, info = await self._run(session, lambda: env.reset(seed=seed, options=options), "reset")
+        finally:
+            session.busy = False
+            session.last_used = time.monotonic()
+        session.sent = observation
+        return {"observation": observation, "info": info}
+
+    async def step(self, session_id: str, action: Any) -> dict[str, Any]:
+        session = self._session(session_id)
+        env = session.env
+        if env is None:
+            raise EpisodeEndedError(self.manifest.ref, (session.abandoned or "the episode has ended") + "; call reset()")
+        session.busy = True
+        try:
+            observation, reward, terminated, truncated, info = await self._run(session, lambda: env.step(action), "step")
+        except EnvironmentFailure:
+            session.sent = None
+            raise
+        finally:
+            session.busy = False
+            session.last_used = time.monotonic()
+        answer: dict[str, Any] = {
+            "length": len(observation),
+            "reward": float(reward),
+            "terminated": bool(terminated),
+            "truncated": bool(truncated),
+            "info": info,
+        }
+        sent = session.sent
+        n = len(sent) if sent is not None else -1
+        if (
+            sent is not None
+            and len(observation) > n
+            and observation[n] == {"role": "assistant", "content": action}
+            and observation[:n] == sent
+        ):
+            answer["append"] = observation[n + 1 :]
+        else:
+            answer["observation"] = observation
+        session.sent = observation
+        return answer
+
+    async def close_session(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            raise SessionNotFoundError(session_id)
+        self._dispose(session)
+
+    def _dispose(self, session: Session) -> None:
+        env = session.env
+        session.env = None
+        if env is not None:
+            self._executor.submit(_close_quietly, env)
+
+    async def _reap_forever(self) -> None:
+        idle = self.config.idle_timeout_s
+        assert idle
+        interval = min(max(idle / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.reap(idle)
+
+    def reap(self, idle_s: float) -> int:
+        """Close sessions untouched for ``idle_s`` seconds; returns how many."""
+        cutoff = time.monotonic() - idle_s
+        stale = [s for s in self.sessions.values() if s.last_used < cutoff and not s.busy]
+        for session in stale:
+            self.sessions.pop(session.id, None)
+            self._dispose(session)
+        if stale:
+            log.info("reaped %d idle session(s)", len(stale))
+        return len(stale)
+
+    def info(self) -> dict[str, Any]:
+        limits = self.manifest.limits.model_dump()
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "identity": self.identity.to_dict(),
+            "manifest": self.manifest.model_dump(mode="json"),
+            "max_turns": self.default_max_turns,
+            "rubric": self.default_rubric,
+            "limits": limits,
+            "step_timeout_s": self.step_timeout_s,
+            "server": {
+                "max_sessions": self.config.max_sessions,
+                "idle_timeout_s": self.config.idle_timeout_s,
+                "max_body_bytes": self.config.max_body_bytes,
+                "threads": self.config.threads,
+                "pid": os.getpid(),
+            },
+        }
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLargeError(limit, size=int(declared))
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(limit)
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise _BadRequest(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise _BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
+        return body
+
+    def _make_app(self) -> Starlette:
+        server = self
+
+        def handler(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
+            async def endpoint(request: Request) -> Response:
+                try:
+                    return await fn(request)
+                except _Busy as exc:
+                    return json_response(error_body("session_busy", str(exc), session=exc.session), 409)
+                except _BadRequest as exc:
+                    return json_response(error_body("bad_request", str(exc)), 400)
+                except EnvhubError as exc:
+                    status, body = error_to_body(exc)
+                    return json_response(body, status)
+                except Exception as exc:  # a bug here or a non-envhub error escaping the env: report, keep serving
+                    log.exception("internal error on %s %s", request.method, request.url.path)
+                    status, body = error_to_body(exc)
+                    body["error"]["message"] = f"{type(exc).__name__}: {exc}"
+                    return json_response(body, status)
+
+            return endpoint
+
+        async def healthz(request: Request) -> Response:
+            return json_response({"status": "ok", "sessions": len(server.sessions), "hung_threads": server._hung})
+
+        async def info(request: Request) -> Response:
+            return json_response(server.info())
+
+        async def openapi(request: Request) -> Response:
+            from envhub.server.openapi import openapi_document
+
+            return json_response(openapi_document(server.manifest.ref))
+
+        async def open_session(request: Request) -> Response:
+            body = await server._body(request)
+            kwargs = body.get("kwargs") or {}
+            if not isinstance(kwargs, dict):
+                raise _BadRequest("`kwargs` must be an object of keyword arguments for the environment's factory")
+            return json_response(await server.open(kwargs), 201)
+
+        async def reset(request: Request) -> Response:
+            body = await server._body(request)
+            seed = body.get("seed")
+            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+                raise _BadRequest(f"`seed` must be an integer or null, got {seed!r}")
+            options = body.get("options")
+            if options is not None and not isinstance(options, dict):
+                raise _BadRequest("`options` must be an object or null")
+            return json_response(await server.reset(request.path_params["sid"], seed, options))
+
+        async def step(request: Request) -> Response:
+            body = await server._body(request)
+            if "action" not in body:
+                raise _BadRequest("the body needs `action`: the assistant's message text")
+            return json_response(await server.step(request.path_params["sid"], body["action"]))
+
+        async def delete(request: Request) -> Response:
+            await server.close_session(request.path_params["sid"])
+            return Response(status_code=204)
+
+        async def http_error(request: Request, exc: Exception) -> Response:
+            status = getattr(exc, "status_code", 500)
+            code = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
+            return json_response(error_body(code, f"{request.method} {request.url.path}: {CODES[code][1]}"), status)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette):
+            if server.config.idle_timeout_s:
+                server._reaper = asyncio.create_task(server._reap_forever())
+            try:
+                yield
+            finally:
+                if server._reaper is not None:
+                    server._reaper.cancel()
+                for session in list(server.sessions.values()):
+                    server._dispose(session)
+                server.sessions.clear()
+
+        routes = [
+            Route("/healthz", handler(healthz), methods=["GET"]),
+            Route("/v1/info", handler(info), methods=["GET"]),
+            Route("/openapi.json", handler(openapi), methods=["GET"]),
+            Route("/v1/sessions", handler(open_session), methods=["POST"]),
+            Route("/v1/sessions/{sid}/reset", handler(reset), methods=["POST"]),
+            Route("/v1/sessions/{sid}/step", handler(step), methods=["POST"]),
+            Route("/v1/sessions/{sid}", handler(delete), methods=["DELETE"]),
+        ]
+        return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+
+
+class _Busy(Exception):
+    def __init__(self, session: str) -> None:
+        self.session = session
+        super().__init__(f"session {session!r} is still running a previous call; calls on one session are sequential")
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _rubric_info(env: ChatEnv) -> dict[str, Any]:
+    rubric = getattr(env, "rubric", None)
+    if rubric is None:
+        return {"hash": None, "name": None, "criteria": []}
+    return {"hash": rubric.hash, "name": getattr(rubric, "name", "rubric"), "criteria": rubric.describe()}
+
+
+def _close_quietly(env: ChatEnv) -> None:
+    with contextlib.suppress(Exception):
+        env.close()
