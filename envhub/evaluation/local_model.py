@@ -1,0 +1,317 @@
+"""A local transformers chat model, with LoRA adapters loadable by name: what the local policy and
+``envhub serve-model`` generate with.
+
+The base model is loaded with the trainer's ``load_policy`` (the embedded SmolLM2-135M-Instruct by
+default). Adapters are peft adapter folders (what the trainer writes); each is checked against the
+base model when it is loaded, and one that does not fit raises
+:class:`~envhub.errors.AdapterMismatchError` naming the reason, rather than generating nonsense.
+Generation is batched: many conversations with the same sampling settings and adapter go through
+one ``generate`` call, left-padded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envhub.errors import AdapterMismatchError
+
+__all__ = ["Batcher", "Generation", "LocalModel", "Sampling"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one request. ``temperature == 0`` means greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+
+
+@dataclass
+class Generation:
+    """One generated message."""
+
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _read_adapter_config(folder: Path) -> dict[str, Any]:
+    config_path = folder / "adapter_config.json"
+    if not folder.is_dir():
+        raise AdapterMismatchError(str(folder), "?", "no such folder")
+    if not config_path.is_file():
+        raise AdapterMismatchError(str(folder), "?", "no adapter_config.json: this is not a peft adapter folder")
+    try:
+        return json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise AdapterMismatchError(str(folder), "?", f"adapter_config.json does not parse: {exc}") from exc
+
+
+class LocalModel:
+    """A causal LM on this machine, plus named LoRA adapters.
+
+    Args:
+        model: Hugging Face id or folder; ``None`` or ``"default"`` for the embedded default.
+        adapters: ``{name: folder}`` of peft adapters to load now (more with :meth:`load_adapter`).
+        device, dtype: passed to ``load_policy``.
+        max_batch: most conversations in one ``generate`` call.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        adapters: dict[str, str] | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_batch: int = 64,
+    ) -> None:
+        import torch
+        from trainers.models import load_policy, resolve_model
+
+        self.name = model or "default"
+        self.path = resolve_model(model)
+        self.model, self.tokenizer = load_policy(model, device=device, dtype=dtype)
+        self.max_batch = max_batch
+        self.adapters: dict[str, str] = {}
+        self._lock = threading.Lock()  # one generate at a time; peft's active adapter is global state
+        self._torch = torch
+        for name, folder in (adapters or {}).items():
+            self.load_adapter(name, folder)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def load_adapter(self, name: str, folder: str | Path) -> None:
+        """Load the peft adapter in ``folder`` under ``name``; AdapterMismatchError if it does not fit."""
+        folder = Path(folder)
+        config = _read_adapter_config(folder)
+        base = self.path
+        wanted_type = config.get("peft_type")
+        if wanted_type not in (None, "LORA"):
+            raise AdapterMismatchError(str(folder), base, f"peft_type is {wanted_type!r}, only LoRA is supported")
+        with self._lock:
+            try:
+                from peft import PeftModel
+
+                if not self.adapters:
+                    self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
+                else:
+                    self.model.load_adapter(str(folder), adapter_name=name)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                # size mismatches (another architecture or width), missing target modules...
+                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                declared = config.get("base_model_name_or_path")
+                if declared:
+                    reason += f" (the adapter declares base model {declared!r})"
+                raise AdapterMismatchError(str(folder), base, reason) from exc
+            self.model.eval()
+            self.adapters[name] = str(folder)
+
+    # --- prompts and generation ------------------------------------------------------------------
+
+    def encode(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of the chat-templated conversation, ready for the assistant's turn."""
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _stop_ids(self) -> list[int]:
+        from trainers.generation import stop_token_ids
+
+        return stop_token_ids(self.model, self.tokenizer)
+
+    def _set_adapter(self, adapter: str | None):
+        """Context for generating with ``adapter`` (None: the base model, adapters disabled)."""
+        import contextlib
+
+        if not self.adapters:
+            if adapter is not None:
+                raise KeyError(adapter)
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        if adapter not in self.adapters:
+            raise KeyError(adapter)
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    def generate(
+        self,
+        conversations: Sequence[Sequence[dict[str, str]]],
+        sampling: Sampling,
+        *,
+        adapter: str | None = None,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """One assistant message per conversation, in batches of at most ``max_batch``."""
+        prompts = [self.encode(c) for c in conversations]
+        out: list[Generation] = []
+        with self._lock:
+            if seed is not None:
+                self._torch.manual_seed(seed)
+            with self._set_adapter(adapter):
+                for start in range(0, len(prompts), self.max_batch):
+                    out.extend(self._generate(prompts[start : start + self.max_batch], sampling))
+        return out
+
+    def _generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Generation]:
+        torch = self._torch
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        stop = self._stop_ids()
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "eos_token_id": stop, "pad_token_id": pad}
+        if sampling.temperature > 0:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.no_grad():
+            output = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        results = []
+        stop_set = set(stop)
+        for i, p in enumerate(prompts):
+            new = output[i, width:].tolist()
+            finish = "length"
+            for j, tok in enumerate(new):
+                if tok in stop_set:
+                    new, finish = new[:j], "stop"
+                    break
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            results.append(Generation(text, finish, len(p), len(new) + (finish == "stop")))
+        return results
+
+    def stream(
+        self, conversation: Sequence[dict[str, str]], sampling: Sampling, *, adapter: str | None = None
+    ) -> Iterator[str | Generation]:
+        """Yield text pieces as they are generated, then the final :class:`Generation`."""
+        from transformers import TextIteratorStreamer
+
+        torch = self._torch
+        prompt = self.encode(conversation)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = self._stop_ids()
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "eos_token_id": stop, "streamer": streamer}
+        if sampling.temperature > 0:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with self._lock, self._set_adapter(adapter), torch.no_grad():
+                    ids = torch.tensor([prompt], device=self.device)
+                    out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+                result["new"] = out[0, len(prompt) :].tolist()
+            except BaseException as exc:  # handed to the consumer below
+                result["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        pieces = []
+        for piece in streamer:
+            if piece:
+                pieces.append(piece)
+                yield piece
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        new = result["new"]
+        finish = "stop" if new and new[-1] in set(stop) else "length"
+        yield Generation("".join(pieces), finish, len(prompt), len(new))
+
+
+class Batcher:
+    """Gathers concurrent requests to a :class:`LocalModel` into batched generations (asyncio).
+
+    Requests wait in a queue; one task takes everything queued (up to ``max_batch``), splits it by
+    (sampling, adapter), runs each part as one batched generation in a worker thread and answers the
+    requests. Requests that arrive while a batch runs form the next one, so batches grow with the
+    load and no timer is needed. Each answer carries the time its batch took.
+    """
+
+    def __init__(self, model: LocalModel, *, max_batch: int = 64) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+
+    async def submit(
+        self,
+        messages: Sequence[dict[str, str]],
+        sampling: Sampling,
+        *,
+        adapter: str | None = None,
+        seed: int | None = None,
+    ) -> tuple[Generation, float]:
+        """(generation, seconds its batch took)."""
+        loop = asyncio.get_running_loop()
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._run())
+        future: asyncio.Future = loop.create_future()
+        await self._queue.put((list(messages), sampling, adapter, seed, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            await asyncio.sleep(0)  # let requests that are about to arrive join this batch
+            while not self._queue.empty() and len(batch) < self.max_batch:
+                batch.append(self._queue.get_nowait())
+            groups: dict[tuple, list] = {}
+            for item in batch:
+                groups.setdefault((item[1], item[2]), []).append(item)
+            for (sampling, adapter), items in groups.items():
+                seeds = [i[3] for i in items if i[3] is not None]
+                started = time.perf_counter()
+                try:
+                    generations = await asyncio.to_thread(
+                        self.model.generate,
+                        [i[0] for i in items],
+                        sampling,
+                        adapter=adapter,
+                        seed=min(seeds) if seeds else None,
+                    )
+                except Exception as exc:  # every request of the batch gets the failure
+                    for item in items:
+                        if not item[4].done():
+                            item[4].set_exception(exc)
+                    continue
+                self.batches += 1
+                elapsed = time.perf_counter() - started
+                for item, gen in zip(items, generations):
+                    if not item[4].done():
+                        item[4].set_result((gen, elapsed))
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._task = None
+        self._queue = None

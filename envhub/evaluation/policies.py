@@ -1,0 +1,159 @@
+"""Policies: what writes the assistant's messages during an evaluation.
+
+Every policy has one coroutine, ``complete(messages, seed=...) -> Completion``, called by many
+episodes at once:
+
+- :class:`EndpointPolicy`: any OpenAI-compatible chat endpoint over httpx (retries with backoff on
+  timeouts, 429 and 5xx, an optional rate limit, the API key from the environment);
+- :class:`LocalPolicy`: a local transformers model, optionally with a LoRA adapter folder; the
+  concurrent requests are gathered into batches, so that N episodes cost one batched generation
+  per turn rather than N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from envhub.evaluation.http import RateLimiter, RetryPolicy, api_key_from_env, chat_async
+from envhub.evaluation.local_model import Batcher, LocalModel, Sampling
+
+__all__ = ["Completion", "EndpointPolicy", "LocalPolicy", "Policy", "make_policy"]
+
+
+@dataclass
+class Completion:
+    """One assistant message and what producing it cost."""
+
+    text: str
+    finish_reason: str | None
+    model_s: float
+    usage: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1
+
+
+class Policy:
+    """Base of the policies. ``describe()`` is what results record as the model."""
+
+    sampling: Sampling
+
+    async def complete(self, messages: list[dict[str, str]], *, seed: int | None = None) -> Completion:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+class EndpointPolicy(Policy):
+    """An OpenAI-compatible chat endpoint (``base_url`` is the API root, e.g. ``http://127.0.0.1:8000/v1``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        sampling: Sampling | None = None,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        retry: RetryPolicy | None = None,
+        rate_limit: float | None = None,
+        max_connections: int = 256,
+    ) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.sampling = sampling or Sampling()
+        self.api_key = api_key if api_key is not None else api_key_from_env(api_key_env)
+        self.retry = retry or RetryPolicy()
+        self.limiter = RateLimiter(rate_limit) if rate_limit else None
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = httpx.AsyncClient(limits=limits)
+
+    async def complete(self, messages: list[dict[str, str]], *, seed: int | None = None) -> Completion:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.sampling.temperature,
+            "top_p": self.sampling.top_p,
+            "max_tokens": self.sampling.max_tokens,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        result = await chat_async(
+            self._client, self.base_url, body, api_key=self.api_key, retry=self.retry, limiter=self.limiter
+        )
+        return Completion(result.text, result.finish_reason, result.latency_s, result.usage, result.attempts)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "endpoint", "name": self.model, "base_url": self.base_url}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class LocalPolicy(Policy):
+    """A local transformers model (and LoRA adapter); concurrent requests are batched by a
+    :class:`~envhub.evaluation.local_model.Batcher`, so N episodes in flight cost one batched
+    generation per turn rather than N."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        adapter: str | None = None,
+        sampling: Sampling | None = None,
+        device: str | None = None,
+        max_batch: int = 64,
+        local_model: LocalModel | None = None,
+    ) -> None:
+        self.sampling = sampling or Sampling()
+        self.local = local_model or LocalModel(model, device=device, max_batch=max_batch)
+        self.adapter_dir = adapter
+        self.adapter_name: str | None = None
+        if adapter is not None:
+            self.adapter_name = "eval-adapter"
+            if self.adapter_name not in self.local.adapters:
+                self.local.load_adapter(self.adapter_name, adapter)
+        self.batcher = Batcher(self.local, max_batch=max_batch)
+
+    async def complete(self, messages: list[dict[str, str]], *, seed: int | None = None) -> Completion:
+        gen, elapsed = await self.batcher.submit(messages, self.sampling, adapter=self.adapter_name, seed=seed)
+        usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens}
+        # model_s is the batch's time: each request waited for all of it
+        return Completion(gen.text, gen.finish_reason, elapsed, usage)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": "local", "name": self.local.name, "path": self.local.path}
+        if self.adapter_dir:
+            out["adapter"] = self.adapter_dir
+        return out
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
+
+
+def make_policy(
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    adapter: str | None = None,
+    sampling: Sampling | None = None,
+    api_key_env: str | None = None,
+    rate_limit: float | None = None,
+    retry: RetryPolicy | None = None,
+    device: str | None = None,
+) -> Policy:
+    """An endpoint policy when ``base_url`` is given, else a local model (the embedded default if no ``model``)."""
+    if base_url:
+        if adapter:
+            raise ValueError("--adapter is for a local model; an endpoint serves its adapters by model name")
+        if not model:
+            raise ValueError("an endpoint needs --model (the model name it serves; see GET /v1/models)")
+        return EndpointPolicy(
+            base_url, model, sampling=sampling, api_key_env=api_key_env, rate_limit=rate_limit, retry=retry
+        )
+    return LocalPolicy(model, adapter=adapter, sampling=sampling, device=device)

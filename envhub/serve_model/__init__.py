@@ -1,0 +1,29 @@
+"""``envhub serve-model``: an OpenAI-compatible server over a local transformers model.
+
+:func:`~envhub.serve_model.app.serve` loads a model (the embedded SmolLM2-135M-Instruct by
+default) and LoRA adapters by name, and serves ``/v1/models`` and ``/v1/chat/completions`` (with
+streaming), so that evaluation and LLM judging can run with nothing but this machine.
+:mod:`~envhub.serve_model.scripted` is a scripted endpoint with fault injection for tests and
+benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ScriptedEndpoint", "create_app", "serve", "serve_in_thread"]
+
+_LAZY = {
+    "create_app": "envhub.serve_model.app",
+    "serve": "envhub.serve_model.app",
+    "ScriptedEndpoint": "envhub.serve_model.scripted",
+    "serve_in_thread": "envhub.serve_model.scripted",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'envhub.serve_model' has no attribute {name!r}")
