@@ -3,7 +3,7 @@
 The image is ``ENVHUB_BASE_IMAGE`` (default ``python:3.11-slim``; ``scripts/setup-docker.sh`` makes a
 local Debian one) plus a virtual environment with envhub's server dependencies and the environment's
 own ``dependencies``, installed with ``pip --no-index`` from wheels that ``pip wheel`` gathered on
-this machine (cached in ``$ENVHUB_HOME/wheelhouse``), envhub's own package, and the unpacked
+this machine (cached in ``~/.cache/envhub/wheelhouse``), envhub's own package, and the unpacked
 artifact at ``/env``. The build runs with ``network_mode="none"``. The image is tagged
 ``envhub/<namespace>.<name>:<version>-<digest12>``, labelled with the identity and the artifact
 digest, runs as a non-root user, and its entrypoint is ``python -m envhub.server /env``.
@@ -30,7 +30,6 @@ import envhub
 from envhub.artifact import pack_bytes, sha256_digest, unpack
 from envhub.errors import DigestMismatchError, DockerUnavailableError, ImageBuildError
 from envhub.manifest import Manifest, load_manifest
-from envhub.paths import envhub_home
 
 BASE_IMAGE_ENV = "ENVHUB_BASE_IMAGE"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
@@ -117,9 +116,21 @@ def server_requirements(manifest: Manifest) -> list[str]:
     return pinned + list(manifest.dependencies)
 
 
+def wheelhouse() -> Path:
+    """Where wheels gathered for builds are cached: ``$ENVHUB_WHEELHOUSE``, else ``~/.cache/envhub/wheelhouse``.
+
+    Outside ``$ENVHUB_HOME`` on purpose: it is a cache of public packages, shared by every registry home.
+    """
+    override = os.environ.get("ENVHUB_WHEELHOUSE")
+    if override:
+        return Path(override).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "envhub" / "wheelhouse"
+
+
 def gather_wheels(requirements: list[str], dest: Path, *, log: Callable[[str], None]) -> None:
     """Wheels for ``requirements`` (and their dependencies) into ``dest``, via the cached wheelhouse."""
-    house = envhub_home() / "wheelhouse"
+    house = wheelhouse()
     house.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir", str(house)]
     # Offline from the wheelhouse first; only what is missing goes to the package index.

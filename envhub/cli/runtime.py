@@ -1,0 +1,79 @@
+"""Commands that run environments as services: serve, build."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def serve(
+    env_id: str = typer.Argument(..., metavar="FOLDER|NAME", help="Environment folder, bundled name, or namespace/name@version."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port to listen on."),
+    uds: str = typer.Option(None, help="Listen on this Unix socket instead of HOST:PORT."),
+    max_sessions: int = typer.Option(4096, help="Sessions held at once; more are refused (HTTP 503, `capacity`)."),
+    idle_timeout: float = typer.Option(600.0, help="Seconds before an idle session is closed; 0 keeps them."),
+    step_timeout: float = typer.Option(None, help="Seconds allowed to one reset/step (default: the manifest's \\[limits])."),
+    max_body_mb: float = typer.Option(16.0, help="Largest request body, in MiB (HTTP 413, `body_too_large`, past it)."),
+    threads: int = typer.Option(16, help="Threads running environment code."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve an environment's episodes over HTTP (the protocol is at GET /openapi.json)."""
+    from envhub.make import locate
+    from envhub.server import ServerConfig, serve as run_server
+
+    located = locate(env_id)
+    config = ServerConfig(
+        max_sessions=max_sessions,
+        idle_timeout_s=idle_timeout or None,
+        step_timeout_s=step_timeout,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        threads=threads,
+    )
+    where = f"unix://{uds}" if uds else f"http://{host}:{port}"
+
+    def ready(server) -> None:  # noqa: ANN001
+        console.print(
+            f"serving [bold]{server.identity.ref}[/] ({server.identity.digest}) on {where}\n"
+            f"[dim]protocol: {where}/openapi.json; connect with envhub.client.RemoteEnv({where!r})[/]",
+            highlight=False,
+        )
+
+    run_server(located.folder, host=host, port=port, uds=uds, digest=located.digest, config=config,
+               log_level=log_level, on_ready=ready)
+
+
+def build(
+    env_id: str = typer.Argument(..., metavar="FOLDER|NAME", help="Environment folder, bundled name, or namespace/name@version."),
+    base: str = typer.Option(None, help="Base image (default: $ENVHUB_BASE_IMAGE, else python:3.11-slim)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when an image of this artifact exists."),
+) -> None:
+    """Build the Docker image that serves an environment (without network), and record it in the local registry."""
+    from envhub.docker_build import build_image, record_image
+    from envhub.errors import ImageBuildError
+    from envhub.make import locate
+
+    located = locate(env_id)
+    with console.status(f"building the image of {located.manifest.ref}") as status:
+        try:
+            built = build_image(located.folder, digest=located.digest, base=base, force=force,
+                                log=lambda line: status.update(line))
+        except ImageBuildError as exc:
+            if exc.log:
+                console.print(exc.log, highlight=False, markup=False)
+            raise
+    recorded = located.registry == "local" and record_image(located.manifest, built)
+    state = "reused" if built.reused else "built"
+    typer.echo(built.tag)
+    console.print(
+        f"{state} [bold]{built.tag}[/] ({built.image_id[:19]}) for {located.manifest.ref} {built.digest[:19]}"
+        + (" [dim](recorded in the local registry)[/]" if recorded else ""),
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(build)
