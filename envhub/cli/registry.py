@@ -561,5 +561,6 @@ def register(app: typer.Typer) -> None:
         callback = info_.callback
         if (info_.name or getattr(callback, "__name__", "")) == "pack":
             app.registered_commands.remove(info_)
-            pack_app.command("folder", help=callback.__doc__, hidden=True)(callback)
+            if not any(c.name == "folder" for c in pack_app.registered_commands):
+                pack_app.command("folder", help=callback.__doc__, hidden=True)(callback)
     app.add_typer(pack_app, name="pack")

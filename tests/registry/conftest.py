@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -13,7 +14,10 @@ ARITHMETIC = Path(__file__).resolve().parents[2] / "environments" / "arithmetic"
 
 def make_env_folder(parent: Path, *, name: str = "adder", version: str = "1.0.0", namespace: str = "acme", extra: str = "") -> Path:
     """A copy of the arithmetic environment under another identity; ``extra`` changes its content."""
-    folder = parent / f"{namespace}-{name}-{version}{'-x' if extra else ''}"
+    suffix = "-" + hashlib.sha256(extra.encode()).hexdigest()[:8] if extra else ""
+    folder = parent / f"{namespace}-{name}-{version}{suffix}"
+    if folder.is_dir():
+        return folder
     shutil.copytree(ARITHMETIC, folder, ignore=shutil.ignore_patterns("__pycache__", "tests"))
     toml = (folder / "envhub.toml").read_text()
     toml = re.sub(r'^namespace = ".*"$', f'namespace = "{namespace}"', toml, flags=re.M)

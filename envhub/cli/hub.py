@@ -1,0 +1,117 @@
+"""``envhub hub``: run a hub server and administer it (serve, adduser, token create|list|revoke)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from envhub.errors import RegistryError
+
+console = Console(soft_wrap=True)
+hub_app = typer.Typer(help="Run and administer a hub server (needs the `hub` extra).", no_args_is_help=True)
+token_app = typer.Typer(help="Tokens on a hub: create (scoped, expiring), list, revoke.", no_args_is_help=True)
+
+DataOpt = typer.Option(Path("hub-data"), "--data", help="Folder for the SQLite database and the artifacts.")
+DbOpt = typer.Option(None, "--database-url", envvar="ENVHUB_HUB_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in --data); e.g. postgresql+psycopg://user@host/db.")
+
+
+def _settings(data: Path, database_url: str | None, **kwargs):
+    try:
+        from envhub.hub import HubSettings
+    except ImportError as exc:
+        raise RegistryError(f"the hub server needs its extra: {exc}", hint="pip install 'envhub[hub]'") from exc
+    return HubSettings(data_dir=data, database_url=database_url, **kwargs)
+
+
+@hub_app.command("serve")
+def serve(
+    data: Path = DataOpt,
+    database_url: str = DbOpt,
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_upload_mb: int = typer.Option(100, help="Largest artifact accepted (413 above)."),
+    public_url: str = typer.Option("", help="The URL clients use, for messages (default http://HOST:PORT)."),
+) -> None:
+    """Serve the hub: the API (/docs), the index (/registry.json) and a page listing public environments (/)."""
+    import uvicorn
+
+    from envhub.hub import create_app
+
+    settings = _settings(data, database_url, max_upload_bytes=max_upload_mb << 20, public_url=public_url or f"http://{host}:{port}")
+    app = create_app(settings)
+    console.print(f"hub on http://{host}:{port} (data in {data}); create a user with `envhub hub adduser NAME --data {data}`", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+@hub_app.command("adduser")
+def adduser(
+    name: str = typer.Argument(..., help="User (or, with --org, organisation) name; it is also its namespace."),
+    data: Path = DataOpt,
+    database_url: str = DbOpt,
+    admin: bool = typer.Option(False, "--admin", help="May create users through the API."),
+    org: str = typer.Option(None, "--member-of", help="Also add the user to this organisation (created when missing)."),
+) -> None:
+    """Create a user directly in the hub's database and print its first (write) token, once."""
+    from envhub.hub import build_hub
+    from envhub.hub.models import OrgMember, User
+    from envhub.registry.wire import ConflictError
+    from sqlalchemy import select
+
+    hub = build_hub(_settings(data, database_url))
+    user, token = hub.create_user(name, is_admin=admin)
+    if org:
+        try:
+            hub.create_user(org, kind="org")
+        except ConflictError:
+            pass
+        with hub.sessions() as s:
+            org_id = s.scalar(select(User.id).where(User.name == org, User.kind == "org"))
+            if org_id is None:
+                raise RegistryError(f"{org!r} is a user, not an organisation", hint="pick another --member-of")
+            s.add(OrgMember(org_id=org_id, user_id=user["id"]))
+            s.commit()
+    console.print(f"created user [bold]{name}[/]; its token (shown once):", highlight=False)
+    typer.echo(token)
+
+
+def _hub(registry: str | None):
+    from envhub.cli.registry import _hub as hub_registry
+
+    return hub_registry(registry)
+
+
+@token_app.command("create")
+def token_create(
+    scope: str = typer.Option("read", help="`read` (pull) or `write` (publish, grant)."),
+    expires_in: int = typer.Option(None, "--expires-in", help="Lifetime in seconds (default: no expiry)."),
+    name: str = typer.Option("", help="A label, e.g. the machine it is for."),
+    registry: str = typer.Option(None, "--registry", "-r", help="The hub URL (default: the configured registry)."),
+) -> None:
+    """Create a token for yourself; prints it once."""
+    created = _hub(registry).create_token(name=name, scope=scope, expires_in_s=expires_in)
+    console.print(f"token {created['id']} ({created['scope']}, expires {created['expires_at'] or 'never'}):", highlight=False)
+    typer.echo(created["token"])
+
+
+@token_app.command("list")
+def token_list(registry: str = typer.Option(None, "--registry", "-r")) -> None:
+    """Your tokens (ids, scopes, expiry, revocation), never their values."""
+    for t in _hub(registry).json("GET", "/tokens")["tokens"]:
+        typer.echo(json.dumps(t, sort_keys=True))
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: int = typer.Argument(...), registry: str = typer.Option(None, "--registry", "-r")) -> None:
+    """Revoke one of your tokens; it stops working at once."""
+    revoked = _hub(registry).revoke_token(token_id)
+    console.print(f"revoked token {revoked['id']} ({revoked['prefix']}…)", highlight=False)
+
+
+hub_app.add_typer(token_app, name="token")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(hub_app, name="hub")

@@ -1,0 +1,252 @@
+"""The hub server's ASGI app (FastAPI): the HTTP face of :class:`envhub.hub.service.Hub`.
+
+Every error is JSON ``{"error": {"code", "message", "hint", "fields"}}`` with its status: 401
+without a (valid) token, 403 without the right or an entitlement (naming the pack to ask for),
+404 with near matches, 409 on version conflicts, 413 on oversize uploads, 422 on bad input.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures, some of which use local aliases.
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from envhub.errors import EnvhubError, PayloadTooLargeError
+from envhub.hub.db import make_engine, migrate, sessions, sqlite_url
+from envhub.hub.page import render_index_page
+from envhub.hub.service import Hub, Principal
+from envhub.hub.storage import LocalDiskStorage, Storage
+from envhub.registry.http import HUB_SERVICE
+from envhub.registry.wire import to_payload
+
+NAME = r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$"
+SEMVER = r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})(?:-[0-9A-Za-z.-]{1,40})?(?:\+[0-9A-Za-z.-]{1,40})?$"
+NameParam = Annotated[str, PathParam(pattern=NAME, max_length=64)]
+VersionParam = Annotated[str, PathParam(pattern=SEMVER, max_length=100)]
+
+
+@dataclass
+class HubSettings:
+    """How a hub runs. ``data_dir`` holds the SQLite file and the artifacts unless told otherwise."""
+
+    data_dir: Path = Path("hub-data")
+    database_url: str | None = None  # default: sqlite:///DATA_DIR/hub.db; postgresql+psycopg://... for PostgreSQL
+    storage: Storage | None = None  # default: LocalDiskStorage(DATA_DIR/storage)
+    max_upload_bytes: int = 100 << 20
+    max_unpacked_bytes: int = 512 << 20
+    public_url: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class TokenRequest(BaseModel):
+    name: str = Field("", max_length=128)
+    scope: Literal["read", "write"] = "read"
+    expires_in_s: int | None = Field(None, gt=0, le=10 * 365 * 86400, description="Lifetime in seconds; none: no expiry.")
+
+
+class UserRequest(BaseModel):
+    name: str = Field(pattern=NAME, max_length=64)
+    is_admin: bool = False
+
+
+class NameRequest(BaseModel):
+    name: str = Field(pattern=NAME, max_length=64)
+
+
+class UserRef(BaseModel):
+    user: str = Field(pattern=NAME, max_length=64)
+
+
+class PackItem(BaseModel):
+    ref: str = Field(max_length=200, description="namespace/name@x.y.z")
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class PackRequest(BaseModel):
+    license: str = Field("", max_length=100_000)
+    description: str = Field("", max_length=10_000)
+    environments: list[PackItem] = Field(min_length=1, max_length=1000)
+    signature: str | None = Field(None, max_length=128)
+    key_id: str | None = Field(None, max_length=32)
+
+
+def build_hub(settings: HubSettings) -> Hub:
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url or sqlite_url(data_dir / "hub.db"))
+    migrate(engine)
+    storage = settings.storage or LocalDiskStorage(data_dir / "storage")
+    return Hub(sessions(engine), storage, max_unpacked_bytes=settings.max_unpacked_bytes, url=settings.public_url)
+
+
+def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -> FastAPI:
+    settings = settings or HubSettings()
+    hub = hub or build_hub(settings)
+    app = FastAPI(
+        title="envhub hub",
+        version="1",
+        description="Publish, pull and sell reinforcement-learning environments for language models.",
+    )
+    app.state.hub = hub
+    bearer = HTTPBearer(auto_error=False, description="A token from `envhub hub adduser` or POST /api/v1/tokens.")
+
+    @app.exception_handler(EnvhubError)
+    async def _envhub_error(_request: Request, exc: EnvhubError) -> JSONResponse:
+        status, body = to_payload(exc)
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        body = {"error": {"code": "invalid_request", "message": "; ".join(problems)[:2000], "hint": "see /docs for the request shapes", "fields": {}}}
+        return JSONResponse(body, status_code=422)
+
+    def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal | None:
+        return hub.authenticate(credentials.credentials if credentials else None)
+
+    Who = Annotated[Principal | None, Depends(principal)]
+
+    # --- pages and discovery ---------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def front_page() -> HTMLResponse:
+        return HTMLResponse(render_index_page(hub.index(None)))
+
+    @app.get("/registry.json", summary="The public index, in the static-registry format")
+    def registry_json() -> Response:
+        return Response(hub.index(None).to_json(), media_type="application/json")
+
+    @app.get("/api/v1/health", summary="Liveness, and what this server is")
+    def health() -> dict:
+        return {"service": HUB_SERVICE, "status": "ok"}
+
+    @app.get("/api/v1/whoami", summary="The user and scope of the token sent")
+    def whoami(who: Who) -> dict:
+        if who is None:
+            return {"user": None, "scope": None}
+        return {"user": who.name, "scope": who.scope, "is_admin": who.is_admin}
+
+    @app.get("/api/v1/index", summary="Every environment the caller can see, and every pack")
+    def index(who: Who) -> Response:
+        return Response(hub.index(who).to_json(), media_type="application/json")
+
+    @app.get("/api/v1/search", summary="Environments whose name, description or tags hold every word")
+    def search(who: Who, q: Annotated[str, Query(max_length=200)] = "") -> dict:
+        return {"results": [e.model_dump(mode="json") for e in hub.search(who, q)]}
+
+    # --- environments ----------------------------------------------------------------------------
+
+    @app.get("/api/v1/envs/{namespace}/{name}", summary="An environment and the versions the caller may pull")
+    def env(namespace: NameParam, name: NameParam, who: Who) -> dict:
+        return hub.env_entry(who, namespace, name).model_dump(mode="json")
+
+    @app.put(
+        "/api/v1/envs/{namespace}/{name}/{version}",
+        summary="Publish an artifact (the tar.gz bytes as the body)",
+        status_code=201,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    )
+    async def publish(
+        namespace: NameParam, name: NameParam, version: VersionParam, request: Request, who: Who,
+        private: bool = False,
+    ) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+            raise PayloadTooLargeError(int(declared), settings.max_upload_bytes)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > settings.max_upload_bytes:
+                raise PayloadTooLargeError(None, settings.max_upload_bytes)
+            chunks.append(chunk)
+        digest = request.headers.get("x-envhub-digest")
+        entry, created = await run_in_threadpool(
+            hub.publish, who, namespace, name, version, b"".join(chunks), declared_digest=digest, private=private
+        )
+        return JSONResponse(entry.model_dump(mode="json"), status_code=201 if created else 200)
+
+    @app.get(
+        "/api/v1/envs/{namespace}/{name}/{version}/artifact",
+        summary="Download an artifact (recorded in the owner's audit log)",
+        response_class=Response,
+        responses={200: {"content": {"application/gzip": {}}}},
+    )
+    def artifact(namespace: NameParam, name: NameParam, version: VersionParam, who: Who, request: Request) -> Response:
+        client = request.client.host if request.client else None
+        data, digest = hub.artifact(who, namespace, name, version, client=client)
+        headers = {"X-Envhub-Digest": digest, "Content-Disposition": f'attachment; filename="{name}-{version}.tar.gz"'}
+        return Response(data, media_type="application/gzip", headers=headers)
+
+    # --- users, organisations, tokens ------------------------------------------------------------
+
+    def need(who: Principal | None) -> Principal:
+        if who is None:
+            from envhub.errors import AuthenticationError
+
+            raise AuthenticationError("this needs a token", registry=settings.public_url or None)
+        return who
+
+    @app.post("/api/v1/users", summary="Create a user (administrators only); answers its first token", status_code=201)
+    def create_user(body: UserRequest, who: Who) -> dict:
+        user, token = hub.create_user(body.name, is_admin=body.is_admin, admin=need(who))
+        return {**user, "token": token}
+
+    @app.post("/api/v1/orgs", summary="Create an organisation namespace, with the caller as a member", status_code=201)
+    def create_org(body: NameRequest, who: Who) -> dict:
+        return hub.create_org(need(who), body.name)
+
+    @app.post("/api/v1/orgs/{org}/members", summary="Add a user to an organisation")
+    def add_member(org: NameParam, body: UserRef, who: Who) -> dict:
+        return hub.add_member(need(who), org, body.user)
+
+    @app.post("/api/v1/tokens", summary="Create a token for the caller (scoped, optionally expiring)", status_code=201)
+    def create_token(body: TokenRequest, who: Who) -> dict:
+        return hub.create_token(need(who), name=body.name, scope=body.scope, expires_in_s=body.expires_in_s)
+
+    @app.get("/api/v1/tokens", summary="The caller's tokens (never their values)")
+    def list_tokens(who: Who) -> dict:
+        return {"tokens": hub.list_tokens(need(who))}
+
+    @app.delete("/api/v1/tokens/{token_id}", summary="Revoke a token")
+    def revoke_token(token_id: Annotated[int, PathParam(ge=1, le=2**62)], who: Who) -> dict:
+        return hub.revoke_token(need(who), token_id)
+
+    # --- packs, entitlements, audit --------------------------------------------------------------
+
+    @app.get("/api/v1/packs/{namespace}/{name}", summary="A pack's versions, licenses, contents and signatures")
+    def pack(namespace: NameParam, name: NameParam) -> dict:
+        versions = hub.pack_versions(namespace, name)
+        return {"namespace": namespace, "name": name, "versions": {v: p.model_dump(mode="json") for v, p in versions.items()}}
+
+    @app.put("/api/v1/packs/{namespace}/{name}/{version}", summary="Publish a pack version", status_code=201)
+    def publish_pack(namespace: NameParam, name: NameParam, version: VersionParam, body: PackRequest, who: Who) -> JSONResponse:
+        entry, created = hub.publish_pack(who, namespace, name, version, body.model_dump(mode="json"))
+        return JSONResponse(entry.model_dump(mode="json"), status_code=201 if created else 200)
+
+    @app.get("/api/v1/packs/{namespace}/{name}/grants", summary="Who is entitled to a pack (owner only)")
+    def grants(namespace: NameParam, name: NameParam, who: Who) -> dict:
+        return {"grants": hub.grants(who, namespace, name)}
+
+    @app.post("/api/v1/packs/{namespace}/{name}/grants", summary="Entitle a user to a pack")
+    def grant(namespace: NameParam, name: NameParam, body: UserRef, who: Who) -> dict:
+        return hub.grant(who, namespace, name, body.user)
+
+    @app.delete("/api/v1/packs/{namespace}/{name}/grants/{user}", summary="Withdraw a user's entitlement")
+    def revoke(namespace: NameParam, name: NameParam, user: NameParam, who: Who) -> dict:
+        return hub.revoke(who, namespace, name, user)
+
+    @app.get("/api/v1/audit", summary="Pulls, publishes and grants in a namespace, newest first (owner only)")
+    def audit(
+        namespace: Annotated[str, Query(pattern=NAME, max_length=64)], who: Who,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> dict:
+        return {"events": hub.audit_log(who, namespace, limit=limit)}
+
+    return app

@@ -1,0 +1,1 @@
+"""Alembic migrations of the hub's database; ``envhub.hub.db.migrate`` runs them to head."""

@@ -1,0 +1,519 @@
+"""The hub's rules, apart from HTTP: who may do what, publishing, pulling, packs, entitlements and
+the audit log. Routes in :mod:`envhub.hub.app` only translate requests into these calls; every
+refusal is an :mod:`envhub.errors` class that the wire module maps to its status code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from envhub.artifact import sha256_digest, unpack
+from envhub.errors import (
+    AuthenticationError,
+    DigestMismatchError,
+    EnvNotFoundError,
+    ManifestError,
+    PermissionDeniedError,
+    VersionConflictError,
+    VersionNotFoundError,
+)
+from envhub.errors import suggest as near_matches
+from envhub.hub.models import AuditEvent, Entitlement, Environment, EnvVersion, OrgMember, Pack, PackVersion, Token, User, utcnow
+from envhub.hub.storage import Storage, artifact_key
+from envhub.ids import NAME_RE
+from envhub.index import EnvEntry, Index, PackEntry, VersionEntry, sort_versions
+from envhub.manifest import load_manifest
+from envhub.registry.packs import validate_pack
+from envhub.registry.wire import ConflictError, NotFoundError
+
+TOKEN_PREFIX = "ehub_"
+SCOPES = ("read", "write")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request comes from: the token's user and the token's scope."""
+
+    user_id: int
+    name: str
+    scope: str
+    is_admin: bool
+    token_id: int
+
+    @property
+    def can_write(self) -> bool:
+        return self.scope == "write"
+
+
+def hash_token(raw: str) -> str:
+    # Tokens are 256 random bits: a plain sha256 is enough (no dictionary to attack), and lookups stay O(1).
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _valid_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ConflictError(
+            f"{what} {value!r} is not a valid name",
+            hint="use lowercase letters, digits, '.', '_' and '-', starting and ending alphanumeric",
+        )
+    return value
+
+
+class Hub:
+    """The hub's state: a database (through ``sessions``) and blob ``storage``."""
+
+    def __init__(self, sessions: sessionmaker, storage: Storage, *, max_unpacked_bytes: int = 256 << 20, url: str = "") -> None:
+        self.sessions = sessions
+        self.storage = storage
+        self.max_unpacked_bytes = max_unpacked_bytes
+        self.url = url
+
+    # --- users, organisations, tokens -----------------------------------------------------------
+
+    def create_user(self, name: str, *, kind: str = "user", is_admin: bool = False, admin: Principal | None = None) -> tuple[dict, str | None]:
+        """Create a user (with a write token, returned once) or an organisation (no token)."""
+        if admin is not None and not admin.is_admin:
+            raise PermissionDeniedError("only an administrator may create users")
+        _valid_name(name, "user name")
+        with self.sessions() as s:
+            user = User(name=name, kind=kind, is_admin=is_admin)
+            s.add(user)
+            try:
+                s.flush()
+            except IntegrityError:
+                raise ConflictError(f"the name {name!r} is taken", hint="pick another name") from None
+            raw = None
+            if kind == "user":
+                raw = self._new_token(s, user.id, name="initial", scope="write", expires_in_s=None)[1]
+            s.commit()
+            return {"id": user.id, "name": user.name, "kind": user.kind, "is_admin": user.is_admin}, raw
+
+    def _new_token(self, s: Session, user_id: int, *, name: str, scope: str, expires_in_s: int | None) -> tuple[Token, str]:
+        if scope not in SCOPES:
+            raise ConflictError(f"scope {scope!r} is not one of {', '.join(SCOPES)}", hint="use `read` or `write`")
+        raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        expires = utcnow() + timedelta(seconds=expires_in_s) if expires_in_s is not None else None
+        token = Token(user_id=user_id, token_hash=hash_token(raw), prefix=raw[:12], name=name, scope=scope, expires_at=expires)
+        s.add(token)
+        s.flush()
+        return token, raw
+
+    def authenticate(self, raw: str | None) -> Principal | None:
+        """The principal of a bearer token; None without one. Unknown, expired or revoked tokens raise."""
+        if not raw:
+            return None
+        with self.sessions() as s:
+            row = s.execute(select(Token, User).join(User, User.id == Token.user_id).where(Token.token_hash == hash_token(raw))).first()
+            if row is None:
+                raise AuthenticationError("the token is not known to this hub", registry=self.url or None)
+            token, user = row
+            if token.revoked_at is not None:
+                raise AuthenticationError(f"token {token.prefix}… was revoked at {token.revoked_at:%Y-%m-%d %H:%M} UTC", registry=self.url or None)
+            if token.expires_at is not None and token.expires_at <= utcnow():
+                raise AuthenticationError(f"token {token.prefix}… expired at {token.expires_at:%Y-%m-%d %H:%M:%S} UTC", registry=self.url or None)
+            return Principal(user.id, user.name, token.scope, user.is_admin, token.id)
+
+    def create_token(self, who: Principal, *, name: str = "", scope: str = "read", expires_in_s: int | None = None) -> dict:
+        if scope == "write" and not who.can_write:
+            raise PermissionDeniedError("a read token cannot create a write token")
+        if expires_in_s is not None and expires_in_s <= 0:
+            raise ConflictError("expires_in_s must be positive", hint="pass a number of seconds, or nothing for no expiry")
+        with self.sessions() as s:
+            token, raw = self._new_token(s, who.user_id, name=name, scope=scope, expires_in_s=expires_in_s)
+            s.commit()
+            return {**self._token_json(token), "token": raw}
+
+    @staticmethod
+    def _token_json(t: Token) -> dict:
+        return {
+            "id": t.id, "name": t.name, "scope": t.scope, "prefix": t.prefix,
+            "created_at": t.created_at.isoformat(), "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+            "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+        }
+
+    def list_tokens(self, who: Principal) -> list[dict]:
+        with self.sessions() as s:
+            return [self._token_json(t) for t in s.scalars(select(Token).where(Token.user_id == who.user_id).order_by(Token.id))]
+
+    def revoke_token(self, who: Principal, token_id: int) -> dict:
+        with self.sessions() as s:
+            token = s.get(Token, token_id)
+            if token is None or (token.user_id != who.user_id and not who.is_admin):
+                raise NotFoundError(f"no token {token_id} of yours", hint="list yours with GET /api/v1/tokens")
+            if token.revoked_at is None:
+                token.revoked_at = utcnow()
+            s.commit()
+            return self._token_json(token)
+
+    def create_org(self, who: Principal, name: str) -> dict:
+        self._need_write(who)
+        org, _ = self.create_user(name, kind="org")
+        with self.sessions() as s:
+            s.add(OrgMember(org_id=org["id"], user_id=who.user_id))
+            s.commit()
+        return org
+
+    def add_member(self, who: Principal, org: str, user: str) -> dict:
+        self._need_write(who)
+        self._need_owner(who, org)
+        with self.sessions() as s:
+            org_row = s.scalar(select(User).where(User.name == org, User.kind == "org"))
+            member = s.scalar(select(User).where(User.name == user, User.kind == "user"))
+            if org_row is None or member is None:
+                raise NotFoundError(f"no organisation {org!r} with a user {user!r}", hint="check both names")
+            if s.get(OrgMember, (org_row.id, member.id)) is None:
+                s.add(OrgMember(org_id=org_row.id, user_id=member.id))
+            s.commit()
+        return {"org": org, "user": user}
+
+    # --- permissions ----------------------------------------------------------------------------
+
+    def owns(self, who: Principal | None, namespace: str) -> bool:
+        if who is None:
+            return False
+        if who.is_admin or who.name == namespace:
+            return True
+        with self.sessions() as s:
+            org = s.scalar(select(User.id).where(User.name == namespace, User.kind == "org"))
+            return org is not None and s.get(OrgMember, (org, who.user_id)) is not None
+
+    def _need_write(self, who: Principal | None) -> Principal:
+        if who is None:
+            raise AuthenticationError("this needs a token with the `write` scope", registry=self.url or None)
+        if not who.can_write:
+            raise PermissionDeniedError(f"token of {who.name} has the `read` scope; this needs `write`")
+        return who
+
+    def _need_owner(self, who: Principal, namespace: str) -> None:
+        if not self.owns(who, namespace):
+            raise PermissionDeniedError(f"{who.name} may not write to namespace `{namespace}`: it belongs to someone else")
+
+    def _entitled_refs(self, s: Session, who: Principal | None) -> set[str]:
+        """Every ``ns/name@version`` the user may pull through a pack grant."""
+        if who is None:
+            return set()
+        rows = s.scalars(
+            select(PackVersion.environments)
+            .join(Entitlement, Entitlement.pack_id == PackVersion.pack_id)
+            .where(Entitlement.user_id == who.user_id, Entitlement.revoked_at.is_(None))
+        )
+        return {item["ref"] for text in rows for item in json.loads(text)}
+
+    def _packs_containing(self, s: Session, full_name: str) -> list[str]:
+        rows = s.execute(
+            select(Pack.namespace, Pack.name, PackVersion.environments)
+            .join(PackVersion, PackVersion.pack_id == Pack.id)
+            .where(PackVersion.environments.contains(f'"{full_name}@'))
+        )
+        return sorted({f"{ns}/{name}" for ns, name, text in rows if any(i["ref"].startswith(full_name + "@") for i in json.loads(text))})
+
+    def _visible_versions(self, s: Session, who: Principal | None, env: Environment, versions: list[EnvVersion]) -> list[EnvVersion]:
+        """The versions of ``env`` that ``who`` may see; refuses a private environment with 401/403."""
+        if not env.private or self.owns(who, env.namespace):
+            return versions
+        full = f"{env.namespace}/{env.name}"
+        if who is None:
+            raise AuthenticationError(f"`{full}` is private: send a token of its owner or of a lab entitled to it", registry=self.url or None)
+        refs = self._entitled_refs(s, who)
+        allowed = [v for v in versions if f"{full}@{v.version}" in refs]
+        if not allowed:
+            packs = self._packs_containing(s, full)
+            offer = f"; it is sold in pack {', '.join(f'`{p}`' for p in packs)}" if packs else ""
+            raise PermissionDeniedError(f"`{full}` is private and {who.name} has no entitlement to it{offer}", pack=packs[0] if packs else None)
+        return allowed
+
+    # --- environments ---------------------------------------------------------------------------
+
+    def _env(self, s: Session, namespace: str, name: str) -> Environment:
+        env = s.scalar(select(Environment).where(Environment.namespace == namespace, Environment.name == name))
+        if env is None:
+            known = [f"{ns}/{n}" for ns, n in s.execute(select(Environment.namespace, Environment.name).where(Environment.private.is_(False)))]
+            raise EnvNotFoundError(f"{namespace}/{name}", where=f"the hub{' at ' + self.url if self.url else ''}", available=known)
+        return env
+
+    @staticmethod
+    def _version_entry(env: Environment, v: EnvVersion) -> VersionEntry:
+        manifest = json.loads(v.manifest)
+        return VersionEntry(
+            version=v.version, digest=v.digest, artifact=f"api/v1/envs/{env.namespace}/{env.name}/{v.version}/artifact",
+            size=v.size, description=manifest.get("description", ""), tags=manifest.get("tags", []),
+            license=manifest.get("license"), max_turns=manifest.get("max_turns"),
+        )
+
+    def _env_entry(self, env: Environment, versions: list[EnvVersion]) -> EnvEntry:
+        return EnvEntry(
+            namespace=env.namespace, name=env.name, description=env.description, tags=json.loads(env.tags),
+            private=env.private, versions={v.version: self._version_entry(env, v) for v in versions},
+        )
+
+    def env_entry(self, who: Principal | None, namespace: str, name: str) -> EnvEntry:
+        with self.sessions() as s:
+            env = self._env(s, namespace, name)
+            versions = list(s.scalars(select(EnvVersion).where(EnvVersion.env_id == env.id)))
+            return self._env_entry(env, self._visible_versions(s, who, env, versions))
+
+    def index(self, who: Principal | None) -> Index:
+        """Every environment ``who`` can see (public ones, and private ones owned or entitled), and every pack."""
+        with self.sessions() as s:
+            index = Index()
+            versions: dict[int, list[EnvVersion]] = {}
+            for v in s.scalars(select(EnvVersion)):
+                versions.setdefault(v.env_id, []).append(v)
+            for env in s.scalars(select(Environment).order_by(Environment.namespace, Environment.name)):
+                try:
+                    visible = self._visible_versions(s, who, env, versions.get(env.id, []))
+                except (AuthenticationError, PermissionDeniedError):
+                    continue
+                index.environments[f"{env.namespace}/{env.name}"] = self._env_entry(env, visible)
+            for pack, pv in s.execute(select(Pack, PackVersion).join(PackVersion, PackVersion.pack_id == Pack.id)):
+                index.packs.setdefault(f"{pack.namespace}/{pack.name}", {})[pv.version] = self._pack_entry(pack, pv)
+            return index
+
+    def publish(
+        self, who: Principal | None, namespace: str, name: str, version: str, data: bytes, *,
+        declared_digest: str | None = None, private: bool = False,
+    ) -> tuple[VersionEntry, bool]:
+        """Check and store an artifact as ``namespace/name@version``; returns (entry, created)."""
+        who = self._need_write(who)
+        self._need_owner(who, namespace)
+        ref = f"{namespace}/{name}@{version}"
+        digest = sha256_digest(data)
+        if declared_digest and declared_digest != digest:
+            raise DigestMismatchError(f"upload of {ref}", declared_digest, digest)
+        manifest = self._checked_manifest(data, digest, namespace, name, version)
+        with self.sessions() as s:  # a version already there: same bytes is a no-op, others conflict
+            existing = s.execute(
+                select(Environment, EnvVersion).join(EnvVersion, EnvVersion.env_id == Environment.id)
+                .where(Environment.namespace == namespace, Environment.name == name, EnvVersion.version == version)
+            ).first()
+            if existing is not None:
+                return self._existing(existing[0], existing[1], ref, digest)
+        # The blob first, then the row: a version becomes visible only once its bytes are stored.
+        key = artifact_key(digest)
+        if not self.storage.exists(key):
+            self.storage.put(key, data)
+        env_id = self._get_or_create_env(namespace, name, manifest, private)
+        with self.sessions() as s:
+            row = EnvVersion(env_id=env_id, version=version, digest=digest, size=len(data), storage_key=key,
+                             manifest=json.dumps(manifest, sort_keys=True), publisher_id=who.user_id)
+            s.add(row)
+            try:
+                s.flush()
+            except IntegrityError:  # a concurrent publish of the same version won the race
+                s.rollback()
+                env = s.get(Environment, env_id)
+                other = s.scalar(select(EnvVersion).where(EnvVersion.env_id == env_id, EnvVersion.version == version))
+                return self._existing(env, other, ref, digest)
+            env = s.get(Environment, env_id)
+            env.description, env.tags = manifest.get("description", ""), json.dumps(manifest.get("tags", []))
+            self._audit(s, namespace, who, "publish", ref, digest)
+            s.commit()
+            return self._version_entry(env, row), True
+
+    def _existing(self, env: Environment, row: EnvVersion, ref: str, digest: str) -> tuple[VersionEntry, bool]:
+        if row.digest != digest:
+            raise VersionConflictError(ref, row.digest, digest)
+        return self._version_entry(env, row), False
+
+    def _get_or_create_env(self, namespace: str, name: str, manifest: dict, private: bool) -> int:
+        for _ in range(5):
+            with self.sessions() as s:
+                env_id = s.scalar(select(Environment.id).where(Environment.namespace == namespace, Environment.name == name))
+                if env_id is not None:
+                    return env_id
+                env = Environment(namespace=namespace, name=name, description=manifest.get("description", ""),
+                                  tags=json.dumps(manifest.get("tags", [])), private=private)
+                s.add(env)
+                try:
+                    s.commit()
+                    return env.id
+                except IntegrityError:
+                    s.rollback()
+        raise ConflictError(f"could not create {namespace}/{name}; try again")  # pragma: no cover
+
+    def _checked_manifest(self, data: bytes, digest: str, namespace: str, name: str, version: str) -> dict[str, Any]:
+        """Unpack by the safe rules into a scratch folder, read the manifest, check it names this version."""
+        scratch = Path(tempfile.mkdtemp(prefix="envhub-hub-"))
+        try:
+            folder = unpack(data, scratch / "env", expected_digest=digest, max_bytes=self.max_unpacked_bytes)
+            manifest = load_manifest(folder)
+        except ManifestError as exc:
+            raise ManifestError("envhub.toml in the uploaded artifact", exc.problems) from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        lies = [
+            f"`{field}` is {got!r} but the artifact was published as {want!r}"
+            for field, got, want in (("namespace", manifest.namespace, namespace), ("name", manifest.name, name), ("version", manifest.version, version))
+            if got != want
+        ]
+        if lies:
+            raise ManifestError("envhub.toml in the uploaded artifact", lies)
+        return manifest.model_dump(mode="json")
+
+    def artifact(self, who: Principal | None, namespace: str, name: str, version: str, *, client: str | None = None) -> tuple[bytes, str]:
+        """The bytes of a version (digest-checked), recording the pull in the audit log."""
+        with self.sessions() as s:
+            env = self._env(s, namespace, name)
+            versions = list(s.scalars(select(EnvVersion).where(EnvVersion.env_id == env.id)))
+            row = next((v for v in versions if v.version == version), None)
+            if row is None:
+                raise VersionNotFoundError(f"{namespace}/{name}", version, sort_versions([v.version for v in versions]))
+            if row not in self._visible_versions(s, who, env, [row]):  # raises 401/403 when refused
+                raise PermissionDeniedError(f"no access to {namespace}/{name}@{version}")
+            data = self.storage.get(row.storage_key)
+            if sha256_digest(data) != row.digest:
+                raise DigestMismatchError(f"stored artifact of {namespace}/{name}@{version}", row.digest, sha256_digest(data))
+            self._audit(s, namespace, who, "pull", f"{namespace}/{name}@{version}", row.digest, client)
+            s.commit()
+            return data, row.digest
+
+    def search(self, who: Principal | None, text: str) -> list[EnvEntry]:
+        words = text.lower().split()
+        hits = []
+        for key, entry in self.index(who).environments.items():
+            hay = " ".join([key, entry.description, " ".join(entry.tags)]).lower()
+            if all(w in hay for w in words):
+                hits.append(entry)
+        return hits
+
+    # --- packs and entitlements -----------------------------------------------------------------
+
+    @staticmethod
+    def _pack_entry(pack: Pack, pv: PackVersion) -> PackEntry:
+        return PackEntry(
+            name=pack.name, version=pv.version, license=pv.license, environments=json.loads(pv.environments),
+            signature=pv.signature, namespace=pack.namespace, description=pv.description, key_id=pv.key_id,
+        )
+
+    def publish_pack(self, who: Principal | None, namespace: str, name: str, version: str, pack: dict[str, Any]) -> tuple[PackEntry, bool]:
+        who = self._need_write(who)
+        self._need_owner(who, namespace)
+        pack = validate_pack({**pack, "namespace": namespace, "name": name, "version": version})
+        with self.sessions() as s:
+            for item in pack["environments"]:  # each must exist with that digest; private ones must be the publisher's
+                env_ns, _, rest = item["ref"].partition("/")
+                env_name, _, env_version = rest.partition("@")
+                env = self._env(s, env_ns, env_name)
+                row = s.scalar(select(EnvVersion).where(EnvVersion.env_id == env.id, EnvVersion.version == env_version))
+                if row is None:
+                    versions = [v for (v,) in s.execute(select(EnvVersion.version).where(EnvVersion.env_id == env.id))]
+                    raise VersionNotFoundError(f"{env_ns}/{env_name}", env_version, sort_versions(versions))
+                if row.digest != item["digest"]:
+                    raise DigestMismatchError(f"pack entry {item['ref']}", item["digest"], row.digest)
+                if env.private and not self.owns(who, env_ns):
+                    raise PermissionDeniedError(f"pack {namespace}/{name} may not bundle `{env_ns}/{env_name}`: it is private and not yours")
+            pack_row = s.scalar(select(Pack).where(Pack.namespace == namespace, Pack.name == name))
+            if pack_row is None:
+                pack_row = Pack(namespace=namespace, name=name)
+                s.add(pack_row)
+                s.flush()
+            envs_json = json.dumps(pack["environments"], sort_keys=True)
+            existing = s.scalar(select(PackVersion).where(PackVersion.pack_id == pack_row.id, PackVersion.version == version))
+            if existing is not None:
+                same = existing.environments == envs_json and existing.license == pack.get("license", "")
+                if not same:
+                    raise ConflictError(f"pack {namespace}/{name}@{version} is already published with other contents",
+                                        hint="published pack versions are immutable: bump the version")
+                if pack.get("signature") and existing.signature != pack["signature"]:
+                    existing.signature, existing.key_id = pack["signature"], pack.get("key_id")  # signing later is allowed
+                    s.commit()
+                return self._pack_entry(pack_row, existing), False
+            pv = PackVersion(pack_id=pack_row.id, version=version, license=pack.get("license", ""), description=pack.get("description", ""),
+                             environments=envs_json, signature=pack.get("signature"), key_id=pack.get("key_id"))
+            s.add(pv)
+            try:
+                s.flush()
+            except IntegrityError:
+                raise ConflictError(f"pack {namespace}/{name}@{version} was published concurrently; try again") from None
+            self._audit(s, namespace, who, "pack", f"{namespace}/{name}@{version}", None)
+            s.commit()
+            return self._pack_entry(pack_row, pv), True
+
+    def pack_versions(self, namespace: str, name: str) -> dict[str, PackEntry]:
+        with self.sessions() as s:
+            pack = self._pack(s, namespace, name)
+            return {pv.version: self._pack_entry(pack, pv) for pv in s.scalars(select(PackVersion).where(PackVersion.pack_id == pack.id))}
+
+    def _pack(self, s: Session, namespace: str, name: str) -> Pack:
+        pack = s.scalar(select(Pack).where(Pack.namespace == namespace, Pack.name == name))
+        if pack is None:
+            known = [f"{ns}/{n}" for ns, n in s.execute(select(Pack.namespace, Pack.name))]
+            matches = near_matches(f"{namespace}/{name}", known)
+            did = (" Did you mean " + " or ".join(f"`{m}`" for m in matches) + "?") if matches else ""
+            raise NotFoundError(f"pack `{namespace}/{name}` not found.{did}", hint="the hub's front page lists its packs")
+        return pack
+
+    def grant(self, who: Principal | None, namespace: str, name: str, user: str) -> dict:
+        who = self._need_write(who)
+        self._need_owner(who, namespace)
+        with self.sessions() as s:
+            pack = self._pack(s, namespace, name)
+            lab = s.scalar(select(User).where(User.name == user, User.kind == "user"))
+            if lab is None:
+                raise NotFoundError(f"no user {user!r} on this hub", hint="ask the lab for its user name")
+            ent = s.scalar(select(Entitlement).where(Entitlement.pack_id == pack.id, Entitlement.user_id == lab.id))
+            if ent is None:
+                s.add(Entitlement(pack_id=pack.id, user_id=lab.id, granted_by=who.user_id))
+            else:
+                ent.revoked_at, ent.granted_at, ent.granted_by = None, utcnow(), who.user_id
+            self._audit(s, namespace, who, "grant", f"{namespace}/{name} -> {user}", None)
+            s.commit()
+        return {"pack": f"{namespace}/{name}", "user": user, "active": True}
+
+    def revoke(self, who: Principal | None, namespace: str, name: str, user: str) -> dict:
+        who = self._need_write(who)
+        self._need_owner(who, namespace)
+        with self.sessions() as s:
+            pack = self._pack(s, namespace, name)
+            ent = s.scalar(
+                select(Entitlement).join(User, User.id == Entitlement.user_id)
+                .where(Entitlement.pack_id == pack.id, User.name == user, Entitlement.revoked_at.is_(None))
+            )
+            if ent is None:
+                raise NotFoundError(f"{user!r} holds no active grant of pack {namespace}/{name}")
+            ent.revoked_at = utcnow()
+            self._audit(s, namespace, who, "revoke", f"{namespace}/{name} -> {user}", None)
+            s.commit()
+        return {"pack": f"{namespace}/{name}", "user": user, "active": False}
+
+    def grants(self, who: Principal | None, namespace: str, name: str) -> list[dict]:
+        if who is None:
+            raise AuthenticationError("listing grants needs the pack owner's token", registry=self.url or None)
+        self._need_owner(who, namespace)
+        with self.sessions() as s:
+            pack = self._pack(s, namespace, name)
+            rows = s.execute(select(Entitlement, User.name).join(User, User.id == Entitlement.user_id).where(Entitlement.pack_id == pack.id))
+            return [{"user": u, "granted_at": e.granted_at.isoformat(), "active": e.revoked_at is None} for e, u in rows]
+
+    # --- audit ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(s: Session, namespace: str, who: Principal | None, action: str, subject: str, digest: str | None, client: str | None = None) -> None:
+        s.add(AuditEvent(namespace=namespace, user_id=who.user_id if who else None, user_name=who.name if who else None,
+                         action=action, subject=subject[:255], digest=digest, client=(client or "")[:255] or None))
+
+    def audit_log(self, who: Principal | None, namespace: str, *, limit: int = 100) -> list[dict]:
+        if who is None:
+            raise AuthenticationError("the audit log needs the namespace owner's token", registry=self.url or None)
+        self._need_owner(who, namespace)
+        limit = max(1, min(int(limit), 10_000))
+        with self.sessions() as s:
+            rows = s.scalars(select(AuditEvent).where(AuditEvent.namespace == namespace).order_by(AuditEvent.id.desc()).limit(limit))
+            return [
+                {"at": e.at.isoformat(timespec="seconds") + "Z", "user": e.user_name, "action": e.action,
+                 "subject": e.subject, "digest": e.digest, "client": e.client}
+                for e in rows
+            ]
+
