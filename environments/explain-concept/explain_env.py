@@ -96,7 +96,11 @@ def load_concepts() -> tuple[dict, ...]:
 
 class ExplainConcept(ChatEnv):
     max_turns = 1
-    rubric = Rubric([judge, key_facts, length], name="explain-concept")
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        # Built per instance: the rubric hash names the judge model configured when the env is made.
+        self.rubric = Rubric([judge, key_facts, length], name="explain-concept")
 
     def tasks(self, split: str) -> list[dict]:
         return [

@@ -158,3 +158,11 @@ def test_bundled_name_and_determinism(no_judge):
     env = envhub.make("explain-concept")
     runs = [play(env, 4, lambda env, turn: "Recursion is a function calling itself.") for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_the_rubric_hash_names_the_judge_model(no_judge, monkeypatch):
+    without = envhub.make(FOLDER).rubric.hash
+    monkeypatch.setenv(JUDGE_MODEL_ENV, "judge-a")
+    judge_a = envhub.make(FOLDER).rubric.hash
+    monkeypatch.setenv(JUDGE_MODEL_ENV, "judge-b")
+    assert len({without, judge_a, envhub.make(FOLDER).rubric.hash}) == 3
