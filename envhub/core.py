@@ -120,7 +120,7 @@ class Episode:
 class ChatEnv(gymnasium.Env[list, str]):
     """Base class of every envhub environment; see the module docstring for what to override."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "ansi"], "render_fps": 1}
     #: Assistant turns before the episode is truncated; the manifest's ``max_turns`` overrides it.
     max_turns: int = 1
     #: The splits ``reset(options={"split": ...})`` accepts; the first is the default.

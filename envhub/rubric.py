@@ -139,11 +139,17 @@ class FunctionCriterion(Criterion):
     def __init__(self, fn: Callable[[Episode], ScoreLike], *, name: str | None = None, weight: float = 1.0):
         super().__init__(name or fn.__name__, weight=weight)
         self.fn = fn
+        self._fingerprint: str | None = None
 
     def check(self, episode: Episode) -> ScoreLike:
         return self.fn(episode)
 
     def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = self._source_hash()
+        return self._fingerprint
+
+    def _source_hash(self) -> str:
         try:
             source = textwrap.dedent(inspect.getsource(self.fn))
         except (OSError, TypeError):  # no source (e.g. built in a REPL): fall back to the bytecode
@@ -238,9 +244,10 @@ class Rubric:
             raise CriterionError(name, "at least one criterion needs a weight > 0")
         self.name = name
         self.criteria: list[Criterion] = built
-        self.hash = self._compute_hash()
 
-    def _compute_hash(self) -> str:
+    @property
+    def hash(self) -> str:
+        """Computed on each use: a judge criterion's model is read when scoring, not at import."""
         spec = [
             {"name": c.name, "kind": c.kind, "weight": c.weight, "fingerprint": c.fingerprint()}
             for c in sorted(self.criteria, key=lambda c: c.name)

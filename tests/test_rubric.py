@@ -83,3 +83,11 @@ def test_judge_without_endpoint_is_unscored_not_invented(monkeypatch):
     assert result.unscored == ("helpful",)
     assert result.total == 1.0  # the total covers the criteria that did score
     assert result.to_dict()["unscored"] == ["helpful"]
+
+
+def test_judge_model_is_part_of_the_hash_when_scoring(monkeypatch):
+    rubric = Rubric([exact, JudgeCriterion("helpful", "Is it helpful?")])
+    monkeypatch.setenv("ENVHUB_JUDGE_MODEL", "judge-a")
+    first = rubric.hash
+    monkeypatch.setenv("ENVHUB_JUDGE_MODEL", "judge-b")
+    assert rubric.hash != first
