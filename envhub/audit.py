@@ -90,9 +90,10 @@ def probe_answer(probe: str, messages: list[dict[str, str]], reference: str | No
     if probe == "format_only":
         return _format_skeleton(reference)
     if probe == "overlong":
-        ramble = "Let me think about this step by step, considering every possibility carefully. " * 150
-        text = ramble + "The answer could be any of: " + ", ".join(_candidates())
-        return text[:_OVERLONG_CHARS]
+        tail = "The answer could be any of: " + ", ".join(_candidates())
+        phrase = "Let me think about this step by step, considering every possibility carefully. "
+        room = max(_OVERLONG_CHARS - len(tail), 0)
+        return (phrase * (room // len(phrase) + 1))[:room] + tail
     if probe == "repeated":
         phrase = (_last_user(messages).split("\n")[0][:80] or "the answer") + " "
         return (phrase * (_REPEATED_CHARS // len(phrase) + 1))[:_REPEATED_CHARS]

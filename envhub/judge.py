@@ -188,8 +188,9 @@ class JudgeClient:
         model: the judge model's name at that endpoint.
         api_key: sent as a bearer token; defaults to ``$ENVHUB_JUDGE_API_KEY``.
         timeout_s: per-request timeout.
-        max_retries: how many times a malformed answer is asked again (transport faults get as many
-            retries of their own, with backoff).
+        max_retries: how many times a malformed answer is asked again.
+        transport_retries: retries of one request on timeouts, connection errors, 429 and 5xx,
+            with exponential backoff from ``backoff_s``.
         backoff_s: first delay between transport retries.
         cache: cache valid answers on disk (default: unless ``ENVHUB_JUDGE_CACHE=0``).
         structured: ask for the answer's JSON schema with ``response_format``; a server that rejects
@@ -204,6 +205,7 @@ class JudgeClient:
         api_key: str | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 2,
+        transport_retries: int = 4,
         backoff_s: float = 0.5,
         cache: bool | None = None,
         structured: bool = True,
@@ -215,7 +217,7 @@ class JudgeClient:
         self.model = model
         self.api_key = api_key if api_key is not None else os.environ.get(JUDGE_API_KEY_ENV) or None
         self.max_retries = max_retries
-        self.retry = RetryPolicy(max_retries=max_retries, backoff_s=backoff_s, timeout_s=timeout_s)
+        self.retry = RetryPolicy(max_retries=transport_retries, backoff_s=backoff_s, timeout_s=timeout_s)
         self.cache = _cache_enabled() if cache is None else cache
         self.structured = structured
         self.name = name

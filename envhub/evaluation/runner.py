@@ -37,8 +37,9 @@ from envhub.evaluation.results import (
 
 __all__ = ["EvalConfig", "evaluate", "run_eval"]
 
-#: Config fields that must not change when a run resumes (they change what an episode is).
-_IDENTITY_FIELDS = ("env", "env_kwargs", "runtime", "model", "base_url", "adapter", "split", "seed", "samples",
+#: Config fields that must not change when a run resumes (they change what an episode is). The
+#: endpoint's URL may change (a restarted server on another port); the model's name may not.
+_IDENTITY_FIELDS = ("env", "env_kwargs", "runtime", "model", "adapter", "split", "seed", "samples",
                     "temperature", "top_p", "max_tokens")  # fmt: skip
 
 

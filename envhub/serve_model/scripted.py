@@ -8,7 +8,7 @@ endpoint of known, fixed cost, so that a harness's own overhead can be measured)
     with serve_in_thread(server.app) as base_url:                          # http://127.0.0.1:PORT/v1
         ...
 
-Faults: ``"429"`` and ``"500"`` (an error status; 429 with ``Retry-After: 0``), ``"timeout"``
+Faults: ``"400"``, ``"429"`` and ``"500"`` (an error status; 429 with ``Retry-After: 0``), ``"timeout"``
 (sleeps ``hang_s`` before answering), ``"malformed"`` (status 200 and a body that is not JSON),
 ``"noscore"`` (a valid completion whose content is JSON without a score), ``"empty"`` (a completion
 with no choices).
@@ -73,6 +73,8 @@ class ScriptedEndpoint:
                 return JSONResponse({"error": {"message": "rate limited"}}, status_code=429, headers={"Retry-After": "0"})
             if fault == "500":
                 return JSONResponse({"error": {"message": "boom"}}, status_code=500)
+            if fault == "400":
+                return JSONResponse({"error": {"message": "unsupported parameter"}}, status_code=400)
             if fault == "timeout":
                 await asyncio.sleep(self.hang_s)
             if fault == "malformed":
