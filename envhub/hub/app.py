@@ -172,6 +172,7 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
         )
         return JSONResponse(entry.model_dump(mode="json"), status_code=201 if created else 200)
 
+    @app.get("/api/v1/envs/{namespace}/{name}/{version}/artifact.tar.gz", include_in_schema=False)
     @app.get(
         "/api/v1/envs/{namespace}/{name}/{version}/artifact",
         summary="Download an artifact (recorded in the owner's audit log)",

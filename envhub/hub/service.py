@@ -247,7 +247,7 @@ class Hub:
     def _version_entry(env: Environment, v: EnvVersion) -> VersionEntry:
         manifest = json.loads(v.manifest)
         return VersionEntry(
-            version=v.version, digest=v.digest, artifact=f"api/v1/envs/{env.namespace}/{env.name}/{v.version}/artifact",
+            version=v.version, digest=v.digest, artifact=f"api/v1/envs/{env.namespace}/{env.name}/{v.version}/artifact.tar.gz",
             size=v.size, description=manifest.get("description", ""), tags=manifest.get("tags", []),
             license=manifest.get("license"), max_turns=manifest.get("max_turns"),
         )

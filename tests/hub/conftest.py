@@ -131,3 +131,17 @@ class HubProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def hub_process():
+    """A factory of :class:`HubProcess`; every process it made is killed at the end."""
+    made: list[HubProcess] = []
+
+    def factory(data: Path) -> HubProcess:
+        made.append(HubProcess(data))
+        return made[-1]
+
+    yield factory
+    for proc in made:
+        proc.kill()
