@@ -59,6 +59,18 @@ def _read_adapter_config(folder: Path) -> dict[str, Any]:
         raise AdapterMismatchError(str(folder), "?", f"adapter_config.json does not parse: {exc}") from exc
 
 
+def _mismatch_reason(exc: BaseException) -> str:
+    """The useful part of a failed adapter load: the first line and the first size mismatch."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    reason = lines[0][:300]
+    mismatches = [line for line in lines if line.startswith("size mismatch")]
+    if mismatches:
+        reason += f" {mismatches[0][:400]}" + (f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else "")
+    return reason
+
+
 class LocalModel:
     """A causal LM on this machine, plus named LoRA adapters.
 
@@ -113,7 +125,9 @@ class LocalModel:
                     self.model.load_adapter(str(folder), adapter_name=name)
             except (RuntimeError, ValueError, KeyError) as exc:
                 # size mismatches (another architecture or width), missing target modules...
-                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                if name in (getattr(self.model, "peft_config", None) or {}):
+                    self.model.delete_adapter(name)  # a half-loaded adapter must not stay behind
+                reason = _mismatch_reason(exc)
                 declared = config.get("base_model_name_or_path")
                 if declared:
                     reason += f" (the adapter declares base model {declared!r})"
