@@ -7,6 +7,7 @@ Every artifact is checked against its sha256 before anyone unpacks it.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +25,30 @@ API = "/api/v1"
 HUB_SERVICE = "envhub-hub"
 
 
+_CLIENTS: dict[str, httpx.Client] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def client_for(url: str) -> httpx.Client:
+    """One pooled client per scheme, shared by every registry in the process.
+
+    Making an ``httpx.Client`` with certificate checks loads the CA bundle (hundreds of ms), so the
+    https client is made once, on first use. Plain-http URLs get a client that never does TLS and
+    never follows a redirect (which could lead to an unverified https server).
+    """
+    scheme = "https" if url.startswith("https://") else "http"
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(scheme)
+        if client is None:
+            limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            if scheme == "https":
+                client = httpx.Client(timeout=TIMEOUT, limits=limits, follow_redirects=True)
+            else:
+                client = httpx.Client(timeout=TIMEOUT, limits=limits, verify=False, follow_redirects=False)
+            _CLIENTS[scheme] = client
+        return client
+
+
 def _get(client: httpx.Client, url: str, what: str, **kwargs: Any) -> httpx.Response:
     try:
         return client.get(url, **kwargs)
@@ -34,7 +59,7 @@ def _get(client: httpx.Client, url: str, what: str, **kwargs: Any) -> httpx.Resp
 def probe_hub(url: str) -> bool:
     """Whether ``url`` is an envhub hub server (its health route says so)."""
     try:
-        response = httpx.get(f"{url}{API}/health", timeout=5.0)
+        response = client_for(url).get(f"{url}{API}/health", timeout=5.0)
         return response.status_code == 200 and response.json().get("service") == HUB_SERVICE
     except (httpx.HTTPError, ValueError, AttributeError):
         return False
@@ -53,7 +78,7 @@ class StaticHttpRegistry(Registry):
     def __init__(self, base_url: str, *, client: httpx.Client | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.description = f"the static registry at {self.base_url}"
-        self._client = client or httpx.Client(timeout=TIMEOUT, follow_redirects=True)
+        self._client = client or client_for(self.base_url)
         self._index: Index | None = None
 
     def _check(self, response: httpx.Response, what: str) -> None:
@@ -92,15 +117,16 @@ class HubRegistry(Registry):
         self.url = url.rstrip("/")
         self.token = token
         self.description = f"the hub at {self.url}"
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client or httpx.Client(base_url=self.url + API, timeout=TIMEOUT, headers=headers)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = client or client_for(self.url)
 
     # --- plumbing --------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request to the API; an error answer becomes the matching envhub error."""
+        headers = {**self._headers, **kwargs.pop("headers", {})}
         try:
-            response = self._client.request(method, path, **kwargs)
+            response = self._client.request(method, self.url + API + path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
             raise RegistryError(f"cannot reach {self.description}: {exc}", hint="check the URL and that the server is up") from exc
         if response.status_code >= 400:
@@ -184,7 +210,7 @@ class HubRegistry(Registry):
         return self.json("DELETE", f"/tokens/{token_id}")
 
     def close(self) -> None:
-        self._client.close()
+        """Nothing to release: connections belong to the process-wide pool (see :func:`client_for`)."""
 
 
 __all__ = ["HubRegistry", "StaticHttpRegistry", "probe_hub"]
