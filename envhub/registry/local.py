@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from envhub.artifact import pack_bytes, sha256_digest, unpack, write_atomic
+from envhub.artifact import MAX_UNPACKED_BYTES, pack_bytes, sha256_digest, unpack, write_atomic
 from envhub.errors import ArtifactError, DigestMismatchError, ManifestError, VersionConflictError
 from envhub.index import EnvEntry, Index, VersionEntry, read_index
 from envhub.manifest import MANIFEST_FILE, Manifest, load_manifest
@@ -28,8 +28,9 @@ from envhub.registry.base import Registry
 
 
 class LocalRegistry(Registry):
-    def __init__(self, home: str | Path | None = None) -> None:
+    def __init__(self, home: str | Path | None = None, *, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> None:
         self.home = Path(home) if home is not None else envhub_home()
+        self.max_unpacked_bytes = max_unpacked_bytes  # an artifact expanding past this is refused
         self.description = f"the local registry ({self.home})"
 
     @property
@@ -89,7 +90,7 @@ class LocalRegistry(Registry):
             scratch = staging / digest.removeprefix("sha256:")[:16]
             shutil.rmtree(scratch, ignore_errors=True)
             try:
-                unpack(data, scratch, expected_digest=digest)
+                unpack(data, scratch, expected_digest=digest, max_bytes=self.max_unpacked_bytes)
                 manifest = load_manifest(scratch)
                 if expected_ref is not None and manifest.ref != expected_ref:
                     raise ArtifactError(
