@@ -99,11 +99,15 @@ def publish(
     target = open_registry(location, writable=True) if location else LocalRegistry()
     if not hasattr(target, "publish"):
         raise RegistryError(f"{target.description} is read-only", hint="publish to a hub URL or a local folder")
+    from envhub.registry.http import HubRegistry
+
+    if private and not isinstance(target, HubRegistry):
+        raise RegistryError(
+            f"--private needs a hub; {target.description} has no access control",
+            hint="publish with --registry http://HOST:PORT of an `envhub hub serve`",
+        )
     with console.status(f"publishing {folder}"):
-        if private:
-            entry, created = target.publish(folder, private=True)
-        else:
-            entry, created = target.publish(folder)
+        entry, created = target.publish(folder, private=True) if private else target.publish(folder)
     from envhub.manifest import load_manifest
 
     ref = load_manifest(folder).ref

@@ -20,25 +20,21 @@ ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-def _load_factory():
-    """The environment-folder factory shared with tests/registry (one copy of it)."""
+def _registry_fixtures():
+    """The helpers shared with tests/registry (one copy of them)."""
     spec = importlib.util.spec_from_file_location("_registry_fixtures", ROOT / "tests" / "registry" / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.make_env_folder
+    return module
 
 
-make_env_folder = _load_factory()
+_fixtures = _registry_fixtures()
+make_env_folder = _fixtures.make_env_folder
 
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("ENVHUB_HOME", str(path))
-    for var in ("ENVHUB_REGISTRY", "ENVHUB_TOKEN", "ENVHUB_LOCKFILE", "ENVHUB_PACK_PUBLIC_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return path
+    return _fixtures.isolate(tmp_path, monkeypatch)
 
 
 def run(*args: str):

@@ -24,14 +24,15 @@ from envhub.registry.http import HubRegistry
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_make_env_folder():
+def _registry_fixtures():
     spec = importlib.util.spec_from_file_location("_registry_fixtures", ROOT / "tests" / "registry" / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.make_env_folder
+    return module
 
 
-make_env_folder = _load_make_env_folder()
+_fixtures = _registry_fixtures()
+make_env_folder = _fixtures.make_env_folder
 
 
 def free_port() -> int:
@@ -82,12 +83,7 @@ def start_hub(data: Path, **settings) -> RunningHub:
 
 @pytest.fixture
 def isolated_home(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("ENVHUB_HOME", str(path))
-    for var in ("ENVHUB_REGISTRY", "ENVHUB_TOKEN", "ENVHUB_LOCKFILE", "ENVHUB_PACK_PUBLIC_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return path
+    return _fixtures.isolate(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -29,15 +29,20 @@ def make_env_folder(parent: Path, *, name: str = "adder", version: str = "1.0.0"
     return folder
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """ENVHUB_HOME in a temporary folder; no registry, token or lockfile leaks in from outside."""
+def isolate(tmp_path: Path, monkeypatch) -> Path:
+    """ENVHUB_HOME in a temporary folder, run from ``tmp_path``; no registry, token, lockfile or
+    public key leaks in from outside."""
     path = tmp_path / "home"
     monkeypatch.setenv("ENVHUB_HOME", str(path))
     for var in ("ENVHUB_REGISTRY", "ENVHUB_TOKEN", "ENVHUB_LOCKFILE", "ENVHUB_PACK_PUBLIC_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     return path
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    return isolate(tmp_path, monkeypatch)
 
 
 @pytest.fixture
