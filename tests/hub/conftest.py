@@ -87,6 +87,20 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def hub_factory():
+    """``start_hub`` for tests that need other settings (another database); stopped at the end."""
+    started: list[RunningHub] = []
+
+    def factory(data: Path, **settings) -> RunningHub:
+        started.append(start_hub(data, **settings))
+        return started[-1]
+
+    yield factory
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
 def hub(tmp_path, isolated_home):
     running = start_hub(tmp_path / "hub-data", max_upload_bytes=20 << 20, max_unpacked_bytes=8 << 20)
     yield running
