@@ -20,7 +20,11 @@ event loop (``await AsyncRemoteEnv.open(...)``, then ``await env.reset()``, ``aw
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import json
+import ssl
 import weakref
 from typing import Any, ClassVar, Protocol
 
@@ -102,6 +106,17 @@ def _split_target(url: str | None, uds: str | None) -> tuple[str, str | None]:
     if not url:
         raise ValueError("give the server's `url` (http://HOST:PORT or unix:///path.sock) or `uds`")
     return url.rstrip("/"), None
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every client: loading the CA store costs ~0.1 s, once, not per environment."""
+    return ssl.create_default_context()
+
+
+def _transport(lease: ServerLease, *, asynchronous: bool) -> httpx.BaseTransport | httpx.AsyncBaseTransport:
+    cls = httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport
+    return cls(uds=lease.uds, retries=2, verify=_ssl_context())
 
 
 def _copy(messages: list[Msg]) -> list[Msg]:
@@ -206,20 +221,24 @@ class _RemoteBase:
         if self._dead is not None:
             raise RuntimeDiedError(self.env_name, self._dead)
 
-    def _error_for(self, response: httpx.Response) -> EnvhubError:
+    def _error_for(self, status: int, content: bytes) -> EnvhubError:
         try:
-            payload = response.json()
+            payload = json.loads(content)
         except ValueError:
             payload = None
-        return error_from_body(response.status_code, payload, env=self.env_name)
+        return error_from_body(status, payload, env=self.env_name)
 
-    def _transport_failure(self, exc: httpx.HTTPError, where: str) -> EnvhubError:
-        """A request that got no answer: the server hung past its own timeout, or died."""
-        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+    def _transport_failure(self, exc: BaseException, where: str, *, death: str | None = None) -> EnvhubError:
+        """A request that got no answer: the server hung past its own timeout, or died.
+
+        ``death`` is the lease's account of why the server stopped, when the caller already asked.
+        """
+        timed_out = isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError))
+        if timed_out and not isinstance(exc, httpx.ConnectTimeout):
             self._dead = f"the server did not answer {where} within {self.step_timeout_s + TIMEOUT_MARGIN_S:g} s"
             self._lease.release(broken=True)
             return StepTimeoutError(self.env_name, where, self.step_timeout_s)
-        reason = self._lease.describe_death() or f"{type(exc).__name__}: {exc or 'connection lost'}"
+        reason = death or self._lease.describe_death() or f"{type(exc).__name__}: {exc or 'connection lost'}"
         self._dead = reason
         self._lease.release(broken=True)
         return RuntimeDiedError(self.env_name, reason)
@@ -285,8 +304,7 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
     def _connect(self, lease: ServerLease) -> None:
         self._lease = lease
         self._dead = None
-        transport = httpx.HTTPTransport(uds=lease.uds, retries=2) if lease.uds else httpx.HTTPTransport(retries=2)
-        self._http = httpx.Client(base_url=lease.url, transport=transport, timeout=self._timeout())
+        self._http = httpx.Client(base_url=lease.url, transport=_transport(lease, asynchronous=False), timeout=self._timeout())
         try:
             self._take_info(self._call("GET", "/v1/info", where="connect"))
             self._http.timeout = self._timeout()
@@ -309,8 +327,8 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
         except httpx.HTTPError as exc:
             raise self._transport_failure(exc, where) from None
         if response.status_code >= 400:
-            raise self._error_for(response)
-        return response.json() if response.content else None
+            raise self._error_for(response.status_code, response.content)
+        return json.loads(response.content) if response.content else None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
         super().reset(seed=seed)  # the same np_random as the server's instance, as gymnasium checks
@@ -358,18 +376,20 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
 class AsyncRemoteEnv(_RemoteBase):
     """The remote Env contract over ``httpx.AsyncClient``: ``await env.reset()``, ``await env.step(a)``.
 
-    Build it with ``await AsyncRemoteEnv.open(url, kwargs=...)``. Many environments may share one
-    ``http`` client (its connection pool); a shared client is not closed by ``close()``.
+    Build it with ``await AsyncRemoteEnv.open(url, kwargs=...)``. Each environment has its own
+    keep-alive connection by default; an ``http`` client passed in is shared and not closed by
+    ``close()`` (fine for tens of environments; for thousands, let each have its own).
     """
 
     def __init__(self, lease: ServerLease, *, kwargs: dict[str, Any] | None = None, http: httpx.AsyncClient | None = None,
                  render_mode: str | None = None) -> None:
         self._init_state(lease, kwargs, render_mode)
-        self._own_http = http is None
-        if http is None:
-            transport = httpx.AsyncHTTPTransport(uds=lease.uds, retries=2) if lease.uds else httpx.AsyncHTTPTransport(retries=2)
-            http = httpx.AsyncClient(base_url=lease.url, transport=transport, timeout=self._timeout())
+        self._own_http = False
         self._http = http
+        self._conn = _Connection(lease)
+        if http is None and not self._conn.usable:  # https: httpx does TLS
+            http = httpx.AsyncClient(base_url=lease.url, transport=_transport(lease, asynchronous=True), timeout=self._timeout())
+            self._http, self._own_http = http, True
 
     @classmethod
     async def open(
@@ -389,20 +409,27 @@ class AsyncRemoteEnv(_RemoteBase):
             env._take_info(await env._call("GET", "/v1/info", where="connect"))
             env._take_session(await env._call("POST", "/v1/sessions", {"kwargs": env.kwargs}, where="construction"))
         except BaseException:
-            if env._own_http:
-                await env._http.aclose()
+            await env._close_transport()
             lease.release(broken=env._dead is not None)
             raise
         return env
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *, where: str) -> Any:
         try:
-            response = await self._http.request(method, path, json=body, timeout=self._timeout())
-        except httpx.HTTPError as exc:
-            raise self._transport_failure(exc, where) from None
-        if response.status_code >= 400:
-            raise self._error_for(response)
-        return response.json() if response.content else None
+            if self._http is not None:
+                response = await self._http.request(method, path, json=body, timeout=self._timeout())
+                status, content = response.status_code, response.content
+            else:
+                status, content = await self._conn.request(method, path, body, self.step_timeout_s + TIMEOUT_MARGIN_S)
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            # Asking the lease why may wait a moment for an exit status: not on the event loop.
+            death = None if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)) else (
+                await asyncio.to_thread(self._lease.describe_death)
+            )
+            raise self._transport_failure(exc, where, death=death) from None
+        if status >= 400:
+            raise self._error_for(status, content)
+        return json.loads(content) if content else None
 
     async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
         self._check_usable()
@@ -426,17 +453,100 @@ class AsyncRemoteEnv(_RemoteBase):
         self._closed = True
         if self._session and self._dead is None:
             with contextlib.suppress(Exception):
-                await self._http.delete(f"/v1/sessions/{self._session}", timeout=5.0)
-        if self._own_http:
-            await self._http.aclose()
+                if self._http is not None:
+                    await self._http.delete(f"/v1/sessions/{self._session}", timeout=5.0)
+                else:
+                    await self._conn.request("DELETE", f"/v1/sessions/{self._session}", None, 5.0)
+        await self._close_transport()
         if self._dead is None:
             self._lease.release()
+
+    async def _close_transport(self) -> None:
+        self._conn.close()
+        if self._own_http and self._http is not None:
+            await self._http.aclose()
 
     async def __aenter__(self) -> AsyncRemoteEnv:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection of an :class:`AsyncRemoteEnv`, on asyncio streams.
+
+    Lighter than an httpx pool per request: the protocol's answers always carry Content-Length, so
+    a request is one write and a response two reads. A connection the server closed while idle is
+    reopened and the request sent once more (nothing reached the server on the stale one).
+    """
+
+    def __init__(self, lease: ServerLease) -> None:
+        url = httpx.URL(lease.url)
+        self.uds = lease.uds
+        self.host = url.host or "127.0.0.1"
+        self.port = url.port or 80
+        self.usable = bool(self.uds) or url.scheme == "http"
+        self._host_header = f"host: {url.netloc.decode('ascii')}\r\n".encode()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def _open(self) -> None:
+        if self.uds:
+            self._reader, self._writer = await asyncio.open_unix_connection(self.uds, limit=1 << 20)
+        else:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+
+    async def request(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, bytes]:
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() if body is not None else b""
+        head = (
+            f"{method} {path} HTTP/1.1\r\n".encode()
+            + self._host_header
+            + b"content-type: application/json\r\ncontent-length: "
+            + str(len(data)).encode()
+            + b"\r\n\r\n"
+        )
+        for attempt in (0, 1):
+            reused = self._writer is not None
+            if not reused:
+                await asyncio.wait_for(self._open(), timeout)
+            try:
+                return await asyncio.wait_for(self._roundtrip(head + data), timeout)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                self.close()
+                stale = reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial)
+                if attempt or not stale:
+                    raise
+            except BaseException:
+                self.close()  # a timeout or a cancel leaves the stream mid-response
+                raise
+        raise AssertionError("unreachable")
+
+    async def _roundtrip(self, payload: bytes) -> tuple[int, bytes]:
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(payload)
+        await self._writer.drain()
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        content = await self._reader.readexactly(length) if length else b""
+        if close:
+            self.close()
+        return status, content
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
 
 
 def connect(url: str, **kwargs: Any) -> RemoteEnv:

@@ -1,0 +1,301 @@
+"""Steps per second and step latency of envhub's runtimes, side by side with openenv-core.
+
+One trivial echo environment (``tests/fixtures/echo``; its OpenEnv twin in ``runtimes_openenv.py``),
+at 1, 64 and 1000 concurrent sessions, for:
+
+- ``inprocess``: ``envhub.make(...)`` here; sessions stepped one after another (no I/O to overlap);
+- ``process``: ``envhub serve`` in a child process, ``AsyncRemoteEnv`` clients over its Unix socket;
+- ``docker``: the same server in a locked-down container (skipped with the reason when no engine);
+- ``openenv``: openenv-core's FastAPI server (WebSocket sessions) in a child process, its async
+  ``EnvClient``, over loopback TCP.
+
+Every remote runtime serves all sessions from one server process, so the comparison is of one
+server each. Each session runs episodes of 32 steps (reset between them, not timed) for
+``--seconds`` seconds; steps/s counts completed steps, latencies are per step, seen by the client.
+Client and server share this machine's cores. Results go to ``benchmarks/runtimes.md``.
+
+    python benchmarks/runtimes.py                       # everything, about 2-4 minutes
+    python benchmarks/runtimes.py --runtimes process,openenv --concurrency 1,64 --seconds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ECHO = ROOT / "tests" / "fixtures" / "echo"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+EPISODE_STEPS = 32
+ACTION = "hello, echo"
+
+
+@dataclass
+class Result:
+    runtime: str
+    sessions: int
+    steps: int
+    seconds: float
+    latencies: list[float]
+    setup_s: float
+    note: str = ""
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+# --- drivers ----------------------------------------------------------------------------------------
+
+
+def run_inprocess(n: int, seconds: float) -> Result:
+    import envhub
+
+    t0 = time.perf_counter()
+    envs = [envhub.make(ECHO) for _ in range(n)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    setup = time.perf_counter() - t0
+    turns = [0] * n
+    latencies: list[float] = []
+    steps = 0
+    end = time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < end:
+        for i, env in enumerate(envs):
+            t = time.perf_counter()
+            env.step(ACTION)
+            latencies.append(time.perf_counter() - t)
+            steps += 1
+            turns[i] += 1
+            if turns[i] == EPISODE_STEPS:
+                env.reset()
+                turns[i] = 0
+    elapsed = time.perf_counter() - start
+    for env in envs:
+        env.close()
+    return Result("inprocess", n, steps, elapsed, latencies, setup)
+
+
+async def _drive(n: int, seconds: float, open_one, step_one, reset_one, close_one) -> tuple[int, float, list[float], float]:
+    """Run ``n`` sessions concurrently for ``seconds``; each is a coroutine loop of timed steps.
+
+    Returns (steps, elapsed seconds, step latencies, seconds spent opening and resetting sessions).
+    """
+    t0 = time.perf_counter()
+    clients = list(await asyncio.gather(*(open_one(i) for i in range(n))))
+    await asyncio.gather(*(reset_one(c) for c in clients))
+    setup = time.perf_counter() - t0
+    latencies: list[float] = []
+    counts = [0]
+    stop_at = time.perf_counter() + seconds
+
+    async def loop(client) -> None:
+        turn = 0
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            await step_one(client)
+            latencies.append(time.perf_counter() - t)
+            counts[0] += 1
+            turn += 1
+            if turn == EPISODE_STEPS:
+                await reset_one(client)
+                turn = 0
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop(c) for c in clients))
+    elapsed = time.perf_counter() - start
+    await asyncio.gather(*(close_one(c) for c in clients), return_exceptions=True)
+    return counts[0], elapsed, latencies, setup
+
+
+def run_envhub_remote(runtime: str, n: int, seconds: float) -> Result:
+    import envhub
+    from envhub.client import AsyncRemoteEnv
+    from envhub.runtimes import pool_for
+
+    t0 = time.perf_counter()
+    pool = pool_for(runtime, envhub.locate(ECHO), {"sessions_per_server": 4096, "warm": 1})
+    leases = [pool.lease() for _ in range(n)]  # one server: the first lease starts it
+
+    async def main():
+        return await _drive(
+            n,
+            seconds,
+            lambda i: AsyncRemoteEnv.open(lease=leases[i]),
+            lambda env: env.step(ACTION),
+            lambda env: env.reset(),
+            lambda env: env.close(),
+        )
+
+    start_server = time.perf_counter() - t0
+    steps, elapsed, latencies, setup = asyncio.run(main())
+    return Result(runtime, n, steps, elapsed, latencies, start_server + setup)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def openenv_server(max_sessions: int):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("runtimes_openenv.py")), str(port), str(max_sessions)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError("openenv server exited: " + proc.stderr.read().decode()[-2000:])
+            if time.monotonic() > deadline:
+                raise RuntimeError("openenv server did not start in 60 s")
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
+def run_openenv(n: int, seconds: float) -> Result:
+    from runtimes_openenv import EchoAction, EchoClient
+
+    t0 = time.perf_counter()
+    with openenv_server(max(n, 1)) as port:
+        action = EchoAction(message=ACTION)
+
+        async def open_one(i):
+            client = EchoClient(base_url=f"http://127.0.0.1:{port}", message_timeout_s=120)
+            await client.connect()
+            return client
+
+        async def step_one(client):
+            result = await client.step(action)
+            assert result.observation.message == ACTION
+
+        async def main():
+            return await _drive(n, seconds, open_one, step_one, lambda c: c.reset(), lambda c: c.disconnect())
+
+        start_server = time.perf_counter() - t0
+        steps, elapsed, latencies, setup = asyncio.run(main())
+    return Result("openenv", n, steps, elapsed, latencies, start_server + setup)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("envhub", "openenv-core", "uvicorn", "starlette", "fastapi", "httpx", "websockets", "docker"):
+        with contextlib.suppress(PackageNotFoundError):
+            out.append(f"{name} {version(name)}")
+    return ", ".join(out)
+
+
+def write_report(results: list[Result], skipped: dict[str, str], args: argparse.Namespace, load: tuple, path: Path) -> None:
+    lines = [
+        "# Runtime benchmark: envhub vs openenv-core",
+        "",
+        "Written by `python benchmarks/runtimes.py` (see its docstring for the method). A trivial echo",
+        "environment; every remote runtime serves all sessions from one server process; each session",
+        f"runs {EPISODE_STEPS}-step episodes for {args.seconds:g} s. Latency is per step, seen by the client.",
+        "",
+        f"- machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; shared with other work (load average "
+        f"{load[0]:.2f} before, {load[1]:.2f} after), so figures move by tens of percent between runs",
+        f"- versions: {versions()}",
+        f"- run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "| runtime | sessions | steps/s | p50 ms | p99 ms | setup s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.runtime} | {r.sessions} | {r.steps_per_s:,.0f} | {r.pct(50):.2f} | {r.pct(99):.2f} | {r.setup_s:.1f} |"
+        )
+    if skipped:
+        lines += ["", "Not measured:"] + [f"- {k}: {v}" for k, v in skipped.items()]
+    lines += [
+        "",
+        "How to read it: `inprocess` has no transport (its p99 shows the environment's own cost);",
+        "`process` and `docker` pay one HTTP request per step over a Unix socket (JSON, a delta of the",
+        "conversation); `openenv` pays one WebSocket message per step over loopback TCP. Every step of",
+        "a remote runtime runs the environment's code in the server's thread pool under a step timeout.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runtimes", default="inprocess,process,docker,openenv")
+    p.add_argument("--concurrency", default="1,64,1000")
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--out", type=Path, default=Path(__file__).with_name("runtimes.md"))
+    args = p.parse_args()
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    results: list[Result] = []
+    skipped: dict[str, str] = {}
+    load_before = os.getloadavg()[0]
+    if "docker" in runtimes:
+        from envhub.errors import EnvhubError
+
+        try:
+            from envhub.docker_build import build_image, docker_client
+
+            build_image(ECHO, client=docker_client())
+        except EnvhubError as exc:
+            skipped["docker"] = str(exc)
+            runtimes.remove("docker")
+    for runtime in runtimes:
+        for n in levels:
+            print(f"{runtime:>9} x {n:<5}", end=" ", flush=True)
+            if runtime == "inprocess":
+                r = run_inprocess(n, args.seconds)
+            elif runtime in ("process", "docker"):
+                r = run_envhub_remote(runtime, n, args.seconds)
+            elif runtime == "openenv":
+                r = run_openenv(n, args.seconds)
+            else:
+                raise SystemExit(f"unknown runtime {runtime!r}")
+            results.append(r)
+            print(f"{r.steps_per_s:9,.0f} steps/s  p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms  setup {r.setup_s:.1f} s")
+        if runtime in ("process", "docker"):
+            from envhub.runtimes import close_all_pools
+
+            close_all_pools()
+    write_report(results, skipped, args, (load_before, os.getloadavg()[0]), args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
