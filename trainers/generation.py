@@ -15,9 +15,10 @@ the loss are those of the distribution the tokens were drawn from.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,8 +138,11 @@ class TransformersBackend:
         top_p: float = 1.0,
         max_new_tokens: int = 64,
         max_batch: int = 256,
+        merge_lora: bool = True,
     ) -> None:
         self.model = model
+        self.merge_lora = merge_lora
+        self._snapshot: list[torch.Tensor] | None = None
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.top_p = top_p
@@ -163,11 +167,35 @@ class TransformersBackend:
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling: the sampler is the policy itself
         try:
-            for start in range(0, len(prompts), self.max_batch):
-                out.extend(self._generate(prompts[start : start + self.max_batch], limit, generator))
+            with self._merged_lora():
+                for start in range(0, len(prompts), self.max_batch):
+                    out.extend(self._generate(prompts[start : start + self.max_batch], limit, generator))
         finally:
             self.model.train(was_training)
         return out
+
+    @contextlib.contextmanager
+    def _merged_lora(self) -> Iterator[None]:
+        """Fold the LoRA update into the base weights while sampling, then restore them exactly.
+
+        Unmerged LoRA costs two extra small matmuls per linear layer per decoded token (about 2.5x
+        slower decoding on CPU for a 135M model). After sampling, the merge is undone and the
+        base weights are copied back from a snapshot, so no rounding drift accumulates in them.
+        """
+        if not self.merge_lora or not hasattr(self.model, "merge_adapter") or not self.model.peft_config:
+            yield
+            return
+        layers = [m for m in self.model.modules() if hasattr(m, "base_layer") and hasattr(m, "merge")]
+        if self._snapshot is None:
+            self._snapshot = [m.get_base_layer().weight.detach().clone() for m in layers]
+        with torch.no_grad():
+            self.model.merge_adapter()
+            try:
+                yield
+            finally:
+                self.model.unmerge_adapter()
+                for m, original in zip(layers, self._snapshot):
+                    m.get_base_layer().weight.copy_(original)
 
     @torch.no_grad()
     def _generate(
@@ -213,9 +241,13 @@ class TransformersBackend:
         stop = torch.tensor(self.stop_ids, device=device)
         # 3. Decode: sample, record the sampled id and its log-prob, prune rows that stopped.
         for t in range(limit):
-            logp = processed_logprobs(logits, self.temperature, self.top_p)  # [b, V]
-            choice = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # [b]
-            chosen_logp = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+            if self.temperature > 0:
+                logp = processed_logprobs(logits, self.temperature, self.top_p)  # [b, V]
+                choice = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # [b]
+                chosen_logp = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+            else:  # temperature 0: greedy decoding (evaluation only; its log-prob is 0)
+                choice = logits.argmax(-1)
+                chosen_logp = torch.zeros(choice.shape, device=choice.device)
             done = torch.isin(choice, stop)
             for row, (seq, tok, lp, d) in enumerate(
                 zip(alive.tolist(), choice.tolist(), chosen_logp.tolist(), done.tolist())

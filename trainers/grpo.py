@@ -70,6 +70,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "cli_main",
+    "evaluate",
     "group_advantages",
     "make_config",
     "overlong_penalty",
@@ -214,6 +215,8 @@ class TrainConfig:
     """Weights dtype; None is float32 on CPU, bfloat16 on CUDA."""
     threads: int | None = None
     """torch CPU threads; None leaves torch's default."""
+    max_train_seconds: float | None = None
+    """Wall-clock budget: stop after the step that exceeds it (then save). None: run all steps."""
     checkpoint_every: int = 10
     """Save an adapter checkpoint every this many steps (and always at the end)."""
     resume: bool = True
@@ -878,6 +881,7 @@ def train(config: TrainConfig) -> TrainResult:
     }
 
     progress = _Progress(config.steps, start_step, enabled=config.progress)
+    t_start = time.perf_counter()
     try:
         for step in range(start_step, config.steps):
             row = _train_step(config, step, model, tokenizer, backend, pool, optimizer, scheduler, params, device)
@@ -889,9 +893,12 @@ def train(config: TrainConfig) -> TrainResult:
                     if isinstance(value, (int, float)) and key != "step":
                         writer.add_scalar(key, value, row["step"])
             provenance["environments"] = [i for i in pool.identities if i is not None]
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            out_of_time = config.max_train_seconds is not None and time.perf_counter() - t_start > config.max_train_seconds
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or out_of_time:
                 _save_checkpoint(out_dir, step + 1, model, optimizer, scheduler, provenance)
             progress.update(row)
+            if out_of_time:
+                break
     finally:
         progress.close()
         pool.close()
@@ -1249,6 +1256,46 @@ class _Progress:
             self.bar.stop()
 
 
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    env: EnvSpec | str,
+    *,
+    episodes: int = 200,
+    split: str = "test",
+    temperature: float = 0.0,
+    max_new_tokens: int = 64,
+    seed: int = 12345,
+    batch_size: int = 100,
+) -> list[Episode]:
+    """Run ``episodes`` independent episodes of ``env`` (greedy by default) and return them.
+
+    Task seeds are fixed by ``seed``, so two models evaluated with the same arguments see the
+    same tasks (a paired comparison). Episodes that error keep ``error`` set.
+    """
+    spec = env if isinstance(env, EnvSpec) else EnvSpec.parse(env)
+    pool = EnvPool([spec])
+    rng = random.Random(seed)
+    plan = [(i, 0, rng.randrange(2**31)) for i in range(episodes)]
+    backend = make_backend("transformers", model, tokenizer, model_path="", temperature=temperature, max_new_tokens=max_new_tokens)
+    results: list[Episode] = []
+    try:
+        for start in range(0, len(plan), batch_size):
+            results += rollout(
+                backend,
+                tokenizer,
+                pool,
+                plan[start : start + batch_size],
+                split=split,
+                max_new_tokens=max_new_tokens,
+                max_episode_tokens=1 << 30,
+                seed=_derive_seed(seed, start),
+            )
+    finally:
+        pool.close()
+    return results
+
+
 # =============================================================================================
 # Command line: envhub train ENV... --algo grpo|dapo|cispo [--config FILE] [--key value ...]
 # =============================================================================================
@@ -1266,25 +1313,36 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     parser.add_argument("--algo", choices=sorted(ALGO_PRESETS), default=None)
     parser.add_argument("--config", dest="config_file", default=None, help="TOML file of TrainConfig fields")
     parser.add_argument("--env-kwargs", default=None, help="factory arguments for every env: key=value,key=value")
-    args, rest = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own = {"--algo", "--config", "--env-kwargs"}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides: dict[str, Any] = {}
+    passed: list[str] = []  # what argparse sees: positionals and its own options
     i = 0
-    while i < len(rest):
-        token = rest[i]
-        if not token.startswith("--"):
-            parser.error(f"unexpected argument {token!r}")
+    while i < len(argv):
+        token = argv[i]
         key, eq, value = token[2:].partition("=")
+        if not token.startswith("--") or token.split("=")[0] in own:
+            passed.append(token)
+            if token in own and i + 1 < len(argv):
+                passed.append(argv[i + 1])
+                i += 1
+            i += 1
+            continue
         key = key.replace("-", "_")
         if key.startswith("no_") and key[3:] in names and not eq:
             overrides[key[3:]] = False
             i += 1
             continue
         if key not in names:
+            if token in ("--help",):
+                passed.append(token)
+                i += 1
+                continue
             parser.error(f"unknown option --{key.replace('_', '-')}")
         if not eq:
-            if i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-                value = rest[i + 1]
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
                 i += 1
             elif isinstance(getattr(TrainConfig(), key), bool):
                 value = "true"
@@ -1292,6 +1350,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
                 parser.error(f"--{key.replace('_', '-')} needs a value")
         overrides[key] = value
         i += 1
+    args = parser.parse_args(passed)
     algo = args.algo
     if algo is None and args.config_file:
         import tomllib
