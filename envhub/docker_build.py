@@ -14,6 +14,7 @@ reference and id recorded in their index entry.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import re
@@ -86,8 +87,8 @@ def labels_for(manifest: Manifest, digest: str) -> dict[str, str]:
     }
 
 
-def find_image(client: Any, manifest: Manifest, digest: str) -> Any | None:
-    """The image already built for this artifact, or None."""
+def find_image(client: Any, manifest: Manifest, digest: str, *, key: str | None = None) -> Any | None:
+    """The image already built for this artifact (and this build ``key``, when given), or None."""
     import docker.errors
 
     try:
@@ -95,25 +96,50 @@ def find_image(client: Any, manifest: Manifest, digest: str) -> Any | None:
     except docker.errors.ImageNotFound:
         return None
     labels = image.labels or {}
-    if labels.get(f"{LABEL}.digest") != digest or labels.get(f"{LABEL}.envhub-version") != envhub.__version__:
+    if labels.get(f"{LABEL}.digest") != digest or (key is not None and labels.get(f"{LABEL}.build-key") != key):
         return None
     return image
 
 
 def server_requirements(manifest: Manifest) -> list[str]:
-    """envhub's runtime dependencies pinned to the versions installed here, plus the env's own."""
+    """envhub's runtime dependencies (and its ``serve`` extra, where installed) pinned to the versions
+    installed here, plus the environment's own ``dependencies``."""
     pinned = []
     for requirement in importlib.metadata.requires("envhub") or []:
-        if ";" in requirement:  # extras and old-Python markers
+        spec, _, marker = requirement.partition(";")
+        name = re.split(r"[<>=!~\[ ]", spec.strip(), maxsplit=1)[0]
+        optional = 'extra == "serve"' in marker.replace("'", '"')
+        if marker and not optional:  # other extras, and markers of other Pythons
             continue
-        name = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
         if name.lower() in NOT_IN_IMAGE and manifest.dataset.kind != "hf":
             continue
         try:
             pinned.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            pinned.append(requirement)
+            if not optional:
+                pinned.append(spec.strip())
     return pinned + list(manifest.dependencies)
+
+
+def build_key(base: str, requirements: list[str], client: Any) -> str:
+    """What decides an image's contents besides the artifact: base image, requirements, envhub's code.
+
+    Stored as a label; an image whose key differs is rebuilt, so a changed server is never stale.
+    """
+    import docker.errors
+
+    h = hashlib.sha256()
+    try:
+        h.update(client.images.get(base).id.encode())
+    except docker.errors.ImageNotFound:
+        h.update(base.encode())
+    h.update(DOCKERFILE.encode())
+    h.update("\n".join(requirements).encode())
+    source = Path(envhub.__file__).resolve().parent
+    for path in sorted(source.rglob("*.py")):
+        h.update(str(path.relative_to(source)).encode())
+        h.update(path.read_bytes())
+    return "sha256:" + h.hexdigest()
 
 
 def wheelhouse() -> Path:
@@ -199,11 +225,13 @@ def build_image(
     digest = actual
     client = client or docker_client()
     tag = image_tag(manifest, digest)
+    base = base or base_image()
+    requirements = server_requirements(manifest)
+    key = build_key(base, requirements, client)
     if not force:
-        existing = find_image(client, manifest, digest)
+        existing = find_image(client, manifest, digest, key=key)
         if existing is not None:
             return BuiltImage(tag, existing.id, digest, reused=True)
-    base = base or base_image()
     try:
         client.images.get(base)
     except docker.errors.ImageNotFound:
@@ -216,7 +244,7 @@ def build_image(
         context = Path(tmp)
         unpack(data, context / "env", expected_digest=digest)
         log(f"gathering wheels for {manifest.ref}")
-        gather_wheels(server_requirements(manifest), context / "wheels", log=log)
+        gather_wheels(requirements, context / "wheels", log=log)
         _copy_envhub_package(context / "envhub-src")
         dockerfile = DOCKERFILE.format(base=base, user=CONTAINER_USER, socket=f"{SOCKET_DIR}/env.sock", digest=digest)
         (context / "Dockerfile").write_text(dockerfile)
@@ -225,7 +253,7 @@ def build_image(
             image, _ = client.images.build(
                 path=str(context),
                 tag=tag,
-                labels=labels_for(manifest, digest),
+                labels={**labels_for(manifest, digest), f"{LABEL}.build-key": key},
                 network_mode="none",
                 pull=False,
                 rm=True,
