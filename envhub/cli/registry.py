@@ -435,6 +435,19 @@ class _PackGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+def visibility(
+    env: str = typer.Argument(..., metavar="NAMESPACE/NAME"),
+    level: str = typer.Argument(..., metavar="public|private"),
+    registry: str = RegistryOpt,
+) -> None:
+    """Make one of your environments on a hub public or private."""
+    if level not in ("public", "private"):
+        raise RegistryError(f"{level!r} is not `public` or `private`", hint=f"envhub visibility {env} private")
+    ns, name = _split_pack(env)
+    _hub(registry).set_visibility(ns, name, private=level == "private")
+    console.print(f"{env} is now {level}", highlight=False)
+
+
 pack_app = typer.Typer(
     cls=_PackGroup,
     help="`envhub pack FOLDER` writes an artifact; the sub-commands manage packs: bundles of environment versions with a license.",
@@ -495,7 +508,7 @@ def pack_publish(
 def _split_pack(ref: str) -> tuple[str, str]:
     ns, sep, name = ref.partition("/")
     if not sep or not ns or not name or "@" in name:
-        raise RegistryError(f"pack {ref!r} must be namespace/name", hint="e.g. `envhub pack grant acme/math-suite lab-user`")
+        raise RegistryError(f"{ref!r} must be namespace/name", hint="e.g. `envhub pack grant acme/math-suite lab-user`")
     return ns, name
 
 
@@ -554,7 +567,7 @@ def pack_pull(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (publish, pull, info, versions, search, lock, login, logout, sign):
+    for command in (publish, pull, info, versions, search, lock, login, logout, sign, visibility):
         app.command()(command)
     app.command("list")(list_)
     app.command("export-static")(export_static)

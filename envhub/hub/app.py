@@ -64,6 +64,10 @@ class UserRef(BaseModel):
     user: str = Field(pattern=NAME, max_length=64)
 
 
+class VisibilityRequest(BaseModel):
+    private: bool
+
+
 class PackItem(BaseModel):
     ref: str = Field(max_length=200, description="namespace/name@x.y.z")
     digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
@@ -146,6 +150,10 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
     @app.get("/api/v1/envs/{namespace}/{name}", summary="An environment and the versions the caller may pull")
     def env(namespace: NameParam, name: NameParam, who: Who) -> dict:
         return hub.env_entry(who, namespace, name).model_dump(mode="json")
+
+    @app.patch("/api/v1/envs/{namespace}/{name}", summary="Make an environment private or public (owner only)")
+    def set_visibility(namespace: NameParam, name: NameParam, body: VisibilityRequest, who: Who) -> dict:
+        return hub.set_visibility(who, namespace, name, private=body.private).model_dump(mode="json")
 
     @app.put(
         "/api/v1/envs/{namespace}/{name}/{version}",

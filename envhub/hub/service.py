@@ -230,7 +230,7 @@ class Hub:
         allowed = [v for v in versions if f"{full}@{v.version}" in refs]
         if not allowed:
             packs = self._packs_containing(s, full)
-            offer = f"; it is sold in pack {', '.join(f'`{p}`' for p in packs)}" if packs else ""
+            offer = f"; it is sold in pack {', '.join(f'`{p}`' for p in packs)}" if packs else f"; ask `{env.namespace}` for access"
             raise PermissionDeniedError(f"`{full}` is private and {who.name} has no entitlement to it{offer}", pack=packs[0] if packs else None)
         return allowed
 
@@ -318,6 +318,7 @@ class Hub:
                 return self._existing(env, other, ref, digest)
             env = s.get(Environment, env_id)
             env.description, env.tags = manifest.get("description", ""), json.dumps(manifest.get("tags", []))
+            env.private = env.private or private  # publishing with --private hides an environment; it never unhides one
             self._audit(s, namespace, who, "publish", ref, digest)
             s.commit()
             return self._version_entry(env, row), True
@@ -361,6 +362,18 @@ class Hub:
         if lies:
             raise ManifestError("envhub.toml in the uploaded artifact", lies)
         return manifest.model_dump(mode="json")
+
+    def set_visibility(self, who: Principal | None, namespace: str, name: str, *, private: bool) -> EnvEntry:
+        """Make an environment private or public (its owner, with a write token)."""
+        who = self._need_write(who)
+        self._need_owner(who, namespace)
+        with self.sessions() as s:
+            env = self._env(s, namespace, name)
+            env.private = private
+            self._audit(s, namespace, who, "private" if private else "public", f"{namespace}/{name}", None)
+            s.commit()
+            versions = list(s.scalars(select(EnvVersion).where(EnvVersion.env_id == env.id)))
+            return self._env_entry(env, versions)
 
     def artifact(self, who: Principal | None, namespace: str, name: str, version: str, *, client: str | None = None) -> tuple[bytes, str]:
         """The bytes of a version (digest-checked), recording the pull in the audit log."""
@@ -507,7 +520,8 @@ class Hub:
     def audit_log(self, who: Principal | None, namespace: str, *, limit: int = 100) -> list[dict]:
         if who is None:
             raise AuthenticationError("the audit log needs the namespace owner's token", registry=self.url or None)
-        self._need_owner(who, namespace)
+        if not self.owns(who, namespace):
+            raise PermissionDeniedError(f"only the owner of namespace `{namespace}` may read its audit log; {who.name} does not own it")
         limit = max(1, min(int(limit), 10_000))
         with self.sessions() as s:
             rows = s.scalars(select(AuditEvent).where(AuditEvent.namespace == namespace).order_by(AuditEvent.id.desc()).limit(limit))

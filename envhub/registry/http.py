@@ -179,6 +179,9 @@ class HubRegistry(Registry):
         data = pack_bytes(folder)
         return self.publish_bytes(data, namespace=manifest.namespace, name=manifest.name, version=manifest.version, private=private)
 
+    def set_visibility(self, namespace: str, name: str, *, private: bool) -> EnvEntry:
+        return EnvEntry.model_validate(self.json("PATCH", f"/envs/{namespace}/{name}", json={"private": private}))
+
     # --- packs, entitlements, audit --------------------------------------------------------------
 
     def pack(self, namespace: str, name: str) -> dict[str, PackEntry]:

@@ -330,3 +330,15 @@ def test_front_page_lists_public_envs_and_packs(hub, env_folder):
     assert html.startswith("<!doctype html>") and "alice/adder" in html and "alice/starter" in html
     assert "alice/secret" not in html
     assert httpx.get(hub.url + "/openapi.json").json()["info"]["title"] == "envhub hub"
+
+
+def test_visibility_changes(hub, env_folder):
+    alice = hub.client("alice")
+    alice.publish(env_folder(namespace="alice", name="adder"))
+    assert "alice/adder" in hub.client().index().environments
+    alice.publish(env_folder(namespace="alice", name="adder", version="1.1.0"), private=True)  # hides it
+    assert "alice/adder" not in hub.client().index().environments
+    with pytest.raises(PermissionDeniedError):
+        hub.client("bob").set_visibility("alice", "adder", private=False)
+    assert alice.set_visibility("alice", "adder", private=False).private is False
+    assert set(hub.client().resolve("alice/adder")[0].versions) == {"1.0.0", "1.1.0"}
