@@ -83,6 +83,17 @@ def _resolve_first(sources: list, env_id: str):
     raise errors[0]
 
 
+def _find_entry(sources: list, env_id):
+    """(registry, entry) from the first registry that knows the name; versions are not resolved."""
+    errors: list[EnvhubError] = []
+    for source in sources:
+        try:
+            return source, source.index().find(env_id, where=source.description)
+        except EnvNotFoundError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
 # --- publish, pull -------------------------------------------------------------------------------
 
 
@@ -179,20 +190,8 @@ def info(
     from envhub.index import sort_versions
     from envhub.registry import LocalRegistry
 
-    parsed = parse_env_id(env_id)
     local = LocalRegistry()
-    sources = _sources(registry)
-    found = None
-    errors: list[EnvhubError] = []
-    for source in sources:
-        try:
-            found = (source, source.index().find(parsed, where=source.description))
-            break
-        except EnvNotFoundError as exc:
-            errors.append(exc)
-    if found is None:
-        raise errors[0]
-    registry_, entry = found
+    registry_, entry = _find_entry(_sources(registry), parse_env_id(env_id))
     try:
         installed = local.index().environments.get(entry.full_name)
     except RegistryError:
@@ -236,29 +235,9 @@ def versions(
     from envhub.ids import parse_env_id
     from envhub.index import sort_versions
 
-    parsed = parse_env_id(env_id)
-    errors: list[EnvhubError] = []
-    for source in _sources(registry):
-        try:
-            entry = source.index().find(parsed, where=source.description)
-        except EnvNotFoundError as exc:
-            errors.append(exc)
-            continue
-        for v in sort_versions(entry.versions):
-            console.print(f"{entry.full_name}@{v}  {entry.versions[v].digest}", highlight=False)
-        return
-    raise errors[0]
-
-
-def search_index(index, text: str) -> list:
-    """Environments whose name, description or tags contain every word of ``text`` (case-insensitive)."""
-    words = text.lower().split()
-    hits = []
-    for key, entry in sorted(index.environments.items()):
-        hay = " ".join([key, entry.description, " ".join(entry.tags)]).lower()
-        if all(w in hay for w in words):
-            hits.append(entry)
-    return hits
+    _, entry = _find_entry(_sources(registry), parse_env_id(env_id))
+    for v in sort_versions(entry.versions):
+        console.print(f"{entry.full_name}@{v}  {entry.versions[v].digest}", highlight=False)
 
 
 def search(
@@ -267,6 +246,7 @@ def search(
 ) -> None:
     """Search environments by name, description and tags."""
     from envhub.index import sort_versions
+    from envhub.registry.base import search_index
 
     seen: set[str] = set()
     table = Table()

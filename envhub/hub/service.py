@@ -35,6 +35,7 @@ from envhub.hub.storage import Storage, artifact_key
 from envhub.ids import NAME_RE
 from envhub.index import EnvEntry, Index, PackEntry, VersionEntry, sort_versions
 from envhub.manifest import load_manifest
+from envhub.registry.base import search_index
 from envhub.registry.packs import validate_pack
 from envhub.registry.wire import ConflictError, NotFoundError
 
@@ -393,13 +394,7 @@ class Hub:
             return data, row.digest
 
     def search(self, who: Principal | None, text: str) -> list[EnvEntry]:
-        words = text.lower().split()
-        hits = []
-        for key, entry in self.index(who).environments.items():
-            hay = " ".join([key, entry.description, " ".join(entry.tags)]).lower()
-            if all(w in hay for w in words):
-                hits.append(entry)
-        return hits
+        return search_index(self.index(who), text)
 
     # --- packs and entitlements -----------------------------------------------------------------
 

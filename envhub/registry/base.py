@@ -28,3 +28,14 @@ class Registry(ABC):
             env_id = parse_env_id(env_id)
         entry = self.index().find(env_id, where=self.description)
         return entry, entry.resolve(env_id.version)
+
+
+def search_index(index: Index, text: str) -> list[EnvEntry]:
+    """Environments whose name, description or tags hold every word of ``text`` (case-insensitive)."""
+    words = text.lower().split()
+    hits = []
+    for key, entry in sorted(index.environments.items()):
+        hay = " ".join([key, entry.description, " ".join(entry.tags)]).lower()
+        if all(w in hay for w in words):
+            hits.append(entry)
+    return hits

@@ -57,6 +57,27 @@ class RunningHub:
     def client(self, user: str | None = None) -> HubRegistry:
         return HubRegistry(self.url, token=self.tokens.get(user) if user else None)
 
+    def race(self, user: str, blobs: list[bytes], *, name: str, version: str = "1.0.0", private: bool = False) -> list[object]:
+        """Publish every blob as ``user/name@version`` at the same moment, one thread each; returns
+        each publish's result ``(entry, created)`` or the exception it raised, in order."""
+        results: list[object] = [None] * len(blobs)
+        barrier = threading.Barrier(len(blobs))
+
+        def publish(i: int) -> None:
+            client = self.client(user)
+            barrier.wait()
+            try:
+                results[i] = client.publish_bytes(blobs[i], namespace=user, name=name, version=version, private=private)
+            except Exception as exc:  # noqa: BLE001 - returned to the test, which asserts on it
+                results[i] = exc
+
+        threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(blobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        return results
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)

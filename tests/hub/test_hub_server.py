@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
-import threading
 import time
 
 import httpx
@@ -275,22 +274,7 @@ def test_oversize_upload_413(hub):
 
 def test_concurrent_publishes_exactly_one_wins(hub, env_folder):
     blobs = [pack_bytes(env_folder(namespace="alice", name="race", extra=f"variant {i}")) for i in range(6)]
-    results: list[object] = [None] * len(blobs)
-    barrier = threading.Barrier(len(blobs))
-
-    def publish(i: int) -> None:
-        client = hub.client("alice")
-        barrier.wait()
-        try:
-            results[i] = client.publish_bytes(blobs[i], namespace="alice", name="race", version="1.0.0")
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            results[i] = exc
-
-    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(blobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = hub.race("alice", blobs, name="race")
     winners = [r for r in results if isinstance(r, tuple) and r[1]]
     losers = [r for r in results if isinstance(r, VersionConflictError)]
     assert len(winners) == 1 and len(losers) == len(blobs) - 1, results
@@ -299,20 +283,8 @@ def test_concurrent_publishes_exactly_one_wins(hub, env_folder):
 
 def test_concurrent_identical_publishes_one_creates(hub, env_folder):
     data = pack_bytes(env_folder(namespace="alice", name="same"))
-    results = []
-    barrier = threading.Barrier(4)
-
-    def publish() -> None:
-        client = hub.client("alice")
-        barrier.wait()
-        results.append(client.publish_bytes(data, namespace="alice", name="same", version="1.0.0")[1])
-
-    threads = [threading.Thread(target=publish) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert sorted(results) == [False, False, False, True]
+    results = hub.race("alice", [data] * 4, name="same")
+    assert sorted(r[1] for r in results) == [False, False, False, True], results
 
 
 # --- the page ----------------------------------------------------------------------------------

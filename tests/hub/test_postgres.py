@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -78,22 +77,7 @@ def test_migrations_match_models_on_postgres(pg_hub):
 
 def test_publish_race_and_entitlements_on_postgres(pg_hub, env_folder):
     blobs = [pack_bytes(env_folder(namespace="alice", name="race", extra=f"variant {i}")) for i in range(4)]
-    results: list[object] = [None] * len(blobs)
-    barrier = threading.Barrier(len(blobs))
-
-    def publish(i: int) -> None:
-        client = pg_hub.client("alice")
-        barrier.wait()
-        try:
-            results[i] = client.publish_bytes(blobs[i], namespace="alice", name="race", version="1.0.0", private=True)
-        except VersionConflictError as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(blobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = pg_hub.race("alice", blobs, name="race", private=True)
     winners = [r for r in results if isinstance(r, tuple)]
     assert len(winners) == 1 and sum(isinstance(r, VersionConflictError) for r in results) == len(blobs) - 1
 
