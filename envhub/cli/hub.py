@@ -34,6 +34,7 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on."),
     max_upload_mb: int = typer.Option(100, help="Largest artifact accepted (413 above)."),
     public_url: str = typer.Option("", help="The URL clients use, for messages (default http://HOST:PORT)."),
+    workers: int = typer.Option(1, min=1, max=64, help="Worker processes (they share the database and the artifact store)."),
 ) -> None:
     """Serve the hub: the API (/docs), the index (/registry.json) and a page listing public environments (/)."""
     import uvicorn
@@ -41,9 +42,19 @@ def serve(
     from envhub.hub import create_app
 
     settings = _settings(data, database_url, max_upload_bytes=max_upload_mb << 20, public_url=public_url or f"http://{host}:{port}")
-    app = create_app(settings)
     console.print(f"hub on http://{host}:{port} (data in {data}); create a user with `envhub hub adduser NAME --data {data}`", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        return
+    import os
+
+    from envhub.hub import build_hub
+    from envhub.hub.app import SETTINGS_ENV, settings_to_env
+
+    build_hub(settings)  # migrate once here, before the workers start
+    os.environ[SETTINGS_ENV] = settings_to_env(settings)
+    uvicorn.run("envhub.hub.app:app_from_environment", factory=True, workers=workers, host=host, port=port,
+                log_level="warning", timeout_graceful_shutdown=5)
 
 
 @hub_app.command("adduser")

@@ -165,6 +165,7 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
         namespace: NameParam, name: NameParam, version: VersionParam, request: Request, who: Who,
         private: bool = False,
     ) -> JSONResponse:
+        await run_in_threadpool(hub.check_can_publish, who, namespace)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
             raise PayloadTooLargeError(int(declared), settings.max_upload_bytes)
@@ -259,3 +260,27 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
         return {"events": hub.audit_log(who, namespace, limit=limit)}
 
     return app
+
+
+#: ``envhub hub serve --workers N`` passes the settings to each worker process through this variable.
+SETTINGS_ENV = "ENVHUB_HUB_SETTINGS"
+
+
+def settings_to_env(settings: HubSettings) -> str:
+    import json
+
+    return json.dumps({
+        "data_dir": str(settings.data_dir), "database_url": settings.database_url,
+        "max_upload_bytes": settings.max_upload_bytes, "max_unpacked_bytes": settings.max_unpacked_bytes,
+        "public_url": settings.public_url,
+    })
+
+
+def app_from_environment() -> FastAPI:
+    """The app for one of several uvicorn worker processes (a factory: ``uvicorn --factory``)."""
+    import json
+    import os
+
+    values = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
+    values["data_dir"] = Path(values.get("data_dir") or "hub-data")
+    return create_app(HubSettings(**values))

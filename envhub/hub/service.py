@@ -282,13 +282,18 @@ class Hub:
                 index.packs.setdefault(f"{pack.namespace}/{pack.name}", {})[pv.version] = self._pack_entry(pack, pv)
             return index
 
+    def check_can_publish(self, who: Principal | None, namespace: str) -> Principal:
+        """Refuse early (401/403), before an upload's body is read."""
+        who = self._need_write(who)
+        self._need_owner(who, namespace)
+        return who
+
     def publish(
         self, who: Principal | None, namespace: str, name: str, version: str, data: bytes, *,
         declared_digest: str | None = None, private: bool = False,
     ) -> tuple[VersionEntry, bool]:
         """Check and store an artifact as ``namespace/name@version``; returns (entry, created)."""
-        who = self._need_write(who)
-        self._need_owner(who, namespace)
+        who = self.check_can_publish(who, namespace)
         ref = f"{namespace}/{name}@{version}"
         digest = sha256_digest(data)
         if declared_digest and declared_digest != digest:
