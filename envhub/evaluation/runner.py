@@ -126,6 +126,8 @@ class _EnvPool:
         self.config = config
         self.free: list[Any] = []
         self.all: list[Any] = []
+        self.identity: Any = None  # of the first instance: every instance is the same version
+        self.threaded = False
 
     def take(self) -> Any:
         if self.free:
@@ -133,6 +135,10 @@ class _EnvPool:
         import envhub
 
         env = envhub.make(self.config.env, runtime=self.config.runtime, **self.config.env_kwargs)
+        if self.identity is None:
+            self.identity = env.identity.to_dict()  # computes the digest once, not per instance
+            self.identity["ref"] = env.identity.ref
+            self.threaded = _needs_thread(env, self.config.runtime)
         self.all.append(env)
         return env
 
@@ -203,9 +209,8 @@ class _Run:
         env = None
         try:
             env = self.pool.take()
-            threaded = _needs_thread(env, config.runtime)
-            identity = env.identity
-            record["env"] = {"ref": identity.ref, **identity.to_dict()}
+            threaded = self.pool.threaded
+            record["env"] = self.pool.identity
             record["rubric_hash"] = getattr(getattr(env, "rubric", None), "hash", None)
             where = "reset"
             t = time.perf_counter()

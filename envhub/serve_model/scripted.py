@@ -56,11 +56,21 @@ class ScriptedEndpoint:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/stats", self._stats, methods=["GET", "DELETE"]),
             ]
         )
 
     async def _models(self, request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "test"}]})
+
+    async def _stats(self, request: Request) -> JSONResponse:
+        """Requests served and seconds spent in the handler (DELETE resets both): for benchmarks."""
+        stats = {"requests": len(self.requests), "busy_s": self.busy_s}
+        if request.method == "DELETE":
+            with self._lock:
+                self.requests.clear()
+                self.busy_s = 0.0
+        return JSONResponse(stats)
 
     async def _chat(self, request: Request) -> Response:
         started = time.perf_counter()

@@ -1,0 +1,235 @@
+"""Evaluation harness throughput: envhub's `eval` runner against verifiers' evaluator.
+
+Both harnesses run the same environment logic (the bundled arithmetic environment: its tasks, system
+prompt and its two checks, exact answer 0.8 and answer format 0.2) against the same local
+OpenAI-compatible endpoint: a scripted server (envhub.serve_model.scripted) in its own process that
+solves each problem, with an optional fixed latency standing in for a model. Each measurement runs
+in a fresh process, so its CPU time is the harness's alone (the endpoint's CPU is in another process).
+
+Reported per harness and concurrency (1, 8, 64):
+- episodes/s (wall clock, one step per episode);
+- endpoint time per request: time spent inside the server's handler, summed over requests;
+- harness CPU per step: the harness process's user+system CPU time over the number of steps
+  (model client, HTTP client, environment, scoring, bookkeeping, result writing);
+- at concurrency 1, client-side overhead per step: wall time per step minus endpoint time per step
+  (harness CPU plus loopback HTTP latency).
+
+    python benchmarks/eval_bench.py --vf-python /tmp/vf01/bin/python --out benchmarks/eval.json
+
+verifiers is measured through its Python API (`Environment.evaluate`, what `vf-eval` calls), with a
+`SingleTurnEnv` built from the same tasks and reward functions; `--vf-python` names an interpreter
+where verifiers is installed (a separate virtual environment keeps its dependencies away from ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "environments" / "arithmetic"))
+
+
+def _tasks(n: int) -> list[dict]:
+    """The first n test tasks, as envhub's runner sees them (reset with seed i)."""
+    import envhub
+
+    env = envhub.make("arithmetic")
+    tasks = []
+    for i in range(n):
+        messages, _ = env.reset(seed=i, options={"split": "test"})
+        tasks.append({"prompt": messages, "answer": str(env.episode.task["answer"])})
+    return tasks
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- the two harnesses, each run in its own process ----------------------------------------------
+
+
+def run_envhub(base_url: str, episodes: int, concurrency: int) -> dict:
+    from envhub.evaluation.runner import EvalConfig, run_eval
+
+    import httpx
+
+    import envhub
+
+    httpx.AsyncClient()  # imports done before the clock starts, as for verifiers
+    envhub.make("arithmetic")
+    out = tempfile.mkdtemp(prefix="envhub-eval-bench-")
+    config = EvalConfig(env="arithmetic", out_dir=out, base_url=base_url, model="scripted", episodes=episodes,
+                        concurrency=concurrency, temperature=0.0, max_tokens=64, report=False)  # fmt: skip
+    cpu, wall = _cpu_s(), time.perf_counter()
+    summary = run_eval(config)
+    wall, cpu = time.perf_counter() - wall, _cpu_s() - cpu
+    assert summary.errors == 0, summary.error_types
+    env_s = sum(json.loads(line)["timings"]["env_s"] for line in open(Path(out) / "results.jsonl"))
+    return {"wall_s": wall, "cpu_s": cpu, "episodes": summary.episodes, "steps": summary.episodes,
+            "reward": summary.reward["mean"], "env_code_s": env_s}  # fmt: skip
+
+
+def run_verifiers(base_url: str, episodes: int, concurrency: int) -> dict:
+    import logging
+
+    import verifiers as vf
+    from arithmetic_env import ANSWER_TAG, extract_answer
+    from datasets import Dataset
+    from verifiers.types import ClientConfig
+
+    logging.disable(logging.WARNING)
+    rows = _tasks(episodes)
+
+    def correct(completion, answer, **kwargs) -> float:
+        text = completion[-1]["content"] if isinstance(completion, list) else completion
+        found = extract_answer(text or "")
+        try:
+            return float(found is not None and int(found.replace(",", "").strip()) == int(answer))
+        except ValueError:
+            return 0.0
+
+    def answer_format(completion, **kwargs) -> float:
+        import re
+
+        text = completion[-1]["content"] if isinstance(completion, list) else completion
+        tags = ANSWER_TAG.findall(text or "")
+        return float(len(tags) == 1 and re.fullmatch(r"-?\d+", tags[0]) is not None)
+
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
+    env = vf.SingleTurnEnv(eval_dataset=dataset, rubric=vf.Rubric(funcs=[correct, answer_format], weights=[0.8, 0.2]))
+    os.environ["VF_BENCH_API_KEY"] = "unused"
+    client = ClientConfig(api_base_url=base_url, api_key_var="VF_BENCH_API_KEY", max_retries=0)
+    cpu, wall = _cpu_s(), time.perf_counter()
+    result = env.evaluate_sync(client=client, model="scripted", sampling_args={"temperature": 0.0, "max_tokens": 64},
+                               num_examples=episodes, rollouts_per_example=1, max_concurrent=concurrency)  # fmt: skip
+    wall, cpu = time.perf_counter() - wall, _cpu_s() - cpu
+    rewards = _vf_rewards(result)
+    return {"wall_s": wall, "cpu_s": cpu, "episodes": len(rewards), "steps": len(rewards),
+            "reward": sum(rewards) / len(rewards)}  # fmt: skip
+
+
+def _vf_rewards(result) -> list[float]:
+    for attr in ("reward", "rewards"):
+        value = getattr(result, attr, None)
+        if value is None and isinstance(result, dict):
+            value = result.get(attr)
+        if value is not None:
+            return [float(v) for v in value]
+    outputs = result["outputs"] if isinstance(result, dict) else getattr(result, "outputs")
+    return [float(o["reward"] if isinstance(o, dict) else o.reward) for o in outputs]
+
+
+# --- orchestration -------------------------------------------------------------------------------
+
+
+def _serve(port: int, latency_s: float) -> None:
+    import re
+
+    import uvicorn
+
+    from envhub.serve_model.scripted import ScriptedEndpoint
+
+    def solve(messages) -> str:
+        match = re.search(r"What is (.*)\?", messages[-1]["content"])
+        return f"<answer>{eval(match.group(1), {'__builtins__': {}})}</answer>" if match else "?"  # noqa: S307
+
+    endpoint = ScriptedEndpoint(solve, latency_s=latency_s)
+    uvicorn.run(endpoint.app, host="127.0.0.1", port=port, log_level="error", backlog=2048)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _measure(python: str, harness: str, base_url: str, episodes: int, concurrency: int, timeout: float) -> dict:
+    import httpx
+
+    stats_url = base_url.removesuffix("/v1") + "/stats"
+    httpx.delete(stats_url)
+    cmd = [python, __file__, "_run", harness, base_url, str(episodes), str(concurrency)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{harness} c={concurrency} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    stats = httpx.get(stats_url).json()
+    steps = result["steps"]
+    result.update(
+        harness=harness,
+        concurrency=concurrency,
+        requests=stats["requests"],
+        episodes_per_s=result["episodes"] / result["wall_s"],
+        endpoint_ms_per_request=1000 * stats["busy_s"] / max(stats["requests"], 1),
+        harness_cpu_ms_per_step=1000 * result["cpu_s"] / steps,
+        wall_ms_per_step=1000 * result["wall_s"] / steps,
+    )
+    if "env_code_s" in result:  # time inside the environment's own reset/step/rubric code
+        result["env_code_ms_per_step"] = 1000 * result["env_code_s"] / steps
+    if concurrency == 1:
+        result["client_overhead_ms_per_step"] = result["wall_ms_per_step"] - result["endpoint_ms_per_request"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vf-python", default=None, help="Interpreter with verifiers installed (omit to skip it).")
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--episodes", default="100,300,600", help="Episodes per run, one per concurrency level.")
+    parser.add_argument("--latency-ms", default="0,20", help="Endpoint latencies to measure at.")
+    parser.add_argument("--timeout", type=float, default=300, help="Most seconds one measurement may take.")
+    parser.add_argument("--out", default=None, help="Write the results as JSON here.")
+    args = parser.parse_args()
+    import httpx
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    counts = [int(n) for n in args.episodes.split(",")]
+    harnesses = [("envhub", sys.executable)] + ([("verifiers", args.vf_python)] if args.vf_python else [])
+    results = []
+    for latency_ms in [float(x) for x in args.latency_ms.split(",")]:
+        port = _free_port()
+        server = subprocess.Popen([sys.executable, __file__, "_serve", str(port), str(latency_ms / 1000)], cwd=ROOT)
+        base_url = f"http://127.0.0.1:{port}/v1"
+        try:
+            for _ in range(200):
+                try:
+                    httpx.get(base_url + "/models", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            for concurrency, episodes in zip(levels, counts):
+                for name, python in harnesses:
+                    r = _measure(python, name, base_url, episodes, concurrency, args.timeout)
+                    r["endpoint_latency_ms"] = latency_ms
+                    results.append(r)
+                    extra = f", overhead {r['client_overhead_ms_per_step']:.2f} ms/step" if concurrency == 1 else ""
+                    print(f"latency {latency_ms:g} ms  {name:9s} c={concurrency:<3d} {r['episodes_per_s']:8.1f} ep/s  "
+                          f"endpoint {r['endpoint_ms_per_request']:.2f} ms/req  harness CPU "
+                          f"{r['harness_cpu_ms_per_step']:.2f} ms/step (env code {r.get('env_code_ms_per_step', 0):.2f})  "
+                          f"reward {r['reward']:.2f}{extra}", flush=True)  # fmt: skip
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"machine": f"{os.cpu_count()} CPUs", "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_serve":
+        _serve(int(sys.argv[2]), float(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_run":
+        harness, base_url, episodes, concurrency = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+        runner = run_envhub if harness == "envhub" else run_verifiers
+        print(json.dumps(runner(base_url, episodes, concurrency)))
+    else:
+        main()
