@@ -245,7 +245,10 @@ def write_report(results: list[Result], skipped: dict[str, str], args: argparse.
         lines += ["", "Not measured:"] + [f"- {k}: {v}" for k, v in skipped.items()]
     lines += [
         "",
-        "How to read it: `inprocess` has no transport (its p99 shows the environment's own cost);",
+        "How to read it: `setup` is starting the server when none is warm (the first row of each remote",
+        "runtime; the docker one includes the image build check) plus opening and resetting every session.",
+        "`inprocess` has no transport; sessions there are stepped one after another, so its latency is",
+        "the environment's own cost.",
         "`process` and `docker` pay one HTTP request per step over a Unix socket (JSON, a delta of the",
         "conversation); `openenv` pays one WebSocket message per step over loopback TCP. Every step of",
         "a remote runtime runs the environment's code in the server's thread pool under a step timeout.",

@@ -29,6 +29,7 @@ log = logging.getLogger("envhub.runtimes")
 
 SESSIONS_PER_SERVER_ENV = "ENVHUB_SESSIONS_PER_SERVER"
 WARM_ENV = "ENVHUB_WARM_SERVERS"
+LIVENESS_CHECK_S = 5.0
 
 
 @dataclass
@@ -68,6 +69,7 @@ class ManagedServer(ABC):
         self.sessions = 0
         self.broken = False
         self.idle_since: float | None = time.monotonic()
+        self.checked_at = time.monotonic()
 
     @abstractmethod
     def exit_reason(self) -> str | None:
@@ -214,8 +216,12 @@ class ServerPool:
                 self._forget(server)
         for server in to_stop:
             _stop_quietly(server)
-        # Idle servers that died on their own (killed, out of memory) are dropped too.
+        # Idle servers that died on their own (killed, out of memory) are dropped too; asked at most
+        # every few seconds, since asking a container costs an engine call.
         for server in [s for s in idle if s not in to_stop]:
+            if now - server.checked_at < LIVENESS_CHECK_S:
+                continue
+            server.checked_at = now
             if server.exit_reason() is not None:
                 with self._lock:
                     if server.sessions == 0:

@@ -165,7 +165,7 @@ class SessionServer:
         self._hung += 1
 
         def finished(_: Any) -> None:
-            self._hung -= 1
+            self._hung = max(0, self._hung - 1)
 
         future.add_done_callback(finished)
         # Hung threads still hold pool slots: once half of the pool is stuck, give new work a new pool.

@@ -103,3 +103,11 @@ def test_warm_pool_makes_the_next_env_fast(docker_engine):
     assert len(pool.servers) == 2
     a.close()
     b.close()
+
+
+def test_a_missing_base_image_is_named(docker_engine):
+    from envhub.errors import ImageBuildError
+
+    with pytest.raises(ImageBuildError, match="envhub-missing:none is not on this machine") as exc:
+        build_image(ARITHMETIC, base="envhub-missing:none", client=docker_engine, force=True)
+    assert "setup-docker.sh" in exc.value.log
