@@ -233,6 +233,10 @@ def build_image(
         if existing is not None:
             return BuiltImage(tag, existing.id, digest, reused=True)
     try:
+        stale = client.images.get(tag).id  # built by another envhub or from another base: replaced below
+    except docker.errors.ImageNotFound:
+        stale = None
+    try:
         client.images.get(base)
     except docker.errors.ImageNotFound:
         raise ImageBuildError(
@@ -264,6 +268,11 @@ def build_image(
             raise ImageBuildError(manifest.ref, str(exc), log="\n".join(line for line in lines if line)[-4000:]) from None
         except docker.errors.APIError as exc:
             raise ImageBuildError(manifest.ref, f"the Docker engine refused the build: {exc}") from None
+    if stale and stale != image.id:
+        try:
+            client.images.remove(stale, noprune=False)
+        except docker.errors.APIError:  # still used by a running container: the engine keeps it
+            pass
     return BuiltImage(tag, image.id, digest, reused=False)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+LOCAL_BASE_IMAGE = "envhub-base:bookworm"
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,13 @@ def docker_engine():
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"docker tests must run in CI: {reason}", pytrace=False)
         pytest.skip(reason)
+    # The local base image of scripts/setup-docker.sh, when it is here and none was chosen.
+    if not os.environ.get("ENVHUB_BASE_IMAGE"):
+        try:
+            client.images.get(LOCAL_BASE_IMAGE)
+            os.environ["ENVHUB_BASE_IMAGE"] = LOCAL_BASE_IMAGE
+        except Exception:  # noqa: BLE001 - absent: the default base image applies
+            pass
     return client
 
 
