@@ -4,6 +4,7 @@ entitlements, the audit log, the front page, and the faults the issue lists."""
 from __future__ import annotations
 
 import gzip
+import json
 import io
 import tarfile
 import time
@@ -314,3 +315,29 @@ def test_visibility_changes(hub, env_folder):
         hub.client("bob").set_visibility("alice", "adder", private=False)
     assert alice.set_visibility("alice", "adder", private=False).private is False
     assert set(hub.client().resolve("alice/adder")[0].versions) == {"1.0.0", "1.1.0"}
+
+
+def test_cli_tokens_visibility_logout(hub, env_folder, isolated_home):
+    assert cli("login", hub.url, "--token", hub.tokens["alice"], "--default").exit_code == 0
+    created = cli("hub", "token", "create", "--scope", "read", "--expires-in", "3600", "--name", "ci")
+    assert created.exit_code == 0, created.output
+    token = created.output.strip().splitlines()[-1]
+    assert token.startswith("ehub_")
+    listed = cli("hub", "token", "list")
+    rows = [json.loads(line) for line in listed.output.splitlines()]
+    ci = next(r for r in rows if r["name"] == "ci")
+    assert ci["scope"] == "read" and ci["expires_at"] and "token" not in ci
+    assert cli("hub", "token", "revoke", str(ci["id"])).exit_code == 0
+    from envhub.registry.http import HubRegistry
+
+    with pytest.raises(AuthenticationError, match="revoked"):
+        HubRegistry(hub.url, token=token).whoami()
+
+    assert cli("publish", str(env_folder(namespace="alice", name="adder"))).exit_code == 0
+    assert cli("visibility", "alice/adder", "private").exit_code == 0
+    assert "alice/adder" not in hub.client().index().environments
+    assert cli("visibility", "alice/adder", "public").exit_code == 0
+    assert "alice/adder" in hub.client().index().environments
+
+    assert "token removed" in cli("logout", hub.url).output
+    assert isinstance(cli("visibility", "alice/adder", "private").exception, AuthenticationError)
