@@ -386,6 +386,7 @@ class AsyncRemoteEnv(_RemoteBase):
         self._init_state(lease, kwargs, render_mode)
         self._own_http = False
         self._http = http
+        self._reconnect: Any = None
         self._conn = _Connection(lease)
         if http is None and not self._conn.usable:  # https: httpx does TLS
             http = httpx.AsyncClient(base_url=lease.url, transport=_transport(lease, asynchronous=True), timeout=self._timeout())
@@ -400,19 +401,26 @@ class AsyncRemoteEnv(_RemoteBase):
         kwargs: dict[str, Any] | None = None,
         http: httpx.AsyncClient | None = None,
         lease: ServerLease | None = None,
+        reconnect: Any = None,
         render_mode: str | None = None,
     ) -> AsyncRemoteEnv:
+        """Connect and open a session. ``reconnect`` (a blocking callable returning a new lease, as
+        runtimes give) lets ``reset`` start over on a fresh server after the runtime died."""
         if lease is None:
             lease = _FixedLease(*_split_target(url, uds))
         env = cls(lease, kwargs=kwargs, http=http, render_mode=render_mode)
-        try:
-            env._take_info(await env._call("GET", "/v1/info", where="connect"))
-            env._take_session(await env._call("POST", "/v1/sessions", {"kwargs": env.kwargs}, where="construction"))
-        except BaseException:
-            await env._close_transport()
-            lease.release(broken=env._dead is not None)
-            raise
+        env._reconnect = reconnect
+        await env._handshake()
         return env
+
+    async def _handshake(self) -> None:
+        try:
+            self._take_info(await self._call("GET", "/v1/info", where="connect"))
+            self._take_session(await self._call("POST", "/v1/sessions", {"kwargs": self.kwargs}, where="construction"))
+        except BaseException:
+            await self._close_transport()
+            self._lease.release(broken=self._dead is not None)
+            raise
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *, where: str) -> Any:
         try:
@@ -432,6 +440,12 @@ class AsyncRemoteEnv(_RemoteBase):
         return json.loads(content) if content else None
 
     async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
+        if self._dead is not None and self._reconnect is not None and not self._closed:
+            self._conn.close()
+            self._lease = await asyncio.to_thread(self._reconnect)  # may start a server: off the loop
+            self._dead, self._session = None, None
+            self._conn = _Connection(self._lease)
+            await self._handshake()
         self._check_usable()
         body = {"seed": seed, "options": options}
         try:

@@ -17,12 +17,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from envhub.client import RemoteEnv
+from envhub.client import AsyncRemoteEnv, RemoteEnv
 from envhub.errors import InvalidOptionError
 from envhub.make import RUNTIMES, Located
 from envhub.runtimes.pool import Lease, ManagedServer, PoolOptions, ServerPool, close_all_pools
 
-__all__ = ["Lease", "ManagedServer", "PoolOptions", "ServerPool", "close_all_pools", "pool_for", "prewarm"]
+__all__ = ["Lease", "ManagedServer", "PoolOptions", "ServerPool", "close_all_pools", "make_async", "pool_for", "prewarm"]
 
 _pools: dict[tuple[str, str, str], ServerPool] = {}
 _pools_lock = threading.Lock()
@@ -85,6 +85,31 @@ def _remote(runtime: str, located: Located, *, runtime_options: dict[str, Any] |
             render_mode: str | None = None, **kwargs: Any) -> RemoteEnv:
     pool = pool_for(runtime, located, runtime_options)
     return RemoteEnv(lease=pool.lease(), reconnect=pool.lease, kwargs=kwargs, render_mode=render_mode)
+
+
+async def make_async(
+    id_or_path: str,
+    *,
+    runtime: str = "process",
+    runtime_options: dict[str, Any] | None = None,
+    render_mode: str | None = None,
+    **kwargs: Any,
+) -> AsyncRemoteEnv:
+    """``envhub.make`` for asyncio: an :class:`~envhub.client.AsyncRemoteEnv` on a pooled server.
+
+    >>> env = await envhub.runtimes.make_async("arithmetic", runtime="docker", level="easy")
+    >>> obs, info = await env.reset(seed=0)
+    """
+    import asyncio
+
+    from envhub.make import locate
+
+    if runtime not in ("process", "docker"):
+        raise InvalidOptionError(str(id_or_path), "runtime", f"make_async serves 'process' or 'docker', not {runtime!r}")
+    located = await asyncio.to_thread(locate, id_or_path)
+    pool = await asyncio.to_thread(pool_for, runtime, located, runtime_options)
+    lease = await asyncio.to_thread(pool.lease)
+    return await AsyncRemoteEnv.open(lease=lease, reconnect=pool.lease, kwargs=kwargs, render_mode=render_mode)
 
 
 def _process(located: Located, **kwargs: Any) -> RemoteEnv:

@@ -134,27 +134,42 @@ class ServerPool:
         self.options = options
         self.servers: list[ManagedServer] = []
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._closed = False
         _register(self)
 
     def lease(self) -> Lease:
-        """A seat on a live server with room (the fullest first, to keep few servers), else a new one."""
+        """A seat on a live server with room (the fullest first, to keep few servers), else a new one.
+
+        Starts are one at a time: callers that arrive while a server starts wait for it and take its
+        free seats, rather than each starting a server of their own.
+        """
+        lease = self._take_seat()
+        if lease is not None:
+            return lease
+        with self._start_lock:
+            lease = self._take_seat()  # a server started while this caller waited may have room
+            if lease is not None:
+                return lease
+            server = self._start_one()
+            with self._lock:
+                server.sessions += 1
+                server.idle_since = None
+                self.servers.append(server)
+            return Lease(self, server)
+
+    def _take_seat(self) -> Lease | None:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"pool {self.name} is closed")
             cap = self.options.sessions_per_server
             candidates = [s for s in self.servers if not s.broken and s.sessions < cap]
-            candidates.sort(key=lambda s: -s.sessions)
-            for server in candidates:
-                server.sessions += 1
-                server.idle_since = None
-                return Lease(self, server)
-        server = self._start_one()
-        with self._lock:
+            if not candidates:
+                return None
+            server = max(candidates, key=lambda s: s.sessions)
             server.sessions += 1
             server.idle_since = None
-            self.servers.append(server)
-        return Lease(self, server)
+            return Lease(self, server)
 
     def _start_one(self) -> ManagedServer:
         server = self._start()

@@ -133,7 +133,10 @@ def error_from_body(status: int, payload: Any, *, env: str) -> E.EnvhubError:
             exc = E.RemoteError(code, message, status=status, hint=body.get("hint"))
     except (TypeError, ValueError):
         exc = E.RemoteError(code, message, status=status, hint=body.get("hint"))
-    exc.args = (message,) if message else exc.args
+    if message:
+        exc.args = (message,)
+        if isinstance(exc, ImportError):  # ImportError prints its `msg`, not its args
+            exc.msg = message
     if body.get("hint"):
         exc.hint = body["hint"]
     return exc

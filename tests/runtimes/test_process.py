@@ -116,3 +116,26 @@ def test_child_exits_when_its_parent_is_gone(tmp_path):
             return
         time.sleep(0.2)
     pytest.fail(f"server process {child} outlived its parent")
+
+
+def test_make_async_recovers_from_a_dead_server():
+    import asyncio
+
+    from envhub.runtimes import make_async
+
+    async def main() -> None:
+        envs = await asyncio.gather(*(make_async(FAULTY, runtime="process") for _ in range(8)))
+        assert len({e.server_info["server"]["pid"] for e in envs}) == 1  # one pooled server
+        await asyncio.gather(*(e.reset(seed=i) for i, e in enumerate(envs)))
+        results = await asyncio.gather(*(e.step(f"hi {i}") for i, e in enumerate(envs)))
+        assert [r[0][-1]["content"] for r in results] == [f"echo: hi {i}" for i in range(8)]
+        with pytest.raises(RuntimeDiedError):
+            await envs[0].step("exit")
+        # Every environment on that server lost its episode; each reset moves it to a new server.
+        with pytest.raises(RuntimeDiedError):
+            await envs[1].step("hello")
+        await asyncio.gather(*(e.reset(seed=0) for e in envs[:2]))
+        assert (await envs[1].step("back"))[0][-1]["content"] == "echo: back"
+        await asyncio.gather(*(e.close() for e in envs))
+
+    asyncio.run(main())
