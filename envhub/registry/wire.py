@@ -50,7 +50,16 @@ def to_payload(exc: E.EnvhubError) -> tuple[int, dict[str, Any]]:
 
 
 def from_payload(status: int, body: Any, *, registry: str) -> E.EnvhubError:
-    """Rebuild the error the server raised from its answer."""
+    """Rebuild the error the server raised from its answer: the same class and typed fields, and the
+    server's own message (it knows what it was doing: a stored artifact, an upload...)."""
+    exc = _rebuild(status, body, registry=registry)
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and err.get("message") and not isinstance(exc, E.RegistryError):
+        exc.args = (str(err["message"]),)
+    return exc
+
+
+def _rebuild(status: int, body: Any, *, registry: str) -> E.EnvhubError:
     err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict):
         detail = body.get("detail") if isinstance(body, dict) else body
@@ -71,7 +80,7 @@ def from_payload(status: int, body: Any, *, registry: str) -> E.EnvhubError:
         if code == "payload_too_large":
             return E.PayloadTooLargeError(f.get("size"), int(f["limit"]))
         if code == "digest_mismatch":
-            return E.DigestMismatchError(f"upload to {registry}", f["expected"], f["actual"])
+            return E.DigestMismatchError(registry, f["expected"], f["actual"])
         if code == "invalid_manifest":
             return E.ManifestError(str(f.get("path")), list(f.get("problems") or [message]))
         if code == "invalid_signature":
