@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from envhub.errors import EndpointError
+from envhub.evaluation.lean_http import LeanHTTPClient
 
 #: Statuses worth asking again.
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -96,7 +97,7 @@ class ChatResult:
     attempts: int = 1
 
 
-def _parse_completion(response: httpx.Response) -> tuple[str, str | None, dict[str, Any]]:
+def _parse_completion(response: Any) -> tuple[str, str | None, dict[str, Any]]:
     """Text, finish reason and usage of a chat completion body; ValueError when it is not one."""
     try:
         data = response.json()
@@ -187,7 +188,7 @@ def chat_sync(
 
 
 async def chat_async(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | LeanHTTPClient,
     base_url: str,
     body: dict[str, Any],
     *,
@@ -195,7 +196,7 @@ async def chat_async(
     retry: RetryPolicy | None = None,
     limiter: RateLimiter | None = None,
 ) -> ChatResult:
-    """The async twin of :func:`chat_sync`."""
+    """The async twin of :func:`chat_sync`; ``client`` is an httpx client or a :class:`LeanHTTPClient`."""
     retry = retry or RetryPolicy()
     url = chat_url(base_url)
     state = _Attempt(url, retry)
@@ -206,9 +207,12 @@ async def chat_async(
                 await asyncio.sleep(wait)
         started = time.perf_counter()
         try:
-            response = await client.post(url, json=body, headers=_headers(api_key), timeout=retry.timeout_s)
+            if isinstance(client, LeanHTTPClient):
+                response = await client.post_json(url, body, headers=_headers(api_key), timeout=retry.timeout_s)
+            else:
+                response = await client.post(url, json=body, headers=_headers(api_key), timeout=retry.timeout_s)
             result, delay = state.outcome(response, None, attempt, started)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
             result, delay = state.outcome(None, exc, attempt, started)
         if result is not None:
             return result

@@ -3,8 +3,9 @@
 Every policy has one coroutine, ``complete(messages, seed=...) -> Completion``, called by many
 episodes at once:
 
-- :class:`EndpointPolicy`: any OpenAI-compatible chat endpoint over httpx (retries with backoff on
-  timeouts, 429 and 5xx, an optional rate limit, the API key from the environment);
+- :class:`EndpointPolicy`: any OpenAI-compatible chat endpoint (retries with backoff on timeouts,
+  429 and 5xx, an optional rate limit, the API key from the environment); plain-http endpoints go
+  through the lean client of :mod:`~envhub.evaluation.lean_http`, https ones through httpx;
 - :class:`LocalPolicy`: a local transformers model, optionally with a LoRA adapter folder; the
   concurrent requests are gathered into batches, so that N episodes cost one batched generation
   per turn rather than N.
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 
 from envhub.evaluation.http import RateLimiter, RetryPolicy, api_key_from_env, chat_async
+from envhub.evaluation.lean_http import LeanHTTPClient, supports
 from envhub.evaluation.local_model import Batcher, LocalModel, Sampling
 
 __all__ = ["Completion", "EndpointPolicy", "LocalPolicy", "Policy", "make_policy"]
@@ -63,6 +65,7 @@ class EndpointPolicy(Policy):
         retry: RetryPolicy | None = None,
         rate_limit: float | None = None,
         max_connections: int = 256,
+        lean_http: bool = True,
     ) -> None:
         self.base_url = base_url
         self.model = model
@@ -70,8 +73,9 @@ class EndpointPolicy(Policy):
         self.api_key = api_key if api_key is not None else api_key_from_env(api_key_env)
         self.retry = retry or RetryPolicy()
         self.limiter = RateLimiter(rate_limit) if rate_limit else None
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx.AsyncClient(limits=limits)
+        self._lean = lean_http and supports(base_url)
+        self._max_connections = max_connections
+        self._client: Any = None  # made in the running loop, on first use
 
     async def complete(self, messages: list[dict[str, str]], *, seed: int | None = None) -> Completion:
         body: dict[str, Any] = {
@@ -83,6 +87,12 @@ class EndpointPolicy(Policy):
         }
         if seed is not None:
             body["seed"] = seed
+        if self._client is None:
+            if self._lean:
+                self._client = LeanHTTPClient(self.base_url, max_connections=self._max_connections)
+            else:
+                limits = httpx.Limits(max_connections=self._max_connections, max_keepalive_connections=self._max_connections)
+                self._client = httpx.AsyncClient(limits=limits)
         result = await chat_async(
             self._client, self.base_url, body, api_key=self.api_key, retry=self.retry, limiter=self.limiter
         )
@@ -92,7 +102,9 @@ class EndpointPolicy(Policy):
         return {"kind": "endpoint", "name": self.model, "base_url": self.base_url}
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
 
 class LocalPolicy(Policy):
