@@ -141,6 +141,8 @@ class _RemoteBase:
         self._messages: list[Msg] = []
         self._dead: str | None = None
         self._closed = False
+        self._reconnect: Any = None
+        self._leave_server = False
         self.manifest: Manifest | None = None
         self._identity: EnvIdentity | None = None
         self.max_turns = 1
@@ -220,6 +222,14 @@ class _RemoteBase:
             raise RemoteError("closed", f"environment `{self.env_name}` is closed", hint="make the environment again")
         if self._dead is not None:
             raise RuntimeDiedError(self.env_name, self._dead)
+
+    def _server_error(self, status: int, content: bytes) -> EnvhubError:
+        error = self._error_for(status, content)
+        if isinstance(error, StepTimeoutError) and self._reconnect is not None:
+            # The timed-out step still runs in one of the server's threads, which may never end:
+            # leave that server at the next reset; the pool stops it once its last session leaves.
+            self._leave_server = True
+        return error
 
     def _error_for(self, status: int, content: bytes) -> EnvhubError:
         try:
@@ -327,11 +337,18 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
         except httpx.HTTPError as exc:
             raise self._transport_failure(exc, where) from None
         if response.status_code >= 400:
-            raise self._error_for(response.status_code, response.content)
+            raise self._server_error(response.status_code, response.content)
         return json.loads(response.content) if response.content else None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
         super().reset(seed=seed)  # the same np_random as the server's instance, as gymnasium checks
+        if self._leave_server and self._dead is None and not self._closed:
+            self._leave_server = False
+            with contextlib.suppress(Exception):
+                self._call("DELETE", f"/v1/sessions/{self._session}", where="close")
+            self._drop_connection()
+            self._lease.release(broken=True)
+            self._dead = "left after a step timeout"
         if self._dead is not None and self._reconnect is not None and not self._closed:
             self._drop_connection()
             self._connect(self._reconnect())
@@ -386,7 +403,6 @@ class AsyncRemoteEnv(_RemoteBase):
         self._init_state(lease, kwargs, render_mode)
         self._own_http = False
         self._http = http
-        self._reconnect: Any = None
         self._conn = _Connection(lease)
         if http is None and not self._conn.usable:  # https: httpx does TLS
             http = httpx.AsyncClient(base_url=lease.url, transport=_transport(lease, asynchronous=True), timeout=self._timeout())
@@ -436,10 +452,16 @@ class AsyncRemoteEnv(_RemoteBase):
             )
             raise self._transport_failure(exc, where, death=death) from None
         if status >= 400:
-            raise self._error_for(status, content)
+            raise self._server_error(status, content)
         return json.loads(content) if content else None
 
     async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
+        if self._leave_server and self._dead is None and not self._closed:
+            self._leave_server = False
+            with contextlib.suppress(Exception):
+                await self._call("DELETE", f"/v1/sessions/{self._session}", where="close")
+            self._lease.release(broken=True)
+            self._dead = "left after a step timeout"
         if self._dead is not None and self._reconnect is not None and not self._closed:
             self._conn.close()
             self._lease = await asyncio.to_thread(self._reconnect)  # may start a server: off the loop

@@ -69,11 +69,24 @@ def test_faults_end_the_episode_not_the_caller():
         env.step("alloc:400")
     env.reset(seed=0)
     assert env.step("alloc:16")[0][-1]["content"] == "allocated 16 MB"
+    hung_pid = env.server_info["server"]["pid"]
     with pytest.raises(StepTimeoutError) as exc:
         env.step("sleep:10")
     assert exc.value.timeout_s == 2.0
+    # The timed-out step still holds a thread of that server: the next episode moves to a new one,
+    # and the old server, left with no session, is stopped.
     env.reset(seed=0)
+    assert env.server_info["server"]["pid"] != hung_pid
     assert env.step("still here")[0][-1]["content"] == "echo: still here"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(hung_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the server with a hung thread was not stopped")
     env.close()
 
 
