@@ -40,6 +40,7 @@ from envhub.registry.packs import validate_pack
 from envhub.registry.wire import ConflictError, NotFoundError
 
 TOKEN_PREFIX = "ehub_"
+MAX_ENTRIES = 20_000  # files and folders in one uploaded artifact
 SCOPES = ("read", "write")
 
 
@@ -354,7 +355,7 @@ class Hub:
         """Unpack by the safe rules into a scratch folder, read the manifest, check it names this version."""
         scratch = Path(tempfile.mkdtemp(prefix="envhub-hub-"))
         try:
-            folder = unpack(data, scratch / "env", expected_digest=digest, max_bytes=self.max_unpacked_bytes)
+            folder = unpack(data, scratch / "env", expected_digest=digest, max_bytes=self.max_unpacked_bytes, max_entries=MAX_ENTRIES)
             manifest = load_manifest(folder)
         except ManifestError as exc:
             raise ManifestError("envhub.toml in the uploaded artifact", exc.problems) from None
