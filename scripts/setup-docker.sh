@@ -42,11 +42,23 @@ if ! docker info >/dev/null 2>&1; then
   fi
   is_root || die "no Docker engine answers and starting one needs root; start dockerd yourself"
   command -v dockerd >/dev/null 2>&1 || die "dockerd not found after install"
+  # A dockerd killed without its cleanup (a session's end) leaves its pid file, which stops the next one.
+  for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+    if [ -f "$pidfile" ]; then
+      old="$(cat "$pidfile" 2>/dev/null || true)"
+      if [ -z "$old" ] || ! kill -0 "$old" 2>/dev/null; then
+        say "removing stale $pidfile"
+        rm -f "$pidfile"
+      fi
+    fi
+  done
   say "starting dockerd (log: $LOG)"
   # Containers run with --network none, so the engine needs no bridge nor iptables rules.
   nohup dockerd --bridge=none --iptables=false --ip6tables=false >>"$LOG" 2>&1 </dev/null &
+  dockerd_pid=$!
   for _ in $(seq 1 120); do
     docker info >/dev/null 2>&1 && break
+    kill -0 "$dockerd_pid" 2>/dev/null || { tail -n 5 "$LOG" >&2 || true; die "dockerd exited at start (see $LOG)"; }
     sleep 0.5
   done
   docker info >/dev/null 2>&1 || { tail -n 20 "$LOG" >&2 || true; die "dockerd did not answer within 60 s (see $LOG)"; }
