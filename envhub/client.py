@@ -505,7 +505,7 @@ class AsyncRemoteEnv(_RemoteBase):
     async def __aenter__(self) -> AsyncRemoteEnv:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 

@@ -160,10 +160,10 @@ def gather_wheels(requirements: list[str], dest: Path, *, log: Callable[[str], N
     house.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir", str(house)]
     # Offline from the wheelhouse first; only what is missing goes to the package index.
-    offline = subprocess.run([*base, "--no-index", "--find-links", str(house), *requirements], capture_output=True, text=True)
+    offline = subprocess.run([*base, "--no-index", "--find-links", str(house), *requirements], capture_output=True, text=True, check=False)
     if offline.returncode != 0:
         log("gathering wheels with pip (the first build of these dependencies)")
-        online = subprocess.run([*base, "--find-links", str(house), *requirements], capture_output=True, text=True)
+        online = subprocess.run([*base, "--find-links", str(house), *requirements], capture_output=True, text=True, check=False)
         if online.returncode != 0:
             raise ImageBuildError("wheels", "pip wheel failed for " + " ".join(requirements), log=online.stderr[-4000:])
     # Copy exactly the closure of the requirements: resolve again offline into the build context.
@@ -171,7 +171,7 @@ def gather_wheels(requirements: list[str], dest: Path, *, log: Callable[[str], N
     final = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-index",
          "--find-links", str(house), "--wheel-dir", str(dest), *requirements],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
     if final.returncode != 0:
         raise ImageBuildError("wheels", "pip wheel from the wheelhouse failed", log=final.stderr[-4000:])

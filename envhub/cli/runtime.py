@@ -22,7 +22,8 @@ def serve(
 ) -> None:
     """Serve an environment's episodes over HTTP (the protocol is at GET /openapi.json)."""
     from envhub.make import locate
-    from envhub.server import ServerConfig, serve as run_server
+    from envhub.server import ServerConfig
+    from envhub.server import serve as run_server
 
     located = locate(env_id)
     config = ServerConfig(
@@ -34,7 +35,7 @@ def serve(
     )
     where = f"unix://{uds}" if uds else f"http://{host}:{port}"
 
-    def ready(server) -> None:  # noqa: ANN001
+    def ready(server) -> None:
         console.print(
             f"serving [bold]{server.identity.ref}[/] ({server.identity.digest}) on {where}\n"
             f"[dim]protocol: {where}/openapi.json; connect with envhub.client.RemoteEnv({where!r})[/]",

@@ -20,7 +20,13 @@ from typing import Any
 from envhub.client import AsyncRemoteEnv, RemoteEnv
 from envhub.errors import InvalidOptionError
 from envhub.make import RUNTIMES, Located
-from envhub.runtimes.pool import Lease, ManagedServer, PoolOptions, ServerPool, close_all_pools
+from envhub.runtimes.pool import (
+    Lease,
+    ManagedServer,
+    PoolOptions,
+    ServerPool,
+    close_all_pools,
+)
 
 __all__ = ["Lease", "ManagedServer", "PoolOptions", "ServerPool", "close_all_pools", "make_async", "pool_for", "prewarm"]
 

@@ -21,7 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from envhub.docker_build import CONTAINER_USER, LABEL, SOCKET_DIR, build_image, docker_client, record_image
+from envhub.docker_build import (
+    CONTAINER_USER,
+    LABEL,
+    SOCKET_DIR,
+    build_image,
+    docker_client,
+    record_image,
+)
 from envhub.errors import RuntimeDiedError
 from envhub.make import Located
 from envhub.manifest import Manifest

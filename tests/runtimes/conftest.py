@@ -41,7 +41,7 @@ def docker_engine():
 @pytest.fixture(autouse=True)
 def _close_pools():
     yield
-    from envhub.runtimes import close_all_pools, _pools
+    from envhub.runtimes import _pools, close_all_pools
 
     close_all_pools()
     _pools.clear()

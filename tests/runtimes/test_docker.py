@@ -67,7 +67,9 @@ def test_docker_env_keeps_the_contract_in_a_locked_down_container(docker_engine)
     assert attrs["Config"]["User"] == "10001:10001"
     remote.close()
     pool_for("docker", envhub.locate(ARITHMETIC)).close()
-    with pytest.raises(Exception):
+    import docker.errors
+
+    with pytest.raises(docker.errors.NotFound):
         docker_engine.containers.get(server.container.id)  # removed
 
 

@@ -11,7 +11,12 @@ from gymnasium.utils.env_checker import check_env
 
 import envhub
 from envhub.client import RemoteEnv
-from envhub.errors import EnvironmentFailure, InvalidOptionError, RuntimeDiedError, StepTimeoutError
+from envhub.errors import (
+    EnvironmentFailure,
+    InvalidOptionError,
+    RuntimeDiedError,
+    StepTimeoutError,
+)
 from envhub.runtimes import pool_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +124,7 @@ def test_child_exits_when_its_parent_is_gone(tmp_path):
         "print(env.server_info['server']['pid'], flush=True)\n"
         "import os; os._exit(0)  # no atexit: the child must notice on its own\n"
     )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
     child = int(out.stdout.split()[0])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

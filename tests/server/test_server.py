@@ -267,7 +267,7 @@ def test_cli_serve_on_a_port(tmp_path):
         env.close()
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=10)
     assert b"serving tests/echo@1.0.0" in err, err
 
 
