@@ -1,0 +1,159 @@
+"""Rollouts through real envhub environments with the real default model.
+
+Multi-turn token bookkeeping (only sampled tokens carry loss, the ids are exactly the sampled
+ones), sampler/loss log-prob consistency, and a tiny end-to-end training run with resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+envhub = pytest.importorskip("envhub")
+
+from trainers.generation import TransformersBackend  # noqa: E402
+from trainers.grpo import (  # noqa: E402
+    EnvPool,
+    EnvSpec,
+    _pack,
+    bridge_tokens,
+    make_config,
+    rollout,
+    sampled_logprobs,
+    train,
+)
+from trainers.models import load_policy, load_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    return load_policy(device="cpu")
+
+
+def test_bridge_tokens_extend_the_sampled_ids_like_the_chat_template():
+    tokenizer = load_tokenizer()
+    history = [
+        {"role": "system", "content": "Guess the number."},
+        {"role": "user", "content": "From 1 to 30."},
+    ]
+    prompt = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    reply = "I guess <guess>15</guess>"
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    sampled = tokenizer(reply, add_special_tokens=False)["input_ids"] + [end]  # as if sampled, stop included
+    history = history + [{"role": "assistant", "content": reply}]
+    new = [{"role": "user", "content": "Higher than 15. 9 turns left."}]
+    bridge = bridge_tokens(tokenizer, history, new, "<|im_end|>")
+    expected = tokenizer.apply_chat_template(history + new, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert list(prompt) + sampled + bridge == list(expected)
+    # a completion cut by the length limit gets the template's end-of-turn from the bridge
+    cut = bridge_tokens(tokenizer, history, new, None)
+    assert cut[0] == end and cut[1:] == bridge
+
+
+@pytest.mark.slow
+def test_multi_turn_rollout_masks_environment_tokens(policy):
+    model, tokenizer = policy
+    backend = TransformersBackend(model, tokenizer, temperature=1.0, max_new_tokens=12)
+    pool = EnvPool([EnvSpec("guess-number", kwargs={"level": "easy"})])
+    plan = [(0, 0, 7), (0, 0, 7), (1, 0, 8)]
+    episodes = rollout(backend, tokenizer, pool, plan, split="train", max_new_tokens=12, max_episode_tokens=400, seed=1)
+    pool.close()
+    assert all(ep.error is None for ep in episodes)
+    multi = [ep for ep in episodes if ep.turns >= 2]
+    assert multi, "an untrained 135M model does not solve guess-number in one turn"
+    for ep in episodes:
+        assert len(ep.ids) == len(ep.sampled) == len(ep.sampler_logp)
+        assert sum(ep.sampled) == ep.completion_tokens
+        assert ep.done and (ep.criteria or ep.truncated)
+        # sampled tokens have their sampling log-probs, everything else NaN
+        assert all(math.isnan(lp) != s for lp, s in zip(ep.sampler_logp, ep.sampled))
+    ep = multi[0]
+    # split the sequence into runs of sampled / not sampled tokens
+    runs, start = [], 0
+    for i in range(1, len(ep.ids) + 1):
+        if i == len(ep.ids) or ep.sampled[i] != ep.sampled[start]:
+            runs.append((ep.sampled[start], ep.ids[start:i]))
+            start = i
+    sampled_runs = [ids for s, ids in runs if s]
+    env_runs = [ids for s, ids in runs if not s]
+    assert len(sampled_runs) == ep.turns
+    # the masked runs are the prompt and the environment's replies, rendered by the template
+    user_replies = [m["content"] for m in ep.messages if m["role"] == "user"][1:]
+    for reply, ids in zip(user_replies, env_runs[1:]):
+        text = tokenizer.decode(ids)
+        assert reply in text and text.rstrip().endswith("<|im_start|>assistant")
+    # and the sampled runs decode to exactly the assistant messages the environment received
+    assistant = [m["content"] for m in ep.messages if m["role"] == "assistant"]
+    for said, ids in zip(assistant, sampled_runs):
+        assert tokenizer.decode(ids, skip_special_tokens=True) == said
+
+
+@pytest.mark.slow
+def test_sampler_and_loss_use_the_same_distribution(policy):
+    model, tokenizer = policy
+    backend = TransformersBackend(model, tokenizer, temperature=0.7, top_p=0.9, max_new_tokens=16)
+    pool = EnvPool([EnvSpec("arithmetic", kwargs={"level": "easy"})])
+    episodes = rollout(backend, tokenizer, pool, [(0, 0, 3)] * 3 + [(1, 0, 4)], split="train", max_new_tokens=16, max_episode_tokens=400, seed=5)
+    pool.close()
+    batch = _pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        logp, mask = sampled_logprobs(model, batch, 0.7, 0.9)
+    recorded = batch["sampler_logp"][:, -logp.shape[1] :]
+    assert mask.sum() == sum(ep.completion_tokens for ep in episodes)
+    assert torch.allclose(logp[mask], recorded[mask], atol=2e-4)
+
+
+@pytest.mark.slow
+def test_tiny_training_run_produces_a_loadable_adapter_and_resumes_exactly(tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    settings = {
+        "prompts_per_step": 2,
+        "group_size": 2,
+        "max_new_tokens": 8,
+        "steps": 2,
+        "checkpoint_every": 1,
+        "progress": False,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "dynamic_sampling": False,
+        "minibatches": 2,
+    }
+    full = train(make_config("cispo", envs=["arithmetic?level=easy"], overrides={**settings, "output_dir": str(tmp_path / "full")}))
+    assert [m["step"] for m in full.metrics] == [1, 2]
+    row = full.metrics[-1]
+    for key in ("reward/mean", "reward/criterion/correct", "loss/policy", "clip/frac", "perf/tokens_per_s", "perf/step_s", "episodes/errors"):
+        assert key in row
+    assert row["episodes/errors"] == 0
+
+    provenance = json.loads((full.adapter_dir / "provenance.json").read_text())
+    (environment,) = provenance["environments"]
+    assert environment["ref"] == "envhub/arithmetic@1.0.0" and environment["digest"].startswith("sha256:")
+    assert environment["rubric_hash"].startswith("sha256:")
+    assert provenance["model"]["source_digest"].startswith("sha256:")
+    assert provenance["config"]["algo"] == "cispo" and provenance["config"]["cispo_max_ratio"] == 5.0
+    assert "git" in provenance and (full.output_dir / "metrics.jsonl").read_text().count("\n") == 2
+
+    base, _ = load_policy(device="cpu")
+    tuned = PeftModel.from_pretrained(base, str(full.adapter_dir))
+    assert any("lora_B" in name and p.abs().sum() > 0 for name, p in tuned.named_parameters())
+
+    # interrupted after step 1, then resumed: the same adapter as the uninterrupted run
+    out = tmp_path / "resumed"
+    train(make_config("cispo", envs=["arithmetic?level=easy"], overrides={**settings, "steps": 1, "output_dir": str(out)}))
+    resumed = train(make_config("cispo", envs=["arithmetic?level=easy"], overrides={**settings, "output_dir": str(out)}))
+    assert resumed.provenance["resumed_from_step"] == 1
+    assert [m["step"] for m in resumed.metrics] == [1, 2]
+    a = load_file(str(full.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.metrics[-1]["reward/mean"] == full.metrics[-1]["reward/mean"]
