@@ -391,7 +391,7 @@ def evaluate(
     split: str = "test",
     seed: int = 0,
     out_dir: str | Path = "eval-out",
-    concurrency: int = 16,
+    concurrency: int = 64,
     temperature: float = 0.0,
     max_tokens: int = 64,
     progress: bool = False,
@@ -400,7 +400,8 @@ def evaluate(
     """Evaluate a model on an environment and write the output folder; returns the :class:`Summary`.
 
     Defaults suit a quick CPU demo with the embedded 135M model: greedy decoding, short answers, and
-    all episodes of a turn generated as one batch. ``options`` are further :class:`EvalConfig` fields.
+    up to 64 episodes of a turn generated as one batch. ``options`` are further :class:`EvalConfig`
+    fields.
     """
     config = EvalConfig(
         env=env_id,
