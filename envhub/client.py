@@ -32,6 +32,7 @@ import gymnasium
 import httpx
 
 from envhub.errors import (
+    BodyTooLargeError,
     EnvhubError,
     InvalidActionError,
     RemoteError,
@@ -45,6 +46,7 @@ from envhub.spaces import Conversation, Message
 
 Msg = dict[str, str]
 UDS_BASE_URL = "http://envhub.local"
+_JSON_HEADERS = {"content-type": "application/json"}
 #: Seconds the client waits past the server's own step timeout before it calls the server wedged.
 TIMEOUT_MARGIN_S = 15.0
 
@@ -223,6 +225,16 @@ class _RemoteBase:
         if self._dead is not None:
             raise RuntimeDiedError(self.env_name, self._dead)
 
+    def _encode(self, body: dict[str, Any] | None) -> bytes:
+        """The request body; one the server would refuse for its size is refused here, unsent."""
+        if body is None:
+            return b""
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        limit = self.server_info.get("server", {}).get("max_body_bytes")
+        if limit and len(data) > limit:
+            raise BodyTooLargeError(int(limit), size=len(data))
+        return data
+
     def _server_error(self, status: int, content: bytes) -> EnvhubError:
         error = self._error_for(status, content)
         if isinstance(error, StepTimeoutError) and self._reconnect is not None:
@@ -332,8 +344,9 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *, where: str) -> Any:
         assert self._http is not None
+        data = self._encode(body)
         try:
-            response = self._http.request(method, path, json=body)
+            response = self._http.request(method, path, content=data, headers=_JSON_HEADERS)
         except httpx.HTTPError as exc:
             raise self._transport_failure(exc, where) from None
         if response.status_code >= 400:
@@ -439,12 +452,13 @@ class AsyncRemoteEnv(_RemoteBase):
             raise
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *, where: str) -> Any:
+        data = self._encode(body)
         try:
             if self._http is not None:
-                response = await self._http.request(method, path, json=body, timeout=self._timeout())
+                response = await self._http.request(method, path, content=data, headers=_JSON_HEADERS, timeout=self._timeout())
                 status, content = response.status_code, response.content
             else:
-                status, content = await self._conn.request(method, path, body, self.step_timeout_s + TIMEOUT_MARGIN_S)
+                status, content = await self._conn.request(method, path, data, self.step_timeout_s + TIMEOUT_MARGIN_S)
         except (httpx.HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             # Asking the lease why may wait a moment for an exit status: not on the event loop.
             death = None if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)) else (
@@ -492,7 +506,7 @@ class AsyncRemoteEnv(_RemoteBase):
                 if self._http is not None:
                     await self._http.delete(f"/v1/sessions/{self._session}", timeout=5.0)
                 else:
-                    await self._conn.request("DELETE", f"/v1/sessions/{self._session}", None, 5.0)
+                    await self._conn.request("DELETE", f"/v1/sessions/{self._session}", b"", 5.0)
         await self._close_transport()
         if self._dead is None:
             self._lease.release()
@@ -533,8 +547,7 @@ class _Connection:
         else:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
 
-    async def request(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, bytes]:
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() if body is not None else b""
+    async def request(self, method: str, path: str, data: bytes, timeout: float) -> tuple[int, bytes]:
         head = (
             f"{method} {path} HTTP/1.1\r\n".encode()
             + self._host_header

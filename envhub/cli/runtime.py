@@ -16,7 +16,7 @@ def serve(
     max_sessions: int = typer.Option(4096, help="Sessions held at once; more are refused (HTTP 503, `capacity`)."),
     idle_timeout: float = typer.Option(600.0, help="Seconds before an idle session is closed; 0 keeps them."),
     step_timeout: float = typer.Option(None, help="Seconds allowed to one reset/step (default: the manifest's \\[limits])."),
-    max_body_mb: float = typer.Option(16.0, help="Largest request body, in MiB (HTTP 413, `body_too_large`, past it)."),
+    max_body_mb: float = typer.Option(8.0, help="Largest request body, in MiB (HTTP 413, `body_too_large`, past it)."),
     threads: int = typer.Option(16, help="Threads running environment code."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:

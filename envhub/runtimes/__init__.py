@@ -42,9 +42,9 @@ def _digest_of(located: Located) -> str:
     return folder_digest(located.folder)
 
 
-def _options(located: Located, runtime_options: dict[str, Any] | None) -> PoolOptions:
+def _options(runtime: str, located: Located, runtime_options: dict[str, Any] | None) -> PoolOptions:
     try:
-        return PoolOptions.from_dict(runtime_options)
+        return PoolOptions.from_dict(runtime_options, runtime=runtime)
     except (TypeError, ValueError) as exc:
         raise InvalidOptionError(located.manifest.ref, "runtime_options", str(exc)) from None
 
@@ -60,7 +60,7 @@ def pool_for(runtime: str, located: Located, runtime_options: dict[str, Any] | N
         pool = _pools.get(key)
         if pool is not None and not pool._closed:
             return pool
-        options = _options(located, runtime_options)
+        options = _options(runtime, located, runtime_options)
         if runtime == "process":
             from envhub.runtimes.process import ProcessServer
 

@@ -34,28 +34,45 @@ LIVENESS_CHECK_S = 5.0
 
 @dataclass
 class PoolOptions:
-    """How a runtime's pool shares servers. ``make(..., runtime_options={...})`` sets these."""
+    """How a runtime's pool shares servers. ``make(..., runtime_options={...})`` sets these.
+
+    Defaults differ by runtime (:data:`RUNTIME_DEFAULTS`): a child process starts in about a second
+    and is stopped as soon as its last environment closes; a container is kept warm.
+    """
 
     #: Sessions one server (process or container) holds; 1 isolates every environment.
-    sessions_per_server: int = int(os.environ.get(SESSIONS_PER_SERVER_ENV, "64"))
+    sessions_per_server: int = 64
     #: Idle servers kept started, ready for the next ``make``.
-    warm: int = int(os.environ.get(WARM_ENV, "1"))
-    #: Seconds an idle server beyond ``warm`` lives before it is stopped.
+    warm: int = 1
+    #: Seconds an idle server beyond ``warm`` lives before it is stopped (0: at once).
     idle_ttl_s: float = 30.0
     #: Seconds to wait for a new server to answer its health check.
     start_timeout_s: float = 60.0
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any] | None) -> PoolOptions:
+    def from_dict(cls, options: dict[str, Any] | None, *, runtime: str = "docker") -> PoolOptions:
         options = dict(options or {})
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown runtime option(s) {unknown}; known: {sorted(known)}")
-        out = cls(**options)
+        defaults = dict(RUNTIME_DEFAULTS.get(runtime, {}))
+        if os.environ.get(SESSIONS_PER_SERVER_ENV):
+            defaults["sessions_per_server"] = int(os.environ[SESSIONS_PER_SERVER_ENV])
+        if os.environ.get(WARM_ENV):
+            defaults["warm"] = int(os.environ[WARM_ENV])
+        out = cls(**{**defaults, **options})
         if out.sessions_per_server < 1 or out.warm < 0 or out.idle_ttl_s < 0:
             raise ValueError("sessions_per_server must be >= 1, warm and idle_ttl_s >= 0")
         return out
+
+
+#: Per-runtime defaults of :class:`PoolOptions` (``$ENVHUB_SESSIONS_PER_SERVER`` and
+#: ``$ENVHUB_WARM_SERVERS`` override them; ``runtime_options`` override both).
+RUNTIME_DEFAULTS: dict[str, dict[str, Any]] = {
+    "process": {"warm": 0, "idle_ttl_s": 0.0},
+    "docker": {"warm": 1, "idle_ttl_s": 30.0},
+}
 
 
 class ManagedServer(ABC):
@@ -200,8 +217,11 @@ class ServerPool:
             server.sessions = max(0, server.sessions - 1)
             if broken and not server.broken:
                 server.broken = True
-            if server.broken and server.sessions == 0:
-                self._forget(server)
+            idle = [s for s in self.servers if s.sessions == 0 and not s.broken and s is not server]
+            if server.sessions == 0 and (
+                server.broken or (self.options.idle_ttl_s == 0 and len(idle) >= self.options.warm)
+            ):
+                self._forget(server)  # stopped now: nothing keeps it warm
                 stop = True
             elif server.sessions == 0:
                 server.idle_since = time.monotonic()

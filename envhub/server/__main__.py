@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-sessions", type=int, default=4096)
     p.add_argument("--idle-timeout", type=float, default=600.0, help="seconds; 0 keeps idle sessions")
     p.add_argument("--step-timeout", type=float, default=None, help="seconds; default: the manifest's limits")
-    p.add_argument("--max-body-mb", type=float, default=16.0)
+    p.add_argument("--max-body-mb", type=float, default=8.0)
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--memory-mb", type=int, default=None, help="cap the environment's data memory (RLIMIT_DATA)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is no longer the parent")

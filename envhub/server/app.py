@@ -57,8 +57,9 @@ class ServerConfig:
     idle_timeout_s: float | None = 600.0
     #: Time allowed to one reset or step; None takes ``[limits] step_timeout_s`` from the manifest.
     step_timeout_s: float | None = None
-    #: Largest request body accepted, in bytes (``body_too_large``, HTTP 413, past it).
-    max_body_bytes: int = 16 * 1024 * 1024
+    #: Largest request body accepted, in bytes (``body_too_large``, HTTP 413, past it). An action
+    #: may hold 1M characters (up to 4 MB of UTF-8, more once JSON-escaped).
+    max_body_bytes: int = 8 * 1024 * 1024
     #: Threads that run environment code. Steps of different sessions run concurrently up to this.
     threads: int = 16
 
@@ -313,15 +314,22 @@ class SessionServer:
     async def _body(self, request: Request) -> dict[str, Any]:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BodyTooLargeError(limit, size=int(declared))
+        size_known = int(declared) if declared is not None and declared.isdigit() else None
         chunks = []
         size = 0
+        too_large = size_known is not None and size_known > limit
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise BodyTooLargeError(limit)
+                # Read (and drop) the rest, up to a bound, so that the client is told why rather
+                # than finding the connection closed under a body it is still sending.
+                too_large = True
+                if size > max(4 * limit, 64 * 1024 * 1024):
+                    break
+                continue
             chunks.append(chunk)
+        if too_large:
+            raise BodyTooLargeError(limit, size=size_known or size)
         raw = b"".join(chunks)
         if not raw.strip():
             return {}

@@ -157,3 +157,18 @@ def test_make_async_recovers_from_a_dead_server():
         await asyncio.gather(*(e.close() for e in envs))
 
     asyncio.run(main())
+
+
+def test_the_child_stops_on_close_and_at_exit():
+    env = envhub.make(ARITHMETIC, runtime="process")
+    pid = env.server_info["server"]["pid"]
+    env.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped by close(), not later
+    from envhub.runtimes import close_all_pools
+
+    env = envhub.make(ARITHMETIC, runtime="process")
+    pid = env.server_info["server"]["pid"]
+    close_all_pools()  # what runs at interpreter exit
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

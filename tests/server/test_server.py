@@ -280,3 +280,54 @@ def test_protocol_errors_are_json_with_stable_codes(serve_env):
         assert error["code"] == "entrypoint_error" and "nope" in error["message"]
         answer = http.post("/v1/sessions/abc/reset", json={"seed": "x"})
         assert answer.status_code == 400 and json.loads(answer.content)["error"]["code"] == "bad_request"
+
+
+def test_a_10_mb_action_is_refused_and_the_server_keeps_serving(serve_env):
+    _, url = serve_env(ECHO)  # the default limit: 8 MiB
+    env, other = RemoteEnv(url), RemoteEnv(url)
+    env.reset()
+    other.reset()
+    big = "x" * (10 * 1024 * 1024)
+    with pytest.raises(BodyTooLargeError) as exc:
+        env.step(big)  # refused by the client, which knows the server's limit
+    assert exc.value.limit == 8 * 1024 * 1024
+    with raw(url) as http:  # and by the server, which reads the body through before answering
+        answer = http.post(f"/v1/sessions/{env.session_id}/step", json={"action": big})
+        assert answer.status_code == 413 and answer.json()["error"]["code"] == "body_too_large"
+    assert env.step("small")[0][-1]["content"] == "small"
+    assert other.step("fine")[0][-1]["content"] == "fine"
+
+
+def test_a_thousand_abandoned_sessions_are_reaped(serve_env):
+    server, url = serve_env(ECHO, idle_timeout_s=1.0)
+    with raw(url) as http:
+        opened = 0
+        for i in range(1000):
+            answer = http.post("/v1/sessions", json={})
+            assert answer.status_code == 201, answer.text
+            opened += 1
+            if i % 10 == 0:
+                http.post(f"/v1/sessions/{answer.json()['session']}/reset", json={"seed": i})
+        assert opened == 1000 and len(server.sessions) > 1
+        keeper = RemoteEnv(url)
+        keeper.reset()
+        deadline = time.monotonic() + 15
+        while len(server.sessions) > 1 and time.monotonic() < deadline:
+            keeper.step("still using mine")  # an active session is never reaped
+            time.sleep(0.2)
+        assert list(server.sessions) == [keeper.session_id]
+        assert http.get("/healthz").json()["sessions"] == 1
+    keeper.close()
+
+
+def test_garbage_collected_clients_close_their_sessions(serve_env):
+    import gc
+
+    server, url = serve_env(ECHO)
+    for _ in range(20):
+        RemoteEnv(url).reset()  # never closed: dropped at once
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while server.sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.sessions
