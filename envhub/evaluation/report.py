@@ -20,6 +20,7 @@ from envhub.evaluation.results import REPORT_FILE, Summary
 _W, _H = 420, 220  # plot size in px
 _PAD_L, _PAD_B, _PAD_T, _PAD_R = 44, 34, 14, 10
 _BAR = "#3b6fb6"
+_SMALL = ' font-size="10" fill="#555"'
 _MAX_EPISODES_SHOWN = 200
 
 
@@ -40,17 +41,17 @@ def _axes(title: str, y_max: float, y_label: str) -> list[str]:
     plot_h = _H - _PAD_B - _PAD_T
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H + 20}" role="img" aria-label="{_esc(title)}">',
-        f'<text x="{_W / 2}" y="12" text-anchor="middle" class="t">{_esc(title)}</text>',
+        f'<text x="{_W / 2}" y="12" text-anchor="middle" font-size="13" font-weight="600">{_esc(title)}</text>',
     ]
     for i in range(5):
         value = y_max * i / 4
         y = _PAD_T + 6 + plot_h - plot_h * i / 4
-        parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y:.1f}" y2="{y:.1f}" class="g"/>')
+        parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e6e6e6"/>')
         label = f"{value:.2f}" if y_max <= 1.0 else f"{value:.0f}"
-        parts.append(f'<text x="{_PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end" class="l">{label}</text>')
+        parts.append(f'<text x="{_PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end"{_SMALL}>{label}</text>')
     parts.append(
         f'<text x="10" y="{_PAD_T + 6 + plot_h / 2}" transform="rotate(-90 10 {_PAD_T + 6 + plot_h / 2})" '
-        f'text-anchor="middle" class="l">{_esc(y_label)}</text>'
+        f'text-anchor="middle"{_SMALL}>{_esc(y_label)}</text>'
     )
     return parts
 
@@ -70,8 +71,8 @@ def svg_bars(
     top = y_max if y_max is not None else max([*finite, 1e-9])
     if top <= 0:
         top = 1.0
-    if y_max is None and top > 1:
-        top = math.ceil(top * 1.1)
+    if y_max is None and top > 1:  # counts: a top that 4 divides, so that every tick is a whole number
+        top = 4 * math.ceil(top * 1.05 / 4)
     plot_w = _W - _PAD_L - _PAD_R
     plot_h = _H - _PAD_B - _PAD_T
     base_y = _PAD_T + 6 + plot_h
@@ -92,13 +93,15 @@ def svg_bars(
                 cx = x + width / 2
                 y_lo = base_y - plot_h * min(max(lo, 0) / top, 1.0)
                 y_hi = base_y - plot_h * min(max(hi, 0) / top, 1.0)
-                parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y_lo:.1f}" y2="{y_hi:.1f}" class="e"/>')
+                parts.append(
+                    f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y_lo:.1f}" y2="{y_hi:.1f}" stroke="#222" stroke-width="2"/>'
+                )
         if n <= 16 or i % math.ceil(n / 16) == 0:
             short = label if len(label) <= 14 else label[:13] + "…"
             parts.append(
-                f'<text x="{x + width / 2:.1f}" y="{base_y + 14}" text-anchor="middle" class="l">{_esc(short)}</text>'
+                f'<text x="{x + width / 2:.1f}" y="{base_y + 14}" text-anchor="middle"{_SMALL}>{_esc(short)}</text>'
             )
-    parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{base_y}" y2="{base_y}" class="a"/>')
+    parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{base_y}" y2="{base_y}" stroke="#888"/>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -142,8 +145,6 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top}
 th{background:#f5f5f5}.plots{display:flex;flex-wrap:wrap;gap:12px}
 svg{background:#fcfcfc;border:1px solid #e6e6e6;border-radius:4px}
-svg .t{font-size:13px;font-weight:600}svg .l{font-size:10px;fill:#555}svg .g{stroke:#eee}svg .a{stroke:#888}
-svg .e{stroke:#222;stroke-width:2}
 details{border:1px solid #e6e6e6;border-radius:4px;margin:4px 0;padding:4px 8px}summary{cursor:pointer}
 .msg{white-space:pre-wrap;font:12px/1.4 ui-monospace,Menlo,monospace;margin:4px 0;padding:4px 6px;border-left:3px solid #ccc}
 .system{border-color:#999}.user{border-color:#3b6fb6}.assistant{border-color:#2e8b57}.tool{border-color:#b8860b}
