@@ -61,11 +61,10 @@ def _cpu_s() -> float:
 
 
 def run_envhub(base_url: str, episodes: int, concurrency: int) -> dict:
-    from envhub.evaluation.runner import EvalConfig, run_eval
-
     import httpx
 
     import envhub
+    from envhub.evaluation.runner import EvalConfig, run_eval
 
     httpx.AsyncClient()  # imports done before the clock starts, as for verifiers
     envhub.make("arithmetic")
@@ -139,7 +138,7 @@ def _vf_rewards(result) -> list[float]:
             value = result.get(attr)
         if value is not None:
             return [float(v) for v in value]
-    outputs = result["outputs"] if isinstance(result, dict) else getattr(result, "outputs")
+    outputs = result["outputs"] if isinstance(result, dict) else result.outputs
     return [float(o["reward"] if isinstance(o, dict) else o.reward) for o in outputs]
 
 
@@ -155,7 +154,7 @@ def _serve(port: int, latency_s: float) -> None:
 
     def solve(messages) -> str:
         match = re.search(r"What is (.*)\?", messages[-1]["content"])
-        return f"<answer>{eval(match.group(1), {'__builtins__': {}})}</answer>" if match else "?"  # noqa: S307
+        return f"<answer>{eval(match.group(1), {'__builtins__': {}})}</answer>" if match else "?"
 
     endpoint = ScriptedEndpoint(solve, latency_s=latency_s)
     uvicorn.run(endpoint.app, host="127.0.0.1", port=port, log_level="error", backlog=2048)

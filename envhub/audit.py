@@ -43,8 +43,8 @@ _REPEATED_CHARS = 8_000
 #: Probe names, in the order they are reported.
 PROBES = ("empty", "refusal", "echo", "format_only", "overlong", "repeated", "shotgun", "judge_injection")
 
-_TAG_CONTENT = re.compile(r"(<(\w+)[^>]*>)(.*?)(</\2>)", re.S)
-_FENCE = re.compile(r"(```\w*\n?)(.*?)(```)", re.S)
+_TAG_CONTENT = re.compile(r"(<(\w+)[^>]*>)(.*?)(</\2>)", re.DOTALL)
+_FENCE = re.compile(r"(```\w*\n?)(.*?)(```)", re.DOTALL)
 
 
 def _format_skeleton(reference: str | None) -> str:

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from envhub.errors import EndpointError, JudgeError
-from envhub.rubric import JUDGE_API_KEY_ENV, JUDGE_BASE_URL_ENV, JUDGE_MODEL_ENV, Score, Unscored
+from envhub.rubric import (
+    JUDGE_API_KEY_ENV,
+    JUDGE_BASE_URL_ENV,
+    JUDGE_MODEL_ENV,
+    Score,
+    Unscored,
+)
 
 if TYPE_CHECKING:
     from envhub.core import Episode
@@ -114,7 +120,7 @@ def render_group_prompt(rubric_text: str, episodes: Sequence[Episode]) -> str:
     return "\n".join(parts)
 
 
-_JSON_OBJECT = re.compile(r"\{.*\}", re.S)
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 def _json_object(text: str) -> dict[str, Any]:

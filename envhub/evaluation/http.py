@@ -148,8 +148,8 @@ class _Attempt:
             return None, self.retry.delay(attempt, response)
         try:
             text, finish, usage = _parse_completion(response)
-        except ValueError as exc:
-            self.last_reason = f"malformed answer: {exc}"
+        except ValueError as bad:
+            self.last_reason = f"malformed answer: {bad}"
             return None, self.retry.delay(attempt)
         return ChatResult(text, finish, usage, time.perf_counter() - started, attempt + 1), 0.0
 

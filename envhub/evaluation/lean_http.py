@@ -27,7 +27,7 @@ class LeanHTTPError(OSError):
 class LeanResponse:
     """The parts of a response that the retry logic reads (the names httpx uses)."""
 
-    __slots__ = ("status_code", "headers", "content")
+    __slots__ = ("content", "headers", "status_code")
 
     def __init__(self, status_code: int, headers: dict[str, str], content: bytes) -> None:
         self.status_code = status_code

@@ -91,6 +91,7 @@ class LocalModel:
         max_batch: int = 64,
     ) -> None:
         import torch
+
         from trainers.models import load_policy, resolve_model
 
         self.name = model or "default"
@@ -183,6 +184,16 @@ class LocalModel:
                     out.extend(self._generate(prompts[start : start + self.max_batch], sampling))
         return out
 
+    @staticmethod
+    def _generate_kwargs(sampling: Sampling, stop: list[int], **extra: Any) -> dict[str, Any]:
+        """``generate`` arguments for ``sampling``: sampled with temperature and top-p, or greedy."""
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "eos_token_id": stop, **extra}
+        if sampling.temperature > 0:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
     def _generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Generation]:
         torch = self._torch
         pad = self.tokenizer.pad_token_id
@@ -193,11 +204,7 @@ class LocalModel:
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
         stop = self._stop_ids()
-        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "eos_token_id": stop, "pad_token_id": pad}
-        if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = self._generate_kwargs(sampling, stop, pad_token_id=pad)
         with torch.no_grad():
             output = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
         results = []
@@ -223,11 +230,7 @@ class LocalModel:
         prompt = self.encode(conversation)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = self._stop_ids()
-        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "eos_token_id": stop, "streamer": streamer}
-        if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = self._generate_kwargs(sampling, stop, streamer=streamer)
         result: dict[str, Any] = {}
 
         def run() -> None:

@@ -18,7 +18,12 @@ from typing import Any
 
 import httpx
 
-from envhub.evaluation.http import RateLimiter, RetryPolicy, api_key_from_env, chat_async
+from envhub.evaluation.http import (
+    RateLimiter,
+    RetryPolicy,
+    api_key_from_env,
+    chat_async,
+)
 from envhub.evaluation.lean_http import LeanHTTPClient, supports
 from envhub.evaluation.local_model import Batcher, LocalModel, Sampling
 

@@ -14,4 +14,4 @@ def solve(messages) -> str:
     if not match:
         return "no idea"
     assert re.fullmatch(r"[\d\s+\-*()]+", match.group(1))
-    return f"<answer>{eval(match.group(1))}</answer>"  # noqa: S307 - digits and operators only
+    return f"<answer>{eval(match.group(1))}</answer>"

@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from evalhelpers import FIXTURES, solve
 
 from envhub.errors import EvalRunError
 from envhub.evaluation import compare_runs, load_run
 from envhub.evaluation.results import read_results
 from envhub.evaluation.runner import EvalConfig, run_eval
 from envhub.serve_model.scripted import ScriptedEndpoint, serve_in_thread
-
-from evalhelpers import FIXTURES, solve
 
 
 def _config(url: str, out: Path, **kw) -> EvalConfig:

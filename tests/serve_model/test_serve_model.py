@@ -28,6 +28,7 @@ def local_model():
 def lora_dir(tmp_path_factory, local_model):
     """A LoRA adapter trained on nothing, but of the right shapes for the default model."""
     from peft import LoraConfig, get_peft_model
+
     from trainers.models import load_policy
 
     model, _ = load_policy(None, device="cpu")
