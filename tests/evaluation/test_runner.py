@@ -197,3 +197,27 @@ def test_cli_eval_then_compare(endpoint, tmp_path):
     done = subprocess.run([*base, "eval", "compare", str(tmp_path / "a"), str(tmp_path / "missing")],
                           capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     assert done.returncode == 1 and "not an evaluation output folder" in done.stderr
+
+
+def test_cli_eval_several_environments_into_subfolders(endpoint, tmp_path):
+    _, url = endpoint
+    base = [sys.executable, "-c", "import sys; from envhub.cli import main; main(sys.argv[1:])"]
+    faulty = str(FIXTURES / "faulty")
+    done = subprocess.run([*base, "eval", "arithmetic", faulty, "--base-url", url, "-m", "scripted", "-n", "2",
+                           "--split", "train", "-o", str(tmp_path / "runs"), "--no-report"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(folders) == 2 and "arithmetic" in folders
+    truncated = [load_run(tmp_path / "runs" / f)[2] for f in folders if f != "arithmetic"][0]
+    assert truncated.truncation_rate == 1.0 and truncated.turns["mean"] == 5.0  # "no idea" never ends it
+
+
+def test_process_runtime_runs_the_same_episodes(endpoint, tmp_path):
+    _, url = endpoint
+    inproc = run_eval(_config(url, tmp_path / "a", episodes=4, report=False))
+    remote = run_eval(_config(url, tmp_path / "b", episodes=4, runtime="process", report=False))
+    assert remote.errors == 0 and remote.reward["mean"] == inproc.reward["mean"] == 1.0
+    ids = [[r["task_id"] for r in sorted(read_results(tmp_path / x / "results.jsonl"), key=lambda r: r["key"])] for x in "ab"]
+    assert ids[0] == ids[1]
+    assert remote.rubric_hashes == inproc.rubric_hashes and remote.env_digest == inproc.env_digest
