@@ -25,7 +25,6 @@ The episode loop, turn counting, seeding, truncation and scoring belong to this 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -233,7 +232,7 @@ class ChatEnv(gymnasium.Env[list, str]):
             task=task, task_id=str(task["id"]), split=split, messages=messages, rng=rng, max_turns=self.max_turns
         )
         info = {"task_id": self._episode.task_id, "split": split, "env": self.identity.ref, "max_turns": self.max_turns}
-        return copy.deepcopy(messages), info
+        return _copy_messages(messages), info
 
     def step(self, action: str) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
         episode = self._episode
@@ -274,7 +273,7 @@ class ChatEnv(gymnasium.Env[list, str]):
             info["rubric"] = result.to_dict()
         if self.render_mode == "human":
             self.render()
-        return copy.deepcopy(episode.messages), reward, episode.terminated, episode.truncated, info
+        return _copy_messages(episode.messages), reward, episode.terminated, episode.truncated, info
 
     def render(self) -> str | None:
         if self._episode is None:
@@ -291,3 +290,9 @@ class ChatEnv(gymnasium.Env[list, str]):
                 self.env_name, where, 'must return a list of {"role", "content"} dicts with str values'
             )
         return [dict(m) for m in messages]
+
+
+def _copy_messages(messages: list[Msg]) -> list[Msg]:
+    """A copy the caller may change freely. Messages are checked to hold only str values, so
+    copying each dict is a deep copy, about 20 times faster than ``copy.deepcopy``."""
+    return [dict(m) for m in messages]
