@@ -235,7 +235,7 @@ class _RemoteBase:
             raise BodyTooLargeError(int(limit), size=len(data))
         return data
 
-    def _server_error(self, status: int, content: bytes) -> EnvhubError:
+    def _server_error(self, status: int, content: bytes | dict[str, Any]) -> EnvhubError:
         error = self._error_for(status, content)
         if isinstance(error, StepTimeoutError) and self._reconnect is not None:
             # The timed-out step still runs in one of the server's threads, which may never end:
@@ -243,11 +243,13 @@ class _RemoteBase:
             self._leave_server = True
         return error
 
-    def _error_for(self, status: int, content: bytes) -> EnvhubError:
-        try:
-            payload = json.loads(content)
-        except ValueError:
-            payload = None
+    def _error_for(self, status: int, content: bytes | dict[str, Any]) -> EnvhubError:
+        payload: Any = content
+        if isinstance(content, (bytes, str)):
+            try:
+                payload = json.loads(content)
+            except ValueError:
+                payload = None
         return error_from_body(status, payload, env=self.env_name)
 
     def _transport_failure(self, exc: BaseException, where: str, *, death: str | None = None) -> EnvhubError:
@@ -416,6 +418,7 @@ class AsyncRemoteEnv(_RemoteBase):
         self._init_state(lease, kwargs, render_mode)
         self._own_http = False
         self._http = http
+        self._batch = False
         self._conn = _Connection(lease)
         if http is None and not self._conn.usable:  # https: httpx does TLS
             http = httpx.AsyncClient(base_url=lease.url, transport=_transport(lease, asynchronous=True), timeout=self._timeout())
@@ -432,13 +435,17 @@ class AsyncRemoteEnv(_RemoteBase):
         lease: ServerLease | None = None,
         reconnect: Any = None,
         render_mode: str | None = None,
+        batch: bool = True,
     ) -> AsyncRemoteEnv:
         """Connect and open a session. ``reconnect`` (a blocking callable returning a new lease, as
-        runtimes give) lets ``reset`` start over on a fresh server after the runtime died."""
+        runtimes give) lets ``reset`` start over on a fresh server after the runtime died.
+        ``batch``: resets and steps of the environments on one server, issued in the same event-loop
+        tick, share one request (answers still come back one by one, as each call finishes)."""
         if lease is None:
             lease = _FixedLease(*_split_target(url, uds))
         env = cls(lease, kwargs=kwargs, http=http, render_mode=render_mode)
         env._reconnect = reconnect
+        env._batch = batch and http is None and env._conn.usable
         await env._handshake()
         return env
 
@@ -451,7 +458,24 @@ class AsyncRemoteEnv(_RemoteBase):
             self._lease.release(broken=self._dead is not None)
             raise
 
+    async def _batched(self, op: str, fields: dict[str, Any], *, where: str) -> Any:
+        """A reset or step through the batcher of this environment's server."""
+        data = self._encode({"op": op, "session": self._session, **fields})
+        limit = int(self.server_info.get("server", {}).get("max_body_bytes") or 8 * 1024 * 1024)
+        batcher = _batcher_for(self._lease, limit)
+        try:
+            status, body = await asyncio.wait_for(batcher.submit(data), self.step_timeout_s + TIMEOUT_MARGIN_S)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            death = None if isinstance(exc, asyncio.TimeoutError) else await asyncio.to_thread(self._lease.describe_death)
+            raise self._transport_failure(exc, where, death=death) from None
+        if status >= 400:
+            raise self._server_error(status, body)
+        return body
+
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *, where: str) -> Any:
+        if self._batch and method == "POST" and where in ("reset", "step"):
+            fields = dict(body or {})
+            return await self._batched(where, fields, where=where)
         data = self._encode(body)
         try:
             if self._http is not None:
@@ -523,6 +547,122 @@ class AsyncRemoteEnv(_RemoteBase):
         await self.close()
 
 
+class _BatchRefused(Exception):
+    """The server refused a whole batch (one JSON error body instead of streamed answers)."""
+
+    def __init__(self, status: int, content: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.content = content
+
+
+class _Batcher:
+    """Coalesces the resets and steps that environments on one server issue in one event-loop tick.
+
+    They go as one ``POST /v1/batch``, whose answers stream back one line per call as each call
+    finishes, so a slow step delays only its own caller. Many sessions then cost the server one
+    request per tick instead of one per step.
+    """
+
+    def __init__(self, lease: ServerLease, limit: int) -> None:
+        self._lease = lease
+        self._limit = limit
+        self._pending: list[tuple[bytes, asyncio.Future]] = []
+        self._scheduled = False
+        self._idle: list[_Connection] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    def submit(self, call: bytes) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((call, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        batch: list[tuple[bytes, asyncio.Future]] = []
+        size = 0
+        for item in pending:
+            if batch and size + len(item[0]) > self._limit:
+                self._spawn(batch)
+                batch, size = [], 0
+            batch.append(item)
+            size += len(item[0]) + 1
+        if batch:
+            self._spawn(batch)
+
+    def _spawn(self, batch: list[tuple[bytes, asyncio.Future]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[bytes, asyncio.Future]]) -> None:
+        futures = [f for _, f in batch]
+        data = b'{"calls":[' + b",".join(call for call, _ in batch) + b"]}"
+        answered = [False]
+
+        def on_line(line: bytes) -> None:
+            answer = json.loads(line)
+            answered[0] = True
+            future = futures[answer["i"]]
+            if not future.done():  # its caller may have given up (timeout, cancel)
+                future.set_result((answer["status"], answer["body"]))
+
+        for attempt in (0, 1):
+            conn = self._idle.pop() if self._idle else _Connection(self._lease)
+            reused = conn._writer is not None
+            try:
+                await conn.stream_lines("/v1/batch", data, on_line)
+            except _BatchRefused as refused:
+                self._idle.append(conn)
+                for future in futures:
+                    if not future.done():
+                        future.set_result((refused.status, refused.content))
+                return
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                if reused and not answered[0] and not attempt:
+                    continue  # the server had closed this idle connection: nothing reached it
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            except BaseException as exc:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, Exception):
+                    return
+                raise
+            self._idle.append(conn)
+            for future in futures:
+                if not future.done():
+                    future.set_exception(ConnectionError("the batch's answer has no line for this call"))
+            return
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], _Batcher]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _batcher_for(lease: ServerLease, limit: int) -> _Batcher:
+    per_loop = _batchers.setdefault(asyncio.get_running_loop(), {})
+    key = (lease.url, lease.uds)
+    batcher = per_loop.get(key)
+    if batcher is None:
+        batcher = per_loop[key] = _Batcher(lease, limit)
+    return batcher
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection of an :class:`AsyncRemoteEnv`, on asyncio streams.
 
@@ -548,13 +688,7 @@ class _Connection:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
 
     async def request(self, method: str, path: str, data: bytes, timeout: float) -> tuple[int, bytes]:
-        head = (
-            f"{method} {path} HTTP/1.1\r\n".encode()
-            + self._host_header
-            + b"content-type: application/json\r\ncontent-length: "
-            + str(len(data)).encode()
-            + b"\r\n\r\n"
-        )
+        head = self._head(method, path, len(data))
         for attempt in (0, 1):
             reused = self._writer is not None
             if not reused:
@@ -571,22 +705,65 @@ class _Connection:
                 raise
         raise AssertionError("unreachable")
 
+    async def stream_lines(self, path: str, data: bytes, on_line: Any) -> None:
+        """POST ``data`` and hand every line of the (chunked) answer to ``on_line`` as it arrives."""
+        if self._writer is None:
+            await self._open()
+        assert self._reader is not None and self._writer is not None
+        try:
+            self._writer.write(self._head("POST", path, len(data)) + data)
+            await self._writer.drain()
+            status, length, chunked, close = await self._read_head()
+            if not chunked:  # an error for the whole batch: one JSON body
+                content = await self._reader.readexactly(length) if length else b""
+                raise _BatchRefused(status, content)
+            buffer = b""
+            while True:
+                size = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    await self._reader.readuntil(b"\r\n")
+                    break
+                buffer += (await self._reader.readexactly(size + 2))[:-2]
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    on_line(line)
+            if close:
+                self.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def _head(self, method: str, path: str, length: int) -> bytes:
+        return (
+            f"{method} {path} HTTP/1.1\r\n".encode()
+            + self._host_header
+            + b"content-type: application/json\r\ncontent-length: "
+            + str(length).encode()
+            + b"\r\n\r\n"
+        )
+
+    async def _read_head(self) -> tuple[int, int, bool, bool]:
+        assert self._reader is not None
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length, chunked, close = 0, False, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and value == b"chunked":
+                chunked = True
+            elif name == b"connection" and value == b"close":
+                close = True
+        return status, length, chunked, close
+
     async def _roundtrip(self, payload: bytes) -> tuple[int, bytes]:
         assert self._reader is not None and self._writer is not None
         self._writer.write(payload)
         await self._writer.drain()
-        head = await self._reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        length = 0
-        close = False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and value.strip().lower() == b"close":
-                close = True
+        status, length, _, close = await self._read_head()
         content = await self._reader.readexactly(length) if length else b""
         if close:
             self.close()

@@ -26,7 +26,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from envhub.core import ChatEnv
@@ -259,6 +259,23 @@ class SessionServer:
         session.sent = observation
         return answer
 
+    async def call(self, call: Any) -> tuple[int, dict[str, Any]]:
+        """One ``reset`` or ``step`` of a batch, answered as (HTTP status, body) like its own route."""
+        try:
+            if not isinstance(call, dict) or not isinstance(call.get("session"), str):
+                raise _BadRequest("each call needs `op` (reset or step) and `session`")
+            op = call.get("op")
+            if op == "step":
+                if "action" not in call:
+                    raise _BadRequest("a step call needs `action`: the assistant's message text")
+                return 200, await self.step(call["session"], call["action"])
+            if op == "reset":
+                seed, options = _reset_args(call)
+                return 200, await self.reset(call["session"], seed, options)
+            raise _BadRequest(f"unknown op {op!r}: use reset or step")
+        except Exception as exc:  # every failure becomes this call's answer; the others go on
+            return answer_error(exc)
+
     async def close_session(self, session_id: str) -> None:
         session = self.sessions.pop(session_id, None)
         if session is None:
@@ -311,8 +328,8 @@ class SessionServer:
 
     # --- HTTP ------------------------------------------------------------------------------------
 
-    async def _body(self, request: Request) -> dict[str, Any]:
-        limit = self.config.max_body_bytes
+    async def _body(self, request: Request, *, scale: int = 1) -> dict[str, Any]:
+        limit = self.config.max_body_bytes * scale
         declared = request.headers.get("content-length")
         size_known = int(declared) if declared is not None and declared.isdigit() else None
         chunks = []
@@ -348,17 +365,8 @@ class SessionServer:
             async def endpoint(request: Request) -> Response:
                 try:
                     return await fn(request)
-                except _Busy as exc:
-                    return json_response(error_body("session_busy", str(exc), session=exc.session), 409)
-                except _BadRequest as exc:
-                    return json_response(error_body("bad_request", str(exc)), 400)
-                except EnvhubError as exc:
-                    status, body = error_to_body(exc)
-                    return json_response(body, status)
-                except Exception as exc:  # a bug here or a non-envhub error escaping the env: report, keep serving
-                    log.exception("internal error on %s %s", request.method, request.url.path)
-                    status, body = error_to_body(exc)
-                    body["error"]["message"] = f"{type(exc).__name__}: {exc}"
+                except Exception as exc:
+                    status, body = answer_error(exc, where=f"{request.method} {request.url.path}")
                     return json_response(body, status)
 
             return endpoint
@@ -383,12 +391,7 @@ class SessionServer:
 
         async def reset(request: Request) -> Response:
             body = await server._body(request)
-            seed = body.get("seed")
-            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-                raise _BadRequest(f"`seed` must be an integer or null, got {seed!r}")
-            options = body.get("options")
-            if options is not None and not isinstance(options, dict):
-                raise _BadRequest("`options` must be an object or null")
+            seed, options = _reset_args(body)
             return json_response(await server.reset(request.path_params["sid"], seed, options))
 
         async def step(request: Request) -> Response:
@@ -396,6 +399,36 @@ class SessionServer:
             if "action" not in body:
                 raise _BadRequest("the body needs `action`: the assistant's message text")
             return json_response(await server.step(request.path_params["sid"], body["action"]))
+
+        async def batch(request: Request) -> Response:
+            body = await server._body(request, scale=BATCH_BODY_SCALE)
+            calls = body.get("calls")
+            if not isinstance(calls, list) or not calls:
+                raise _BadRequest("the body needs `calls`: a non-empty list of reset and step calls")
+            if len(calls) > server.config.max_sessions:
+                raise _BadRequest(f"at most {server.config.max_sessions} calls per batch")
+
+            async def answered(i: int, call: Any) -> bytes:
+                status, answer = await server.call(call)
+                line = json.dumps({"i": i, "status": status, "body": answer}, default=_jsonable, separators=(",", ":"),
+                                  ensure_ascii=False)
+                return line.encode() + b"\n"
+
+            async def lines():
+                # Answers stream back as calls finish (those done together in one chunk): a slow or
+                # hung step delays only itself.
+                pending = {asyncio.ensure_future(answered(i, c)) for i, c in enumerate(calls)}
+                try:
+                    waiting = set(pending)
+                    while waiting:
+                        done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                        yield b"".join(task.result() for task in done)
+                finally:
+                    for task in pending:  # the client went away: its calls still finish in the server
+                        if not task.done():
+                            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
 
         async def delete(request: Request) -> Response:
             await server.close_session(request.path_params["sid"])
@@ -427,8 +460,36 @@ class SessionServer:
             Route("/v1/sessions/{sid}/reset", handler(reset), methods=["POST"]),
             Route("/v1/sessions/{sid}/step", handler(step), methods=["POST"]),
             Route("/v1/sessions/{sid}", handler(delete), methods=["DELETE"]),
+            Route("/v1/batch", handler(batch), methods=["POST"]),
         ]
         return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+
+
+#: A batch body may be this many times ``max_body_bytes`` (each of its actions is still bounded).
+BATCH_BODY_SCALE = 4
+
+
+def answer_error(exc: BaseException, *, where: str = "batch call") -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) for an exception raised while answering a call."""
+    if isinstance(exc, _Busy):
+        return 409, error_body("session_busy", str(exc), session=exc.session)
+    if isinstance(exc, _BadRequest):
+        return 400, error_body("bad_request", str(exc))
+    status, body = error_to_body(exc)
+    if not isinstance(exc, EnvhubError):  # a bug here or a non-envhub error escaping the env
+        log.error("internal error on %s", where, exc_info=exc)
+        body["error"]["message"] = f"{type(exc).__name__}: {exc}"
+    return status, body
+
+
+def _reset_args(body: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None]:
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise _BadRequest(f"`seed` must be an integer or null, got {seed!r}")
+    options = body.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise _BadRequest("`options` must be an object or null")
+    return seed, options
 
 
 class _Busy(Exception):

@@ -331,3 +331,46 @@ def test_garbage_collected_clients_close_their_sessions(serve_env):
     while server.sessions and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not server.sessions
+
+
+def test_batched_steps_answer_one_by_one_and_a_hung_step_delays_only_itself(serve_env):
+    _, url = serve_env(FAULTY, step_timeout_s=1.0)
+
+    async def main() -> tuple[list[float], BaseException]:
+        envs = await asyncio.gather(*(AsyncRemoteEnv.open(url) for _ in range(8)))
+        await asyncio.gather(*(e.reset(seed=0) for e in envs))
+        hung = asyncio.ensure_future(envs[0].step("sleep:5"))  # batched with the others' steps
+        latencies = []
+        for turn in range(3):
+            for env in envs[1:]:
+                await env.reset(seed=turn)
+            start = time.monotonic()
+            results = await asyncio.gather(*(e.step(f"turn {turn}") for e in envs[1:]))
+            latencies.append(time.monotonic() - start)
+            assert all(r[0][-1]["content"] == f"echo: turn {turn}" for r in results)
+        error = await asyncio.gather(hung, return_exceptions=True)
+        await asyncio.gather(*(e.close() for e in envs))
+        return latencies, error[0]
+
+    latencies, error = asyncio.run(main())
+    assert max(latencies) < 0.5, latencies
+    assert isinstance(error, StepTimeoutError)
+
+
+def test_batch_calls_fail_one_by_one(serve_env):
+    _, url = serve_env(ECHO)
+    with raw(url) as http:
+        sid = http.post("/v1/sessions", json={}).json()["session"]
+        calls = [
+            {"op": "reset", "session": sid, "seed": 1},
+            {"op": "step", "session": "nope", "action": "x"},
+            {"op": "jump", "session": sid},
+        ]
+        answer = http.post("/v1/batch", json={"calls": calls})
+        assert answer.status_code == 200
+        lines = {line["i"]: line for line in map(json.loads, answer.text.splitlines())}
+        assert lines[0]["status"] == 200 and lines[0]["body"]["observation"][0]["content"] == "Say something."
+        assert lines[1]["status"] == 404 and lines[1]["body"]["error"]["code"] == "unknown_session"
+        assert lines[2]["status"] == 400 and lines[2]["body"]["error"]["code"] == "bad_request"
+        empty = http.post("/v1/batch", json={"calls": []})
+        assert empty.status_code == 400 and empty.json()["error"]["code"] == "bad_request"
