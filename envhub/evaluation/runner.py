@@ -145,6 +145,13 @@ class _EnvPool:
     def give(self, env: Any) -> None:
         self.free.append(env)
 
+    def discard(self, env: Any) -> None:
+        self.all.remove(env)
+        try:
+            env.close()
+        except Exception:
+            pass
+
     def close(self) -> None:
         for env in self.all:
             try:
@@ -236,13 +243,16 @@ class _Run:
                 )
                 env_s += time.perf_counter() - t
                 step_rewards.append(float(reward))
-            record["reward"] = step_rewards[-1] + sum(step_rewards[:-1])
+            record["reward"] = sum(step_rewards)  # the return: per-step rewards plus the rubric's total
             record["rubric"] = info.get("rubric")
             record["error"] = None
         except Exception as exc:  # an episode's failure is recorded, never raised
             record["reward"] = None
             record["rubric"] = None
             record["error"] = _error_record(exc, where)
+            if env is not None and where in ("reset", "step"):
+                self.pool.discard(env)  # its state is unknown (a crashed server, say): use a new one
+                env = None
         finally:
             if env is not None:
                 self.pool.give(env)
