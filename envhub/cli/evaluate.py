@@ -30,7 +30,10 @@ class _EvalGroup(TyperGroup):
 
 eval_app = typer.Typer(
     cls=_EvalGroup,
-    help="Evaluate a model on environments (`envhub eval ENV... --model M`), or compare two runs.",
+    help=(
+        "Evaluate a model on environments: `envhub eval ENV... [--model M] [--base-url URL] [-n N]` "
+        "(every option: `envhub eval run --help`); or compare two runs: `envhub eval compare RUN_A RUN_B`."
+    ),
     no_args_is_help=True,
 )
 
