@@ -221,3 +221,22 @@ def test_process_runtime_runs_the_same_episodes(endpoint, tmp_path):
     ids = [[r["task_id"] for r in sorted(read_results(tmp_path / x / "results.jsonl"), key=lambda r: r["key"])] for x in "ab"]
     assert ids[0] == ids[1]
     assert remote.rubric_hashes == inproc.rubric_hashes and remote.env_digest == inproc.env_digest
+
+
+def test_judge_environment_is_scored_by_the_configured_judge_and_its_failures_are_errors(home, tmp_path, monkeypatch):
+    policy = ScriptedEndpoint(lambda messages: "A concept explained in a few plain words for you.")
+    judge = ScriptedEndpoint(lambda messages: '{"score": 0.5, "reason": "partly right"}')
+    with serve_in_thread(policy.app) as url, serve_in_thread(judge.app) as judge_url:
+        unjudged = run_eval(_config(url, tmp_path / "none", env="explain-concept", episodes=2, report=False))
+        assert unjudged.errors == 0 and unjudged.criteria["judge"]["unscored"] == 2
+        monkeypatch.setenv("ENVHUB_JUDGE_BASE_URL", judge_url)
+        monkeypatch.setenv("ENVHUB_JUDGE_MODEL", "scripted-judge")
+        judged = run_eval(_config(url, tmp_path / "judged", env="explain-concept", episodes=4, report=False))
+        assert judged.errors == 0 and judged.criteria["judge"]["mean"] == 0.5
+        assert judged.criteria["judge"]["unscored"] == 0 and len(judge.requests) == 4
+        judge.faults.extend(["noscore"] * 3)  # one episode's judge never gives a score
+        failed = run_eval(_config(url, tmp_path / "failed", env="explain-concept", episodes=3, concurrency=1,
+                                  seed=100, report=False))  # fmt: skip
+    assert failed.errors == 1 and failed.error_types == {"CriterionError": 1}
+    bad = [r for r in read_results(tmp_path / "failed" / "results.jsonl") if r["error"]][0]
+    assert "judge" in bad["error"]["message"] and bad["reward"] is None
