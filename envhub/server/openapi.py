@@ -130,6 +130,39 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/batch": {
+                "post": {
+                    "summary": "Many resets and steps in one request; answers stream back as each call finishes",
+                    "requestBody": _body(
+                        {
+                            "calls": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["op", "session"],
+                                    "properties": {
+                                        "op": {"enum": ["reset", "step"]},
+                                        "session": {"type": "string"},
+                                        "action": {"type": "string"},
+                                        "seed": {"type": ["integer", "null"]},
+                                        "options": {"type": ["object", "null"]},
+                                    },
+                                },
+                            }
+                        },
+                        ["calls"],
+                    ),
+                    "responses": {
+                        "200": {
+                            "description": "one JSON line per call, in the order calls finish: "
+                            '{"i": index of the call, "status": HTTP status its own route would answer, '
+                            '"body": that route\'s body or error}',
+                            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                        },
+                        **_errors("bad_request", "body_too_large"),
+                    },
+                }
+            },
             "/v1/sessions/{sid}": {
                 "delete": {"summary": "Close the session", "parameters": sid, "responses": {"204": {"description": "closed"}, **_errors("unknown_session")}}
             },

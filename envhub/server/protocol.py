@@ -15,10 +15,17 @@ Routes (``PROTOCOL_VERSION`` 1)::
                                                                             "length": n, "reward", "terminated",
                                                                             "truncated", "info"}
     DELETE /v1/sessions/{id}                 204
+    POST   /v1/batch                         {"calls": [{"op": "reset"|"step", "session": id, ...}, ...]}
+                                             -> 200, NDJSON lines {"i", "status", "body"}, streamed as
+                                                each call finishes (body: what its own route answers)
 
 ``step`` answers with a delta: ``append`` holds the messages that follow the assistant's action, and
 ``length`` the conversation's new length, so neither side resends the whole conversation. When an
 environment rewrote earlier messages, the answer carries the whole ``observation`` instead.
+
+``batch`` is how :class:`~envhub.client.AsyncRemoteEnv` sends the resets and steps that many
+environments issue in one event-loop tick: one request, answers streamed back one line per call as
+each finishes, so a slow step delays only its own caller. Calls of one batch fail one by one.
 """
 
 from __future__ import annotations

@@ -52,4 +52,7 @@ def test_runtime_errors_are_environment_failures():
 
 def test_openapi_lists_every_route():
     paths = openapi_document()["paths"]
-    assert set(paths) == {"/healthz", "/v1/info", "/v1/sessions", "/v1/sessions/{sid}/reset", "/v1/sessions/{sid}/step", "/v1/sessions/{sid}"}
+    assert set(paths) == {
+        "/healthz", "/v1/info", "/v1/sessions", "/v1/sessions/{sid}/reset", "/v1/sessions/{sid}/step",
+        "/v1/sessions/{sid}", "/v1/batch",
+    }  # fmt: skip
