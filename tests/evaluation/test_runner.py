@@ -240,3 +240,10 @@ def test_judge_environment_is_scored_by_the_configured_judge_and_its_failures_ar
     assert failed.errors == 1 and failed.error_types == {"CriterionError": 1}
     bad = [r for r in read_results(tmp_path / "failed" / "results.jsonl") if r["error"]][0]
     assert "judge" in bad["error"]["message"] and bad["reward"] is None
+
+
+def test_a_local_model_that_cannot_load_fails_up_front(home, tmp_path):
+    from envhub.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        run_eval(EvalConfig(env="arithmetic", out_dir=str(tmp_path / "run"), model=str(tmp_path / "missing")))
