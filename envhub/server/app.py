@@ -10,6 +10,7 @@ thread cannot be stopped) and the next ``reset`` builds a fresh one. Idle sessio
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import itertools
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +109,7 @@ class SessionServer:
         self.step_timeout_s = self.config.step_timeout_s or self.manifest.limits.step_timeout_s
         self.sessions: dict[str, Session] = {}
         self._executor = self._new_executor()
+        self._dispatcher = _Dispatcher(self)
         self._hung = 0
         self._reaper: asyncio.Task | None = None
         self._counter = itertools.count(1)
@@ -151,8 +154,7 @@ class SessionServer:
 
     async def _run(self, session: Session, fn: Callable[[], Any], where: str) -> Any:
         """Run ``fn`` in the pool under the step timeout; a timeout abandons the session's instance."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, fn)
+        future = self._dispatcher.submit(fn)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.step_timeout_s)
         except asyncio.TimeoutError:
@@ -417,12 +419,20 @@ class SessionServer:
             async def lines():
                 # Answers stream back as calls finish (those done together in one chunk): a slow or
                 # hung step delays only itself.
-                pending = {asyncio.ensure_future(answered(i, c)) for i, c in enumerate(calls)}
+                ready: asyncio.Queue[bytes] = asyncio.Queue()
+
+                async def answer_into_queue(i: int, call: Any) -> None:
+                    ready.put_nowait(await answered(i, call))
+
+                pending = [asyncio.ensure_future(answer_into_queue(i, c)) for i, c in enumerate(calls)]
                 try:
-                    waiting = set(pending)
-                    while waiting:
-                        done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                        yield b"".join(task.result() for task in done)
+                    left = len(pending)
+                    while left:
+                        chunk = [await ready.get()]
+                        while not ready.empty():
+                            chunk.append(ready.get_nowait())
+                        left -= len(chunk)
+                        yield b"".join(chunk)
                 finally:
                     for task in pending:  # the client went away: its calls still finish in the server
                         if not task.done():
@@ -490,6 +500,121 @@ def _reset_args(body: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None
     if options is not None and not isinstance(options, dict):
         raise _BadRequest("`options` must be an object or null")
     return seed, options
+
+
+@dataclass(eq=False)
+class _Job:
+    fn: Callable[[], Any]
+    future: asyncio.Future
+
+
+@dataclass(eq=False)
+class _Runner:
+    job: _Job | None = None
+    started: float = 0.0
+    #: Finished calls not yet delivered to their callers (the runner adds, the loop takes).
+    done: list[tuple[_Job, bool, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Dispatcher:
+    """Runs environment calls on the pool's threads, many calls per hand-off between threads.
+
+    Calls queued in one event-loop tick go to one runner thread, which takes them one after another
+    and posts their results back in groups; handing each call to a thread on its own costs more
+    than an environment's step. When a call has run for :attr:`HANDOFF_S` while others wait, another
+    runner takes the rest, so a slow or hung call delays the others by about that much at most.
+    """
+
+    HANDOFF_S = 0.02
+    POST_EVERY_S = 0.002
+
+    def __init__(self, server: SessionServer) -> None:
+        self._server = server
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._runners: set[_Runner] = set()
+        self._kick_scheduled = False
+        self._watchdog: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def submit(self, fn: Callable[[], Any]) -> asyncio.Future:
+        loop = self._loop = asyncio.get_running_loop()
+        job = _Job(fn, loop.create_future())
+        self._queue.append(job)
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            loop.call_soon(self._kick)
+        return job.future
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        if self._queue and not self._runners:
+            self._start_runner()
+
+    def _start_runner(self) -> None:
+        runner = _Runner()
+        self._runners.add(runner)
+        self._server._executor.submit(self._run_jobs, runner)
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    def _run_jobs(self, runner: _Runner) -> None:
+        """A runner thread: take queued calls until none is left, posting results in groups.
+
+        Results wait in ``runner.done`` for at most :attr:`POST_EVERY_S`, or until the queue is
+        empty; the watchdog also collects them while the runner is inside a long call.
+        """
+        loop = self._loop
+        assert loop is not None
+        posted = time.monotonic()
+        while True:
+            try:
+                job = self._queue.popleft()
+            except IndexError:
+                break
+            runner.started, runner.job = time.monotonic(), job
+            try:
+                result = (job, True, job.fn())
+            except BaseException as exc:  # handed to the caller, as run_in_executor would
+                result = (job, False, exc)
+            runner.job = None
+            with runner.lock:
+                runner.done.append(result)
+            now = time.monotonic()
+            if now - posted >= self.POST_EVERY_S or not self._queue:
+                loop.call_soon_threadsafe(self._collect, runner)
+                posted = now
+        loop.call_soon_threadsafe(self._collect, runner, True)
+
+    def _collect(self, runner: _Runner, finished: bool = False) -> None:
+        with runner.lock:
+            results, runner.done = runner.done, []
+        self._deliver(results, runner if finished else None)
+
+    def _deliver(self, results: list[tuple[_Job, bool, Any]], finished: _Runner | None = None) -> None:
+        for job, ok, value in results:
+            if job.future.done():  # its caller gave up (timeout)
+                continue
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(value)
+        if finished is not None:
+            self._runners.discard(finished)
+            if self._queue and not self._runners:  # queued while that runner was finishing
+                self._start_runner()
+
+    async def _watch(self) -> None:
+        """While calls wait, start another runner when every runner is stuck in a long call."""
+        while self._runners:
+            await asyncio.sleep(self.HANDOFF_S)
+            for runner in list(self._runners):  # results finished before a long call
+                if runner.done:
+                    self._collect(runner)
+            now = time.monotonic()
+            busy = [r for r in self._runners if r.job is not None and now - r.started >= self.HANDOFF_S]
+            if self._queue and len(busy) == len(self._runners) and len(self._runners) < self._server.config.threads:
+                self._start_runner()
 
 
 class _Busy(Exception):
