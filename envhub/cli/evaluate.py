@@ -106,7 +106,14 @@ def run(
             pass_threshold=pass_threshold, overwrite=overwrite, retry_errors=retry_errors,
             max_retries=max_retries, timeout_s=timeout, report=report,
         )  # fmt: skip
-        summary = run_eval(config, progress=console.is_terminal)
+        try:
+            summary = run_eval(config, progress=console.is_terminal)
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]interrupted:[/] the finished episodes are kept in {out_dir}/results.jsonl; "
+                "run the same command again to resume"
+            )
+            raise SystemExit(130) from None  # the exit code of an interrupted command
         console.print(summary_table(summary))
         files = "results.jsonl, summary.json" + (", report.html" if report else "")
         console.print(f"[dim]{out_dir}/: {files}[/]")

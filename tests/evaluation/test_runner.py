@@ -247,3 +247,24 @@ def test_a_local_model_that_cannot_load_fails_up_front(home, tmp_path):
 
     with pytest.raises(ModelLoadError, match="no such folder"):
         run_eval(EvalConfig(env="arithmetic", out_dir=str(tmp_path / "run"), model=str(tmp_path / "missing")))
+
+
+def test_ctrl_c_keeps_finished_episodes_and_says_how_to_resume(home, tmp_path):
+    server = ScriptedEndpoint(solve, latency_s=0.2)
+    out = tmp_path / "run"
+    with serve_in_thread(server.app) as url:
+        code = "import sys; from envhub.cli import main; main(sys.argv[1:])"
+        args = ["eval", "arithmetic", "--base-url", url, "-m", "scripted", "-n", "40", "-c", "2", "-o", str(out)]
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+        deadline = time.monotonic() + 60
+        while _lines(out / "results.jsonl") < 3:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "run the same command again to resume" in stdout
+        kept = read_results(out / "results.jsonl")
+        assert 3 <= len(kept) < 40
+        summary = run_eval(_config(url, out, episodes=40, concurrency=8, report=False))
+    assert summary.episodes == 40 and len({r["key"] for r in read_results(out / "results.jsonl")}) == 40
