@@ -207,6 +207,35 @@ def run_openenv(n: int, seconds: float) -> Result:
     return Result("openenv", n, steps, elapsed, latencies, start_server + setup)
 
 
+def measure_startup(runtime: str, repeats: int = 3) -> tuple[float, float]:
+    """(cold, warm) seconds from ``envhub.make`` to a finished first ``reset``, medians of ``repeats``.
+
+    Cold: no server of the pool is running (the image exists). Warm: the pool holds an idle one.
+    """
+    import envhub
+    from envhub.runtimes import close_all_pools, pool_for
+
+    cold, warm = [], []
+    for _ in range(repeats):
+        close_all_pools()
+        from envhub import runtimes
+
+        runtimes._pools.clear()
+        t = time.perf_counter()
+        env = envhub.make(ECHO, runtime=runtime, runtime_options={"warm": 1, "idle_ttl_s": 60})
+        env.reset()
+        cold.append(time.perf_counter() - t)
+        env.close()
+        pool_for(runtime, envhub.locate(ECHO)).prewarm(1)
+        t = time.perf_counter()
+        env = envhub.make(ECHO, runtime=runtime)
+        env.reset()
+        warm.append(time.perf_counter() - t)
+        env.close()
+    close_all_pools()
+    return float(np.median(cold)), float(np.median(warm))
+
+
 # --- report ---------------------------------------------------------------------------------------
 
 
@@ -220,7 +249,14 @@ def versions() -> str:
     return ", ".join(out)
 
 
-def write_report(results: list[Result], skipped: dict[str, str], args: argparse.Namespace, load: tuple, path: Path) -> None:
+def write_report(
+    results: list[Result],
+    skipped: dict[str, str],
+    args: argparse.Namespace,
+    load: tuple,
+    path: Path,
+    startup: dict[str, tuple[float, float]],
+) -> None:
     lines = [
         "# Runtime benchmark: envhub vs openenv-core",
         "",
@@ -241,6 +277,16 @@ def write_report(results: list[Result], skipped: dict[str, str], args: argparse.
         lines.append(
             f"| {r.runtime} | {r.sessions} | {r.steps_per_s:,.0f} | {r.pct(50):.2f} | {r.pct(99):.2f} | {r.setup_s:.1f} |"
         )
+    if startup:
+        lines += [
+            "",
+            "Time from `envhub.make(...)` to a finished first `reset()` (median of 3; the image already built):",
+            "",
+            "| runtime | cold: no server running | warm: an idle server in the pool |",
+            "| --- | ---: | ---: |",
+        ]
+        for runtime, (cold, warm) in startup.items():
+            lines.append(f"| {runtime} | {cold * 1000:,.0f} ms | {warm * 1000:,.0f} ms |")
     if skipped:
         lines += ["", "Not measured:"] + [f"- {k}: {v}" for k, v in skipped.items()]
     lines += [
@@ -296,7 +342,13 @@ def main() -> None:
             from envhub.runtimes import close_all_pools
 
             close_all_pools()
-    write_report(results, skipped, args, (load_before, os.getloadavg()[0]), args.out)
+    startup = {}
+    for runtime in ("process", "docker"):
+        if runtime in runtimes:
+            print(f"{runtime:>9} startup", end=" ", flush=True)
+            startup[runtime] = measure_startup(runtime)
+            print(f"cold {startup[runtime][0] * 1000:,.0f} ms, warm {startup[runtime][1] * 1000:,.0f} ms")
+    write_report(results, skipped, args, (load_before, os.getloadavg()[0]), args.out, startup)
     print(f"wrote {args.out}")
 
 
