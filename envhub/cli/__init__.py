@@ -14,6 +14,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from envhub.errors import EnvhubError
 
@@ -55,13 +56,15 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     app = build_app()
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting with it.
+        code = app(args=argv, standalone_mode=False)
     except EnvhubError as exc:
         if debug_enabled():
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # Messages may hold [brackets]: escape them so rich does not read them as markup.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err_console.print(f"[dim]next:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            err_console.print(f"[dim]next:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         if debug_enabled():
             raise
-        err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}", highlight=False)
         err_console.print("[dim]next:[/] rerun with ENVHUB_DEBUG=1 for the traceback, and report it", highlight=False)
         sys.exit(1)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
