@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import platform
 import socket
@@ -102,6 +103,8 @@ async def _drive(n: int, seconds: float, open_one, step_one, reset_one, close_on
     clients = list(await asyncio.gather(*(open_one(i) for i in range(n))))
     await asyncio.gather(*(reset_one(c) for c in clients))
     setup = time.perf_counter() - t0
+    gc.collect()
+    gc.freeze()  # the sessions just opened live through the run: no full collections over them
     latencies: list[float] = []
     counts = [0]
     stop_at = time.perf_counter() + seconds
