@@ -14,8 +14,11 @@ episode can fail in the environment's code or runtime.
 >>> env = RemoteEnv("http://127.0.0.1:8000", kwargs={"level": "easy"})   # or uds="/path/env.sock"
 >>> obs, info = env.reset(seed=0)
 
-:class:`AsyncRemoteEnv` is the same over ``httpx.AsyncClient``, for many concurrent episodes in one
-event loop (``await AsyncRemoteEnv.open(...)``, then ``await env.reset()``, ``await env.step(...)``).
+:class:`AsyncRemoteEnv` is the same for asyncio, for many concurrent episodes in one event loop
+(``await AsyncRemoteEnv.open(...)`` or ``await envhub.runtimes.make_async(...)``, then
+``await env.reset()``, ``await env.step(...)``). Each has one keep-alive connection; the resets and
+steps that environments on one server issue in the same event-loop tick share one ``/v1/batch``
+request, whose answers stream back call by call.
 """
 
 from __future__ import annotations
