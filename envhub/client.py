@@ -717,9 +717,15 @@ class _Connection:
             self._writer.write(self._head("POST", path, len(data)) + data)
             await self._writer.drain()
             status, length, chunked, close = await self._read_head()
-            if not chunked:  # an error for the whole batch: one JSON body
+            if not chunked:  # one call's line, sent whole; or an error for the whole batch
                 content = await self._reader.readexactly(length) if length else b""
-                raise _BatchRefused(status, content)
+                if status != 200:
+                    raise _BatchRefused(status, content)
+                for line in content.splitlines():
+                    on_line(line)
+                if close:
+                    self.close()
+                return
             buffer = b""
             while True:
                 size = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)

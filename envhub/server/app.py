@@ -416,6 +416,9 @@ class SessionServer:
                                   ensure_ascii=False)
                 return line.encode() + b"\n"
 
+            if len(calls) == 1:  # nothing to stream: one line, sent whole
+                return Response(await answered(0, calls[0]), media_type="application/x-ndjson")
+
             async def lines():
                 # Answers stream back as calls finish (those done together in one chunk): a slow or
                 # hung step delays only itself.
