@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TrainConfig", "TrainResult", "cli_main", "default_model_path", "load_policy", "train"]
+__all__ = ["TrainConfig", "TrainResult", "cli_main", "default_model_path", "demo", "evaluate", "load_policy", "make_config", "train"]
 
 _LAZY = {
     "TrainConfig": "trainers.grpo",
     "TrainResult": "trainers.grpo",
     "train": "trainers.grpo",
     "cli_main": "trainers.grpo",
+    "demo": "trainers.grpo",
+    "evaluate": "trainers.grpo",
+    "make_config": "trainers.grpo",
     "default_model_path": "trainers.models",
     "load_policy": "trainers.models",
 }

@@ -70,6 +70,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "cli_main",
+    "demo",
     "evaluate",
     "group_advantages",
     "make_config",
@@ -675,53 +676,93 @@ def rollout(
 # =============================================================================================
 
 
-def _pack(episodes: Sequence[Episode], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Left-pad episodes into [B, L] tensors; every sequence ends at column L-1."""
-    width = max(len(ep.ids) for ep in episodes)
-    ids = torch.full((len(episodes), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(episodes), width), dtype=torch.long)
-    sampled = torch.zeros((len(episodes), width), dtype=torch.bool)
-    sampler_logp = torch.zeros((len(episodes), width))
+def _pack(
+    episodes: Sequence[Episode], pad_id: int, device: torch.device, *, train_mask: bool = False
+) -> dict[str, torch.Tensor]:
+    """Split each episode into its first prompt (the prefix, shared by a group) and the rest.
+
+    prefix_ids [U, P]: the distinct first prompts, left-padded (all end at column P-1);
+    index [B]: the prefix row of each episode; suffix_ids [B, S]: everything after the first
+    prompt (sampled, environment and later prompt tokens), right-padded. Per-token tensors
+    (sampled, loss_mask, sampler_logp) are [B, S] in the suffix layout.
+    """
+    unique: dict[tuple[int, ...], int] = {}
+    index = [unique.setdefault(tuple(ep.ids[: ep.prompt_tokens]), len(unique)) for ep in episodes]
+    prefixes = list(unique)
+    p_width = max(len(p) for p in prefixes)
+    prefix_ids = torch.full((len(prefixes), p_width), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((len(prefixes), p_width), dtype=torch.long)
+    for i, p in enumerate(prefixes):
+        prefix_ids[i, p_width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        prefix_mask[i, p_width - len(p) :] = 1
+    s_width = max(max(len(ep.ids) - ep.prompt_tokens for ep in episodes), 1)
+    shape = (len(episodes), s_width)
+    suffix_ids = torch.full(shape, pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros(shape, dtype=torch.long)
+    sampled = torch.zeros(shape, dtype=torch.bool)
+    loss_mask = torch.zeros(shape, dtype=torch.bool)
+    sampler_logp = torch.zeros(shape)
     for i, ep in enumerate(episodes):
-        n = len(ep.ids)
-        ids[i, width - n :] = torch.tensor(ep.ids)
-        attention[i, width - n :] = 1
-        sampled[i, width - n :] = torch.tensor(ep.sampled)
-        sampler_logp[i, width - n :] = torch.tensor(ep.sampler_logp).nan_to_num(0.0)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    return {
-        "ids": ids.to(device),
-        "attention": attention.to(device),
-        "positions": positions.to(device),
-        "sampled": sampled.to(device),
-        "sampler_logp": sampler_logp.to(device),
+        n = len(ep.ids) - ep.prompt_tokens
+        if n == 0:
+            continue
+        suffix_ids[i, :n] = torch.tensor(ep.ids[ep.prompt_tokens :], dtype=torch.long)
+        suffix_mask[i, :n] = 1
+        sampled[i, :n] = torch.tensor(ep.sampled[ep.prompt_tokens :])
+        sampler_logp[i, :n] = torch.tensor(ep.sampler_logp[ep.prompt_tokens :]).nan_to_num(0.0)
+        if train_mask:
+            loss_mask[i, :n] = torch.tensor(ep.loss_sampled[ep.prompt_tokens :])  # type: ignore[attr-defined]
+    prompt_lengths = torch.tensor([ep.prompt_tokens for ep in episodes])
+    batch = {
+        "prefix_ids": prefix_ids,
+        "prefix_mask": prefix_mask,
+        "prefix_positions": (prefix_mask.cumsum(-1) - 1).clamp(min=0),
+        "index": torch.tensor(index),
+        "suffix_ids": suffix_ids,
+        "suffix_mask": suffix_mask,
+        "suffix_positions": prompt_lengths.unsqueeze(-1) + torch.arange(s_width),  # [B, S]
+        "sampled": sampled,
+        "loss_mask": loss_mask,
+        "sampler_logp": sampler_logp,
     }
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def sampled_logprobs(
     model: Any, batch: dict[str, torch.Tensor], temperature: float, top_p: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(token_t | tokens_<t) of every token after the first sampled one.
+    """log pi(token | everything before it) of every suffix token: (logp [B, S], sampled [B, S]).
 
-    Returns (logp [B, K-1], mask [B, K-1]) over the last K-1 columns, where K spans from the
-    earliest sampled token of the batch to the end; the head only runs on those K positions
-    (logits_to_keep), which skips the vocabulary projection of most prompt tokens.
+    Two forward passes, one graph: the distinct prompts [U, P] run once and their KV cache is
+    gathered to the B episodes (a group of G shares one prompt, so the prompt costs 1/G of a
+    full-sequence forward, and its gradient accumulates from all G through the gather); then the
+    suffixes [B, S] run on top of that cache. The vocabulary head runs on the last prompt
+    position and on suffix positions only.
     """
-    sampled = batch["sampled"]  # [B, L]
-    width = sampled.shape[1]
-    first = int(sampled.any(0).nonzero()[0])  # earliest sampled column in the batch
-    keep = width - first + 1  # logits at columns first-1 .. L-1 predict tokens first .. L
-    out = model(
-        input_ids=batch["ids"],
-        attention_mask=batch["attention"],
-        position_ids=batch["positions"],
-        logits_to_keep=keep,
-        use_cache=False,
+    from transformers import DynamicCache
+
+    prefix = model(
+        input_ids=batch["prefix_ids"],
+        attention_mask=batch["prefix_mask"],
+        position_ids=batch["prefix_positions"],
+        past_key_values=DynamicCache(),
+        use_cache=True,
+        logits_to_keep=1,
     )
-    logits = out.logits[:, :-1]  # [B, K-1, V]: predictions of columns first .. L-1
-    targets = batch["ids"][:, first:]  # [B, K-1]
-    logp = token_logprobs(logits, targets, temperature, top_p)
-    return logp, sampled[:, first:]
+    index = batch["index"]
+    cache = prefix.past_key_values
+    cache.batch_select_indices(index)  # differentiable gather: [U, ...] -> [B, ...]
+    suffix = model(
+        input_ids=batch["suffix_ids"],
+        attention_mask=torch.cat([batch["prefix_mask"][index], batch["suffix_mask"]], dim=1),
+        position_ids=batch["suffix_positions"],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    # predictions of suffix token j: the prompt's last logits for j = 0, suffix logits j-1 after
+    logits = torch.cat([prefix.logits[index][:, -1:], suffix.logits[:, :-1]], dim=1)  # [B, S, V]
+    logp = token_logprobs(logits, batch["suffix_ids"], temperature, top_p)
+    return logp, batch["sampled"]
 
 
 # =============================================================================================
@@ -830,6 +871,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     # --- resume ---
     start_step = 0
+    if not config.resume:  # a fresh run: stale checkpoints must not be taken for this run's
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     latest = _latest_checkpoint(out_dir) if config.resume else None
     if latest is not None:
         from peft import set_peft_model_state_dict
@@ -895,7 +938,7 @@ def train(config: TrainConfig) -> TrainResult:
             provenance["environments"] = [i for i in pool.identities if i is not None]
             out_of_time = config.max_train_seconds is not None and time.perf_counter() - t_start > config.max_train_seconds
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or out_of_time:
-                _save_checkpoint(out_dir, step + 1, model, optimizer, scheduler, provenance)
+                latest = _save_checkpoint(out_dir, step + 1, model, optimizer, scheduler, provenance)
             progress.update(row)
             if out_of_time:
                 break
@@ -909,8 +952,7 @@ def train(config: TrainConfig) -> TrainResult:
     provenance["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     provenance["final_metrics"] = history[-1] if history else None
     adapter_dir = out_dir / "adapter"
-    latest = _latest_checkpoint(out_dir)
-    if latest is not None:
+    if latest is not None:  # the checkpoint this run saved or resumed from last
         tmp = out_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -1070,7 +1112,7 @@ def _update(
         else:
             ep.loss_sampled = ep.sampled  # type: ignore[attr-defined]
     rng = random.Random(_derive_seed(config.seed, "shuffle", step))
-    order = list(range(len(batch)))
+    order = list(range(len(batch)))  # episodes, kept in rollout order
     updates = config.minibatches * config.epochs_per_batch
     mode = config.old_logprobs
     if mode == "auto":
@@ -1079,14 +1121,22 @@ def _update(
         mode = "recompute"
 
     def micro_batches(indices: list[int]) -> Iterable[tuple[list[int], dict[str, torch.Tensor]]]:
-        indices = sorted(indices, key=lambda i: len(batch[i].ids))  # similar lengths: less padding
+        # whole groups together, so each micro-batch computes a group's shared prompt once
+        indices = sorted(indices, key=lambda i: (batch[i].group, i))
         for start in range(0, len(indices), config.micro_batch_size):
             chunk = indices[start : start + config.micro_batch_size]
             eps = [batch[i] for i in chunk]
-            packed = _pack(eps, pad_id, device)
-            packed["loss_mask"] = _pack_mask(eps, device)
+            packed = _pack(eps, pad_id, device, train_mask=True)
             packed["adv"] = torch.tensor([ep.advantage for ep in eps], device=device)
             yield chunk, packed
+
+    def per_episode(chunk: list[int], values: torch.Tensor, store: dict[int, torch.Tensor]) -> None:
+        for j, i in enumerate(chunk):
+            store[i] = values[j, : len(batch[i].ids) - batch[i].prompt_tokens]
+
+    def gather(chunk: list[int], store: dict[int, torch.Tensor], width: int) -> torch.Tensor:
+        rows = [torch.nn.functional.pad(store[i], (0, width - store[i].shape[0])) for i in chunk]
+        return torch.stack(rows)
 
     old: dict[int, torch.Tensor] = {}
     ref: dict[int, torch.Tensor] = {}
@@ -1095,22 +1145,20 @@ def _update(
         with torch.no_grad():
             for chunk, packed in micro_batches(order):
                 if mode == "recompute":
-                    logp, _ = sampled_logprobs(model, packed, config.temperature, config.top_p)
-                    for j, i in enumerate(chunk):
-                        old[i] = logp[j]
+                    per_episode(chunk, sampled_logprobs(model, packed, config.temperature, config.top_p)[0], old)
                 if config.beta:
                     with model.disable_adapter():  # pi_ref: the base model, no second copy
-                        logp, _ = sampled_logprobs(model, packed, config.temperature, config.top_p)
-                    for j, i in enumerate(chunk):
-                        ref[i] = logp[j]
+                        per_episode(chunk, sampled_logprobs(model, packed, config.temperature, config.top_p)[0], ref)
     model.train()
 
+    groups = sorted({ep.group for ep in batch})
     totals = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "ratio_sum": 0.0, "ratio_max": 0.0, "kl_sum": 0.0, "grad": 0.0}
     n_updates = 0
     for _epoch in range(config.epochs_per_batch):
-        rng.shuffle(order)
+        rng.shuffle(groups)
         for m in range(config.minibatches):
-            mb = order[m :: config.minibatches]
+            chosen = set(groups[m :: config.minibatches])  # minibatches of whole groups
+            mb = [i for i in order if batch[i].group in chosen]
             if not mb:
                 continue
             n_tokens = sum(sum(batch[i].loss_sampled) for i in mb)  # type: ignore[attr-defined]
@@ -1118,14 +1166,14 @@ def _update(
             for chunk, packed in micro_batches(mb):
                 logp, _sampled = sampled_logprobs(model, packed, config.temperature, config.top_p)
                 width = logp.shape[1]
-                mask = packed["loss_mask"][:, -width:]
+                mask = packed["loss_mask"]
                 if mode == "current":
                     old_logp = logp.detach()
                 elif mode == "sampler":
-                    old_logp = packed["sampler_logp"][:, -width:]
+                    old_logp = packed["sampler_logp"]
                 else:
-                    old_logp = torch.stack([_align(old[i], width) for i in chunk])
-                ref_logp = torch.stack([_align(ref[i], width) for i in chunk]) if config.beta else None
+                    old_logp = gather(chunk, old, width)
+                ref_logp = gather(chunk, ref, width) if config.beta else None
                 out = policy_loss(
                     config.algo,
                     logp,
@@ -1142,7 +1190,7 @@ def _update(
                     num_tokens=n_tokens,
                 )
                 out.loss.backward()
-                totals["loss"] += float(out.loss)
+                totals["loss"] += float(out.loss.detach())
                 for key in ("tokens", "clipped", "ratio_sum", "kl_sum"):
                     totals[key] += out.stats[key]
                 totals["ratio_max"] = max(totals["ratio_max"], out.stats["ratio_max"])
@@ -1168,24 +1216,6 @@ def _update(
     if config.beta:
         stats["kl/mean"] = totals["kl_sum"] / tokens
     return stats
-
-
-def _align(values: torch.Tensor, width: int) -> torch.Tensor:
-    """Right-align a per-episode vector to ``width`` columns (left-padded with zeros).
-
-    A vector computed in another micro-batch covers the episode's last len(values) tokens, which
-    include all of its sampled tokens; columns left of it are never sampled for that episode."""
-    if values.shape[0] >= width:
-        return values[-width:]
-    return torch.cat([values.new_zeros(width - values.shape[0]), values])
-
-
-def _pack_mask(episodes: Sequence[Episode], device: torch.device) -> torch.Tensor:
-    width = max(len(ep.ids) for ep in episodes)
-    mask = torch.zeros((len(episodes), width), dtype=torch.bool)
-    for i, ep in enumerate(episodes):
-        mask[i, width - len(ep.ids) :] = torch.tensor(ep.loss_sampled)  # type: ignore[attr-defined]
-    return mask.to(device)
 
 
 def _save_checkpoint(
@@ -1254,6 +1284,32 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+#: Settings for a few minutes of CPU training on arithmetic (easy): small groups, short answers.
+DEMO_SETTINGS: dict[str, Any] = {
+    "prompts_per_step": 4,
+    "group_size": 8,
+    "max_new_tokens": 48,
+    "overlong_buffer": 16,
+    "temperature": 0.8,
+    "learning_rate": 7e-4,
+    "minibatches": 2,
+    "old_logprobs": "sampler",
+    "checkpoint_every": 5,
+    "steps": 10_000,
+}
+
+
+def demo(minutes: float = 5.0, *, output_dir: str = "runs/demo-cispo", **overrides: Any) -> TrainResult:
+    """Train CISPO on ``arithmetic`` (easy) for ``minutes`` of wall clock and return the result
+    (``result.adapter_dir`` is the peft adapter). Runs on CPU with the embedded default model."""
+    config = make_config(
+        "cispo",
+        envs=["arithmetic?level=easy"],
+        overrides={**DEMO_SETTINGS, "output_dir": output_dir, "max_train_seconds": minutes * 60, "resume": False, **overrides},
+    )
+    return train(config)
 
 
 def evaluate(

@@ -104,9 +104,45 @@ def test_sampler_and_loss_use_the_same_distribution(policy):
     batch = _pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
     with torch.no_grad():
         logp, mask = sampled_logprobs(model, batch, 0.7, 0.9)
-    recorded = batch["sampler_logp"][:, -logp.shape[1] :]
     assert mask.sum() == sum(ep.completion_tokens for ep in episodes)
-    assert torch.allclose(logp[mask], recorded[mask], atol=2e-4)
+    assert torch.allclose(logp[mask], batch["sampler_logp"][mask], atol=2e-4)
+
+
+@pytest.mark.slow
+def test_shared_prompt_forward_matches_full_sequences_values_and_gradients(policy):
+    import peft
+
+    base, tokenizer = policy
+    backend = TransformersBackend(base, tokenizer, temperature=1.0, max_new_tokens=10)
+    pool = EnvPool([EnvSpec("arithmetic", kwargs={"level": "easy"})])
+    episodes = rollout(backend, tokenizer, pool, [(0, 0, 11)] * 3 + [(1, 0, 12)] * 2, split="train", max_new_tokens=10, max_episode_tokens=400, seed=2)
+    pool.close()
+    torch.manual_seed(0)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():  # a non-zero adapter, so gradients reach lora_A too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    batch = _pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
+    assert batch["prefix_ids"].shape[0] == 2  # two distinct prompts for five episodes
+    logp, mask = sampled_logprobs(model, batch, 1.0, 1.0)
+    (logp * mask).sum().backward()
+    shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    total = 0
+    for i, ep in enumerate(episodes):  # one plain forward over each whole sequence
+        ids = torch.tensor([ep.ids])
+        logits = model(input_ids=ids).logits[0, ep.prompt_tokens - 1 : -1]
+        full = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, ep.prompt_tokens :, None]).squeeze(-1)
+        n = len(ep.ids) - ep.prompt_tokens
+        assert torch.allclose(full, logp[i, :n].detach(), atol=1e-4)
+        total = total + full[torch.tensor(ep.sampled[ep.prompt_tokens :])].sum()
+    total.backward()
+    assert shared.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, grad in shared.items():
+        plain = dict(model.named_parameters())[name].grad
+        assert (grad - plain).norm() <= 1e-3 * plain.norm(), name  # float32 summation order only
+    model.unload()
 
 
 @pytest.mark.slow
