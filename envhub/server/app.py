@@ -130,7 +130,9 @@ class SessionServer:
     # --- environment instances -------------------------------------------------------------------
 
     def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        return concurrent.futures.ThreadPoolExecutor(self.config.threads, thread_name_prefix="envhub-env")
+        # Room beyond `threads` for threads stuck in calls past their timeout: the dispatcher keeps
+        # `threads` runners working besides them.
+        return concurrent.futures.ThreadPoolExecutor(self.config.threads * 4, thread_name_prefix="envhub-env")
 
     def prestart_threads(self) -> None:
         """Start every worker thread now, so that their stacks exist before memory is measured."""
@@ -153,30 +155,30 @@ class SessionServer:
         return env
 
     async def _run(self, session: Session, fn: Callable[[], Any], where: str) -> Any:
-        """Run ``fn`` in the pool under the step timeout; a timeout abandons the session's instance."""
-        future = self._dispatcher.submit(fn)
+        """Run ``fn`` on a worker under the step timeout.
+
+        A call that times out before a worker took it is dropped (the environment was not touched);
+        one that times out while running abandons the session's instance, whose thread is stuck.
+        """
+        job = self._dispatcher.submit(fn)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.step_timeout_s)
+            return await asyncio.wait_for(asyncio.shield(job.future), self.step_timeout_s)
         except asyncio.TimeoutError:
-            self._abandon(session, future, where)
+            with job.lock:
+                job.dropped = True
+                running = job.started
+            if running:
+                self._abandon(session, job, where)
             raise StepTimeoutError(self.manifest.ref, where, self.step_timeout_s) from None
 
-    def _abandon(self, session: Session, future: asyncio.Future, where: str) -> None:
+    def _abandon(self, session: Session, job: _Job, where: str) -> None:
         session.env = None
         session.sent = None
         session.abandoned = f"its previous {where} ran past the step timeout"
-        self._hung += 1
-
-        def finished(_: Any) -> None:
-            self._hung = max(0, self._hung - 1)
-
-        future.add_done_callback(finished)
-        # Hung threads still hold pool slots: once half of the pool is stuck, give new work a new pool.
-        if self._hung * 2 >= self.config.threads:
-            log.warning("%d environment threads are stuck past the step timeout; starting a new pool", self._hung)
-            self._executor.shutdown(wait=False)
-            self._executor = self._new_executor()
-            self._hung = 0
+        job.stuck = True
+        self._hung += 1  # back down when the call returns, if ever (see _Dispatcher._deliver)
+        if self._hung >= self.config.threads:
+            log.warning("%d environment calls are stuck past the step timeout, each holding a thread", self._hung)
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -509,6 +511,11 @@ def _reset_args(body: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None
 class _Job:
     fn: Callable[[], Any]
     future: asyncio.Future
+    #: ``started`` (a worker took it) and ``dropped`` (its caller timed out) change under ``lock``.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started: bool = False
+    dropped: bool = False
+    stuck: bool = False
 
 
 @dataclass(eq=False)
@@ -540,14 +547,14 @@ class _Dispatcher:
         self._watchdog: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def submit(self, fn: Callable[[], Any]) -> asyncio.Future:
+    def submit(self, fn: Callable[[], Any]) -> _Job:
         loop = self._loop = asyncio.get_running_loop()
         job = _Job(fn, loop.create_future())
         self._queue.append(job)
         if not self._kick_scheduled:
             self._kick_scheduled = True
             loop.call_soon(self._kick)
-        return job.future
+        return job
 
     def _kick(self) -> None:
         self._kick_scheduled = False
@@ -575,6 +582,10 @@ class _Dispatcher:
                 job = self._queue.popleft()
             except IndexError:
                 break
+            with job.lock:
+                if job.dropped:  # its caller timed out while it waited: never run it
+                    continue
+                job.started = True
             runner.started, runner.job = time.monotonic(), job
             try:
                 result = (job, True, job.fn())
@@ -596,6 +607,8 @@ class _Dispatcher:
 
     def _deliver(self, results: list[tuple[_Job, bool, Any]], finished: _Runner | None = None) -> None:
         for job, ok, value in results:
+            if job.stuck:
+                self._server._hung = max(0, self._server._hung - 1)
             if job.future.done():  # its caller gave up (timeout)
                 continue
             if ok:
@@ -616,7 +629,8 @@ class _Dispatcher:
                     self._collect(runner)
             now = time.monotonic()
             busy = [r for r in self._runners if r.job is not None and now - r.started >= self.HANDOFF_S]
-            if self._queue and len(busy) == len(self._runners) and len(self._runners) < self._server.config.threads:
+            working = len(self._runners) - self._server._hung  # runners stuck past a timeout do not count
+            if self._queue and len(busy) == len(self._runners) and working < self._server.config.threads:
                 self._start_runner()
 
 

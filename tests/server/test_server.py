@@ -374,3 +374,21 @@ def test_batch_calls_fail_one_by_one(serve_env):
         assert lines[2]["status"] == 400 and lines[2]["body"]["error"]["code"] == "bad_request"
         empty = http.post("/v1/batch", json={"calls": []})
         assert empty.status_code == 400 and empty.json()["error"]["code"] == "bad_request"
+
+
+def test_more_hung_steps_than_threads_do_not_stall_the_server(serve_env):
+    server, url = serve_env(FAULTY, step_timeout_s=0.3, threads=4)
+
+    async def main() -> float:
+        envs = await asyncio.gather(*(AsyncRemoteEnv.open(url) for _ in range(7)))
+        await asyncio.gather(*(e.reset(seed=0) for e in envs))
+        hung = await asyncio.gather(*(e.step("sleep:4") for e in envs[:6]), return_exceptions=True)
+        assert all(isinstance(h, StepTimeoutError) for h in hung), hung
+        start = time.monotonic()
+        obs, *_ = await envs[6].step("anyone there?")
+        assert obs[-1]["content"] == "echo: anyone there?"
+        return time.monotonic() - start
+
+    assert asyncio.run(main()) < 1.0
+    with raw(url) as http:
+        assert http.get("/healthz").json()["status"] == "ok"
