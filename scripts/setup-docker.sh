@@ -46,7 +46,9 @@ if ! docker info >/dev/null 2>&1; then
   for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
     if [ -f "$pidfile" ]; then
       old="$(cat "$pidfile" 2>/dev/null || true)"
-      if [ -z "$old" ] || ! kill -0 "$old" 2>/dev/null; then
+      # Stale unless that pid is still a docker daemon (pids are reused by other processes).
+      comm="$(cat "/proc/$old/comm" 2>/dev/null || true)"
+      if [ -z "$old" ] || { [ "$comm" != dockerd ] && [ "$comm" != containerd ]; }; then
         say "removing stale $pidfile"
         rm -f "$pidfile"
       fi
