@@ -38,7 +38,7 @@ def _ignore_patterns(folder: Path) -> list[str]:
 
 
 def iter_files(folder: str | Path) -> list[tuple[str, Path]]:
-    """``(archive name, path)`` for every entry to pack, sorted; directories included."""
+    """``(archive name, path)`` for every file to pack, sorted."""
     root = Path(folder)
     if not root.is_dir():
         raise ArtifactError(f"{root} is not a folder", hint="pass the environment's folder (the one with envhub.toml)")
@@ -46,8 +46,12 @@ def iter_files(folder: str | Path) -> list[tuple[str, Path]]:
     entries: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
-        dirnames[:] = sorted(d for d in dirnames if not any(fnmatch.fnmatch(d, p) for p in patterns))
-        for name in dirnames + filenames:
+        dirnames[:] = sorted(
+            d for d in dirnames if not any(fnmatch.fnmatch(d, p) or fnmatch.fnmatch((rel_dir / d).as_posix(), p) for p in patterns)
+        )
+        # Files only: folders are implied by their files, and an empty folder (which git cannot
+        # carry) must not make a checkout's artifact differ from the working tree's.
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
             if any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch((rel_dir / name).as_posix(), p) for p in patterns):
                 continue
             path = Path(dirpath) / name
@@ -69,15 +73,10 @@ def pack_bytes(folder: str | Path) -> bytes:
             info.mtime = 0
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            if path.is_dir():
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
-            else:
-                info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
-                data = path.read_bytes()
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+            info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+            data = path.read_bytes()
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     out = io.BytesIO()
     # mtime=0 and no file name in the gzip header keep the bytes reproducible.
     with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:

@@ -25,7 +25,9 @@ def test_pack_is_reproducible_and_ignores_caches(tmp_path):
     path, digest = pack(folder, tmp_path)
     assert path.name == "x-1.0.0.tar.gz" and digest == sha256_digest(path.read_bytes())
     names = tarfile.open(fileobj=io.BytesIO(first)).getnames()
-    assert names == ["envhub.toml", "m.py", "pkg", "pkg/data.txt"]
+    assert names == ["envhub.toml", "m.py", "pkg/data.txt"]
+    (folder / "empty").mkdir()  # git cannot carry an empty folder: it must not change the digest
+    assert pack_bytes(folder) == first
 
 
 def test_unpack_round_trip_and_digest_check(tmp_path):
