@@ -179,6 +179,8 @@ def write(report: dict) -> None:
         f"{report['machine']['torch_threads']} torch threads; the CPU was shared with other work while this ran, "
         "so step times are upper bounds. Raw per-episode rewards and per-step metrics: `trainer_learning.json`.",
         "",
+        *[f"- {note}" for note in report.get("notes", [])],
+        "",
     ]
     (HERE / "trainer_learning.md").write_text("\n".join(lines))
 
@@ -197,7 +199,7 @@ def plot(report: dict) -> None:
     for algo, res in report["results"].items():
         steps = [m["step"] for m in res["metrics"]]
         reward = [m["reward/mean"] for m in res["metrics"]]
-        ax.plot(steps, reward, alpha=0.35)
+        ax.plot(steps, reward, alpha=0.35, marker="o")
         window = 5
         smooth = [sum(reward[max(0, i - window + 1) : i + 1]) / len(reward[max(0, i - window + 1) : i + 1]) for i in range(len(reward))]
         ax.plot(steps, smooth, label=f"{algo} (5-step mean)", color=ax.lines[-1].get_color())
