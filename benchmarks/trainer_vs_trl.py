@@ -246,7 +246,7 @@ def write(report: dict) -> None:
         "",
         *[f"- {name}: {', '.join(f'{x:.1f}' for x in run['step_s'])}" for name, run in report["runs"].items()],
         "",
-        "Where the difference comes from: envhub's sampler prefills a group's shared prompt once and copies its "
+        "What envhub's trainer does differently: its's sampler prefills a group's shared prompt once and copies its "
         "KV cache to the G samples, folds the LoRA update into the base weights while decoding (restored exactly "
         "afterwards), drops finished sequences from the batch, and its loss forward runs the vocabulary head only "
         "on completion positions. The CPU was shared with other work during the run; the load averages are given "
