@@ -7,7 +7,7 @@ cheap: torch and transformers load only when a model or the trainer is used.
 
 from __future__ import annotations
 
-from typing import Any
+from envhub._lazy import lazy_getattr
 
 __all__ = ["TrainConfig", "TrainResult", "cli_main", "default_model_path", "demo", "evaluate", "load_policy", "make_config", "train"]
 
@@ -24,9 +24,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'trainers' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

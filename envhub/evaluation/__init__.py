@@ -13,7 +13,7 @@ backoff, rate limits). Importing this package is cheap: torch loads only with a 
 
 from __future__ import annotations
 
-from typing import Any
+from envhub._lazy import lazy_getattr
 
 __all__ = ["Comparison", "EvalConfig", "Summary", "compare_runs", "evaluate", "load_run", "run_eval"]
 
@@ -28,9 +28,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'envhub.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -9,7 +9,7 @@ benchmarks.
 
 from __future__ import annotations
 
-from typing import Any
+from envhub._lazy import lazy_getattr
 
 __all__ = ["ScriptedEndpoint", "create_app", "serve", "serve_in_thread"]
 
@@ -21,9 +21,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'envhub.serve_model' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
