@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import ssl
 import weakref
 from typing import Any, ClassVar, Protocol
@@ -34,6 +33,7 @@ from typing import Any, ClassVar, Protocol
 import gymnasium
 import httpx
 
+from envhub import _json
 from envhub.errors import (
     BodyTooLargeError,
     EnvhubError,
@@ -126,7 +126,7 @@ def _transport(lease: ServerLease, *, asynchronous: bool) -> httpx.BaseTransport
 
 def _copy(messages: list[Msg]) -> list[Msg]:
     # Messages hold only str values: copying the dicts is a deep copy.
-    return [dict(m) for m in messages]
+    return list(map(dict.copy, messages))
 
 
 class _RemoteBase:
@@ -202,18 +202,24 @@ class _RemoteBase:
         return _copy(self._messages), answer["info"]
 
     def _take_step(self, action: str, answer: dict[str, Any]) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
-        if "append" in answer:
-            messages = self._messages + [{"role": "assistant", "content": action}] + answer["append"]
+        append = answer.get("append")
+        if append is not None:
+            size = len(self._messages) + 1 + len(append)
         else:
-            messages = answer["observation"]
-        if len(messages) != answer["length"]:
+            size = len(answer["observation"])
+        if size != answer["length"]:
             self._messages = []
             raise RemoteError(
                 "protocol_delta",
-                f"the conversation has {len(messages)} messages here but {answer['length']} in the server",
+                f"the conversation has {size} messages here but {answer['length']} in the server",
                 hint="call reset() to start the episode again",
             )
-        self._messages = messages
+        if append is not None:  # in place: the caller holds copies, never this list
+            messages = self._messages
+            messages.append({"role": "assistant", "content": action})
+            messages.extend(append)
+        else:
+            messages = self._messages = answer["observation"]
         if self.render_mode == "human":
             self.render()
         return _copy(messages), float(answer["reward"]), bool(answer["terminated"]), bool(answer["truncated"]), answer["info"]
@@ -232,7 +238,7 @@ class _RemoteBase:
         """The request body; one the server would refuse for its size is refused here, unsent."""
         if body is None:
             return b""
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        data = _json.dumps(body)
         limit = self.server_info.get("server", {}).get("max_body_bytes")
         if limit and len(data) > limit:
             raise BodyTooLargeError(int(limit), size=len(data))
@@ -250,7 +256,7 @@ class _RemoteBase:
         payload: Any = content
         if isinstance(content, (bytes, str)):
             try:
-                payload = json.loads(content)
+                payload = _json.loads(content)
             except ValueError:
                 payload = None
         return error_from_body(status, payload, env=self.env_name)
@@ -356,7 +362,7 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
             raise self._transport_failure(exc, where) from None
         if response.status_code >= 400:
             raise self._server_error(response.status_code, response.content)
-        return json.loads(response.content) if response.content else None
+        return _json.loads(response.content) if response.content else None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
         super().reset(seed=seed)  # the same np_random as the server's instance, as gymnasium checks
@@ -422,6 +428,8 @@ class AsyncRemoteEnv(_RemoteBase):
         self._own_http = False
         self._http = http
         self._batch = False
+        #: (event loop, lease, batcher) of the last batched call: found once, not on every step.
+        self._batcher: tuple[asyncio.AbstractEventLoop, ServerLease, _Batcher] | None = None
         self._conn = _Connection(lease)
         if http is None and not self._conn.usable:  # https: httpx does TLS
             http = httpx.AsyncClient(base_url=lease.url, transport=_transport(lease, asynchronous=True), timeout=self._timeout())
@@ -464,10 +472,16 @@ class AsyncRemoteEnv(_RemoteBase):
     async def _batched(self, op: str, fields: dict[str, Any], *, where: str) -> Any:
         """A reset or step through the batcher of this environment's server."""
         data = self._encode({"op": op, "session": self._session, **fields})
-        limit = int(self.server_info.get("server", {}).get("max_body_bytes") or 8 * 1024 * 1024)
-        batcher = _batcher_for(self._lease, limit)
+        loop = asyncio.get_running_loop()
+        cached = self._batcher
+        if cached is not None and cached[0] is loop and cached[1] is self._lease:
+            batcher = cached[2]
+        else:  # first call, or a new event loop or server since the last
+            limit = int(self.server_info.get("server", {}).get("max_body_bytes") or 8 * 1024 * 1024)
+            batcher = _batcher_for(self._lease, limit, self.step_timeout_s + TIMEOUT_MARGIN_S)
+            self._batcher = (loop, self._lease, batcher)
         try:
-            status, body = await asyncio.wait_for(batcher.submit(data), self.step_timeout_s + TIMEOUT_MARGIN_S)
+            status, body = await batcher.submit(data)  # the batcher bounds the wait
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             death = None if isinstance(exc, asyncio.TimeoutError) else await asyncio.to_thread(self._lease.describe_death)
             raise self._transport_failure(exc, where, death=death) from None
@@ -494,7 +508,7 @@ class AsyncRemoteEnv(_RemoteBase):
             raise self._transport_failure(exc, where, death=death) from None
         if status >= 400:
             raise self._server_error(status, content)
-        return json.loads(content) if content else None
+        return _json.loads(content) if content else None
 
     async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
         if self._leave_server and self._dead is None and not self._closed:
@@ -564,11 +578,14 @@ class _Batcher:
 
     They go as one ``POST /v1/batch``, whose answers stream back one line per call as each call
     finishes, so a slow step delays only its own caller. Many sessions then cost the server one
-    request per tick instead of one per step.
+    request per tick instead of one per step. Each batch is bounded by ``timeout`` seconds as a
+    whole (one timer per batch, not one per call): the server times out each call well before.
     """
 
-    def __init__(self, lease: ServerLease, limit: int) -> None:
-        self._lease = lease
+    def __init__(self, lease: ServerLease, limit: int, timeout: float) -> None:
+        self.lease = lease
+        self.loop = asyncio.get_running_loop()
+        self.timeout = timeout
         self._limit = limit
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._scheduled = False
@@ -576,12 +593,11 @@ class _Batcher:
         self._tasks: set[asyncio.Task] = set()
 
     def submit(self, call: bytes) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = self.loop.create_future()
         self._pending.append((call, future))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
@@ -599,24 +615,43 @@ class _Batcher:
             self._spawn(batch)
 
     def _spawn(self, batch: list[tuple[bytes, asyncio.Future]]) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        task = self.loop.create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[tuple[bytes, asyncio.Future]]) -> None:
         futures = [f for _, f in batch]
         data = b'{"calls":[' + b",".join(call for call, _ in batch) + b"]}"
+        failure: BaseException
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._exchange(data, futures)
+            failure = ConnectionError("the batch's answer has no line for this call")
+        except TimeoutError:
+            failure = asyncio.TimeoutError()
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as exc:
+            failure = exc
+        for future in futures:
+            if not future.done():  # its caller may have given up (cancel)
+                future.set_exception(failure)
+
+    async def _exchange(self, data: bytes, futures: list[asyncio.Future]) -> None:
+        """Send the batch and hand each answer line to its caller's future."""
         answered = [False]
 
         def on_line(line: bytes) -> None:
-            answer = json.loads(line)
+            answer = _json.loads(line)
             answered[0] = True
             future = futures[answer["i"]]
-            if not future.done():  # its caller may have given up (timeout, cancel)
+            if not future.done():
                 future.set_result((answer["status"], answer["body"]))
 
         for attempt in (0, 1):
-            conn = self._idle.pop() if self._idle else _Connection(self._lease)
+            conn = self._idle.pop() if self._idle else _Connection(self.lease)
             reused = conn._writer is not None
             try:
                 await conn.stream_lines("/v1/batch", data, on_line)
@@ -626,24 +661,11 @@ class _Batcher:
                     if not future.done():
                         future.set_result((refused.status, refused.content))
                 return
-            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            except (ConnectionError, asyncio.IncompleteReadError):
                 if reused and not answered[0] and not attempt:
                     continue  # the server had closed this idle connection: nothing reached it
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            except BaseException as exc:
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, Exception):
-                    return
                 raise
             self._idle.append(conn)
-            for future in futures:
-                if not future.done():
-                    future.set_exception(ConnectionError("the batch's answer has no line for this call"))
             return
 
     def close(self) -> None:
@@ -657,12 +679,14 @@ _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, 
 )
 
 
-def _batcher_for(lease: ServerLease, limit: int) -> _Batcher:
+def _batcher_for(lease: ServerLease, limit: int, timeout: float) -> _Batcher:
+    """The one batcher of this event loop for the server behind ``lease``."""
     per_loop = _batchers.setdefault(asyncio.get_running_loop(), {})
     key = (lease.url, lease.uds)
     batcher = per_loop.get(key)
     if batcher is None:
-        batcher = per_loop[key] = _Batcher(lease, limit)
+        batcher = per_loop[key] = _Batcher(lease, limit, timeout)
+    batcher.timeout = max(batcher.timeout, timeout)
     return batcher
 
 

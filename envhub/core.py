@@ -294,5 +294,5 @@ class ChatEnv(gymnasium.Env[list, str]):
 
 def _copy_messages(messages: list[Msg]) -> list[Msg]:
     """A copy the caller may change freely. Messages are checked to hold only str values, so
-    copying each dict is a deep copy, about 20 times faster than ``copy.deepcopy``."""
-    return [dict(m) for m in messages]
+    copying each dict is a deep copy, many times faster than ``copy.deepcopy``."""
+    return list(map(dict.copy, messages))

@@ -13,8 +13,8 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import itertools
-import json
 import logging
 import os
 import secrets
@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from envhub import _json
 from envhub.core import ChatEnv
 from envhub.errors import (
     BodyTooLargeError,
@@ -93,8 +94,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
-    body = json.dumps(payload, default=_jsonable, separators=(",", ":"), ensure_ascii=False)
-    return Response(body.encode(), status_code=status, media_type="application/json")
+    return Response(_json.dumps(payload, _jsonable), status_code=status, media_type="application/json")
 
 
 class SessionServer:
@@ -155,21 +155,22 @@ class SessionServer:
         return env
 
     async def _run(self, session: Session, fn: Callable[[], Any], where: str) -> Any:
-        """Run ``fn`` on a worker under the step timeout.
+        """Run ``fn`` on a worker under the step timeout, counted from now.
 
-        A call that times out before a worker took it is dropped (the environment was not touched);
+        The dispatcher's watchdog enforces the timeout (one timer for all calls, not one each): a
+        call that times out before a worker took it is dropped (the environment was not touched);
         one that times out while running abandons the session's instance, whose thread is stuck.
         """
-        job = self._dispatcher.submit(fn)
-        try:
-            return await asyncio.wait_for(asyncio.shield(job.future), self.step_timeout_s)
-        except asyncio.TimeoutError:
-            with job.lock:
-                job.dropped = True
-                running = job.started
-            if running:
-                self._abandon(session, job, where)
-            raise StepTimeoutError(self.manifest.ref, where, self.step_timeout_s) from None
+        return await self._dispatcher.submit(fn, session, where).future
+
+    def _time_out(self, job: _Job) -> None:
+        with job.lock:
+            job.dropped = True
+            running = job.started
+        if running:
+            self._abandon(job.session, job, job.where)
+        if not job.future.done():
+            job.future.set_exception(StepTimeoutError(self.manifest.ref, job.where, self.step_timeout_s))
 
     def _abandon(self, session: Session, job: _Job, where: str) -> None:
         session.env = None
@@ -229,19 +230,37 @@ class SessionServer:
         return {"observation": observation, "info": info}
 
     async def step(self, session_id: str, action: Any) -> dict[str, Any]:
+        session, job = self.start_step(session_id, action)
+        try:
+            await job.future
+        except asyncio.CancelledError:
+            session.busy = False
+            raise
+        except Exception:
+            pass  # finish_step raises it
+        return self.finish_step(session, action, job.future)
+
+    def start_step(self, session_id: str, action: Any) -> tuple[Session, _Job]:
+        """Queue a step: its result comes in the returned job's future, for :meth:`finish_step`.
+
+        Two halves without a coroutine between them, so that a batch of steps costs no task each.
+        """
         session = self._session(session_id)
         env = session.env
         if env is None:
             raise EpisodeEndedError(self.manifest.ref, (session.abandoned or "the episode has ended") + "; call reset()")
         session.busy = True
+        return session, self._dispatcher.submit(lambda: env.step(action), session, "step")
+
+    def finish_step(self, session: Session, action: Any, done: asyncio.Future) -> dict[str, Any]:
+        """The answer to a step whose future is ``done``: the conversation as a delta where it can be."""
+        session.busy = False
+        session.last_used = time.monotonic()
         try:
-            observation, reward, terminated, truncated, info = await self._run(session, lambda: env.step(action), "step")
+            observation, reward, terminated, truncated, info = done.result()
         except EnvironmentFailure:
             session.sent = None
             raise
-        finally:
-            session.busy = False
-            session.last_used = time.monotonic()
         answer: dict[str, Any] = {
             "length": len(observation),
             "reward": float(reward),
@@ -355,7 +374,7 @@ class SessionServer:
         if not raw.strip():
             return {}
         try:
-            body = json.loads(raw)
+            body = _json.loads(raw)
         except ValueError as exc:
             raise _BadRequest(f"the body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
@@ -414,9 +433,7 @@ class SessionServer:
 
             async def answered(i: int, call: Any) -> bytes:
                 status, answer = await server.call(call)
-                line = json.dumps({"i": i, "status": status, "body": answer}, default=_jsonable, separators=(",", ":"),
-                                  ensure_ascii=False)
-                return line.encode() + b"\n"
+                return _json.dumps({"i": i, "status": status, "body": answer}, _jsonable) + b"\n"
 
             if len(calls) == 1:  # nothing to stream: one line, sent whole
                 return Response(await answered(0, calls[0]), media_type="application/x-ndjson")
@@ -426,12 +443,33 @@ class SessionServer:
                 # hung step delays only itself.
                 ready: asyncio.Queue[bytes] = asyncio.Queue()
 
+                def put(i: int, status: int, answer: dict[str, Any]) -> None:
+                    ready.put_nowait(_json.dumps({"i": i, "status": status, "body": answer}, _jsonable) + b"\n")
+
+                def step_done(i: int, session: Session, action: Any, done: asyncio.Future) -> None:
+                    try:
+                        put(i, 200, server.finish_step(session, action, done))
+                    except BaseException as exc:
+                        put(i, *answer_error(exc))
+
                 async def answer_into_queue(i: int, call: Any) -> None:
                     ready.put_nowait(await answered(i, call))
 
-                pending = [asyncio.ensure_future(answer_into_queue(i, c)) for i, c in enumerate(calls)]
+                # Steps, nearly every call, go straight to the dispatcher with a callback for their
+                # answer; resets and malformed calls take the general path, a task each.
+                pending = []
+                for i, call in enumerate(calls):
+                    if type(call) is dict and call.get("op") == "step" and type(call.get("session")) is str and "action" in call:
+                        try:
+                            session, job = server.start_step(call["session"], call["action"])
+                        except Exception as exc:
+                            put(i, *answer_error(exc))
+                            continue
+                        job.future.add_done_callback(functools.partial(step_done, i, session, call["action"]))
+                    else:
+                        pending.append(asyncio.ensure_future(answer_into_queue(i, call)))
                 try:
-                    left = len(pending)
+                    left = len(calls)
                     while left:
                         chunk = [await ready.get()]
                         while not ready.empty():
@@ -511,6 +549,10 @@ def _reset_args(body: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None
 class _Job:
     fn: Callable[[], Any]
     future: asyncio.Future
+    session: Session
+    #: What the call is (construction, reset, step), for its timeout's message.
+    where: str
+    submitted: float
     #: ``started`` (a worker took it) and ``dropped`` (its caller timed out) change under ``lock``.
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: bool = False
@@ -547,9 +589,9 @@ class _Dispatcher:
         self._watchdog: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def submit(self, fn: Callable[[], Any]) -> _Job:
+    def submit(self, fn: Callable[[], Any], session: Session, where: str) -> _Job:
         loop = self._loop = asyncio.get_running_loop()
-        job = _Job(fn, loop.create_future())
+        job = _Job(fn, loop.create_future(), session, where, time.monotonic())
         self._queue.append(job)
         if not self._kick_scheduled:
             self._kick_scheduled = True
@@ -621,16 +663,25 @@ class _Dispatcher:
                 self._start_runner()
 
     async def _watch(self) -> None:
-        """While calls wait, start another runner when every runner is stuck in a long call."""
+        """While calls wait or run: time out calls past the step timeout, and start another runner
+        when every runner is stuck in a long call."""
+        server = self._server
         while self._runners:
             await asyncio.sleep(self.HANDOFF_S)
             for runner in list(self._runners):  # results finished before a long call
                 if runner.done:
                     self._collect(runner)
             now = time.monotonic()
+            cutoff = now - server.step_timeout_s
+            # Queued calls first (a copy: runners pop from the left meanwhile), then running ones.
+            late = [job for job in tuple(self._queue) if job.submitted <= cutoff]
+            late += [job for r in self._runners if (job := r.job) is not None and job.submitted <= cutoff]
+            for job in late:
+                if not job.future.done():
+                    server._time_out(job)
             busy = [r for r in self._runners if r.job is not None and now - r.started >= self.HANDOFF_S]
-            working = len(self._runners) - self._server._hung  # runners stuck past a timeout do not count
-            if self._queue and len(busy) == len(self._runners) and working < self._server.config.threads:
+            working = len(self._runners) - server._hung  # runners stuck past a timeout do not count
+            if self._queue and len(busy) == len(self._runners) and working < server.config.threads:
                 self._start_runner()
 
 
