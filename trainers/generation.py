@@ -16,6 +16,7 @@ the loss are those of the distribution the tokens were drawn from.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "Completion",
     "TransformersBackend",
     "VLLMBackend",
+    "cache_kwarg",
     "make_backend",
     "processed_logprobs",
     "stop_token_ids",
@@ -105,6 +107,20 @@ def token_logprobs(
         scaled = scaled.masked_fill(~keep, float("-inf"))
     picked = scaled.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     return picked - scaled.logsumexp(dim=-1)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword under which ``model``'s forward takes a KV cache object.
+
+    transformers 5 names it ``cache`` (``past_key_values`` still works there, with a deprecation
+    warning, until its removal); older releases and remote-code models know only ``past_key_values``.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        parameters = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -216,18 +232,18 @@ class TransformersBackend:
             mask[i, width - len(p) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # positions count real tokens only
-        cache = DynamicCache()
+        cache = DynamicCache()  # filled in place by every forward below
+        cache_arg = cache_kwarg(self.model)
         prefill = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_arg: cache},
         )
         # 2. Copy each distinct prompt's cache row to every sequence that uses it: [B, ...].
         index = torch.tensor(row_of, device=device)
-        cache = prefill.past_key_values
         cache.batch_select_indices(index)
         logits = prefill.logits[:, -1][index]  # [B, V]
         mask = mask[index]  # [B, L]
@@ -266,10 +282,9 @@ class TransformersBackend:
                 input_ids=choice.unsqueeze(-1),
                 attention_mask=mask,
                 position_ids=next_pos.unsqueeze(-1),
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_arg: cache},
             )
-            cache = step.past_key_values
             logits = step.logits[:, -1]
             next_pos = next_pos + 1
         return [

@@ -9,7 +9,7 @@ The whole algorithm, top to bottom:
         2. rewards     episode return (the rubric total at the end, plus any per-step reward);
                        DAPO: soft overlong punishment added to it.
         3. groups      DAPO: dynamic sampling drops groups whose rewards are all equal (they carry
-                       no signal) and samples new ones, up to a bound.
+                       no signal) and samples another P groups, up to a bound on rounds.
         4. advantages  A_i = (R_i - mean_group(R)) [/ std_group(R) or std_batch(R)], one per
                        episode, broadcast to each of its sampled tokens.
         5. update      LoRA parameters, one or more optimizer steps on the grpo, dapo or cispo
@@ -61,7 +61,7 @@ from typing import Any, Literal
 
 import torch
 
-from trainers.generation import Backend, Completion, make_backend, token_logprobs
+from trainers.generation import Backend, Completion, cache_kwarg, make_backend, token_logprobs
 
 __all__ = [
     "ALGO_PRESETS",
@@ -167,7 +167,8 @@ class TrainConfig:
     dynamic_sampling: bool = False
     """dapo: drop groups whose rewards are all equal and sample replacements."""
     max_sampling_rounds: int = 3
-    """Bound on rollout rounds per step when dynamic sampling refills (1 = no refill)."""
+    """Bound on rollout rounds per step when dynamic sampling refills (1 = no refill); each round
+    samples prompts_per_step new groups and the step keeps the first prompts_per_step with signal."""
     overlong_shaping: bool = False
     """dapo: soft overlong punishment added to the reward (see overlong_penalty)."""
     overlong_buffer: int = 16
@@ -741,23 +742,24 @@ def sampled_logprobs(
     """
     from transformers import DynamicCache
 
+    cache = DynamicCache()  # filled in place by the prefix forward
+    cache_arg = cache_kwarg(model)
     prefix = model(
         input_ids=batch["prefix_ids"],
         attention_mask=batch["prefix_mask"],
         position_ids=batch["prefix_positions"],
-        past_key_values=DynamicCache(),
         use_cache=True,
         logits_to_keep=1,
+        **{cache_arg: cache},
     )
     index = batch["index"]
-    cache = prefix.past_key_values
     cache.batch_select_indices(index)  # differentiable gather: [U, ...] -> [B, ...]
     suffix = model(
         input_ids=batch["suffix_ids"],
         attention_mask=torch.cat([batch["prefix_mask"][index], batch["suffix_mask"]], dim=1),
         position_ids=batch["suffix_positions"],
-        past_key_values=cache,
         use_cache=True,
+        **{cache_arg: cache},
     )
     # predictions of suffix token j: the prompt's last logits for j = 0, suffix logits j-1 after
     logits = torch.cat([prefix.logits[index][:, -1:], suffix.logits[:, :-1]], dim=1)  # [B, S, V]
@@ -989,9 +991,12 @@ def _train_step(
     rounds = 0
     next_group = 0
     while len(kept) < config.prompts_per_step and rounds < max(config.max_sampling_rounds, 1):
-        need = config.prompts_per_step - len(kept)
-        plan = _plan_groups(config, step, rounds, need, next_group)
-        next_group += need
+        # Every round samples a whole batch of groups, refills too (over-sampling, as DAPO's own
+        # implementation does): a batched rollout of P groups costs little more than of a few, and
+        # fewer steps end with too few groups. The first groups with signal are kept.
+        count = config.prompts_per_step
+        plan = _plan_groups(config, step, rounds, count, next_group)
+        next_group += count
         episodes = rollout(
             backend,
             tokenizer,
@@ -1292,7 +1297,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "group_size": 8,
     "max_new_tokens": 48,
     "overlong_buffer": 16,
-    "temperature": 0.8,
+    "temperature": 1.0,
     "learning_rate": 7e-4,
     "minibatches": 2,
     "old_logprobs": "sampler",
