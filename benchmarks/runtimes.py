@@ -268,8 +268,8 @@ def write_report(
         f"runs {EPISODE_STEPS}-step episodes for {args.seconds:g} s. Latency is per step, seen by the client.",
         "",
         f"- machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; shared with other work (load average "
-        f"{load[0]:.2f} before, {load[1]:.2f} after), so figures move by tens of percent between runs",
+        f"{platform.system()} {platform.release()}; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after "
+        "(client and server share these cores; other work on the machine moves figures by tens of percent)",
         f"- versions: {versions()}",
         f"- run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
@@ -322,6 +322,8 @@ def write_report(
         "per step over loopback TCP. Every envhub step runs the environment's code in the server's",
         "worker threads under a step timeout. With N sessions in a closed loop, latency is about",
         "N / throughput, so p99 at 64 sessions is bounded by how many steps per second the machine gives.",
+        "The `docker` and `process` servers run the same code on different interpreters: Debian's optimised",
+        "build in the base image, and this machine's (a pyenv build configured without `--enable-optimizations`).",
         "",
     ]
     path.write_text("\n".join(lines))

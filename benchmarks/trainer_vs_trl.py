@@ -228,7 +228,8 @@ def write(report: dict) -> None:
         "",
         f"SmolLM2-135M-Instruct + LoRA r16/alpha32 on all linear layers, arithmetic easy, {a['prompts']} prompts x "
         f"{a['group']} completions per step, at most {a['max_new_tokens']} new tokens, temperature 1, dapo loss, "
-        "one optimizer step per batch, 2 torch threads. Step times exclude the first (warm-up) step.",
+        "one optimizer step per batch, 2 torch threads. The s/step and completions/s means leave out the first "
+        "(warm-up) step; the mean reward counts every step.",
         "",
         "| trainer | s/step | completions/s | mean reward per step | load avg (1, 5, 15 min) at end |",
         "|---|---|---|---|---|",
@@ -246,11 +247,14 @@ def write(report: dict) -> None:
         "",
         *[f"- {name}: {', '.join(f'{x:.1f}' for x in run['step_s'])}" for name, run in report["runs"].items()],
         "",
-        "What envhub's trainer does differently: its's sampler prefills a group's shared prompt once and copies its "
+        "Mean reward per step (the arithmetic rubric, 0 to 1):",
+        "",
+        *[f"- {name}: {', '.join(f'{x:.3f}' for x in run['reward'])}" for name, run in report["runs"].items()],
+        "",
+        "What envhub's trainer does differently: its sampler prefills a group's shared prompt once and copies its "
         "KV cache to the G samples, folds the LoRA update into the base weights while decoding (restored exactly "
         "afterwards), drops finished sequences from the batch, and its loss forward runs the vocabulary head only "
-        "on completion positions. The CPU was shared with other work during the run; the load averages are given "
-        "so the two rows can be compared with that in mind.",
+        "on completion positions. The load averages say how busy the 2 cores were besides each row's run.",
         "",
     ]
     (HERE / "trainer_vs_trl.md").write_text("\n".join(lines))
