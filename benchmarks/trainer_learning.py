@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         "eval_episodes": args.eval_episodes,
         "minutes_per_algo": args.minutes,
         "settings": SETTINGS,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_at_start": os.getloadavg()[0],
+        },
         "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "results": {},
     }
@@ -161,8 +166,10 @@ def write(report: dict) -> None:
         "```",
         "",
         f"Machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs, "
-        f"{report['machine']['torch_threads']} torch threads; the CPU was shared with other work while this ran, "
-        "so step times are upper bounds. Raw per-episode rewards and per-step metrics: `trainer_learning.json`.",
+        f"{report['machine']['torch_threads']} torch threads"
+        + (f"; 1-minute load average at the start {report['machine']['load_at_start']:.2f}" if "load_at_start" in report["machine"] else "")
+        + ". Other work on the machine slows the steps and so fits fewer of them in the budget. "
+        "Raw per-episode rewards and per-step metrics: `trainer_learning.json`.",
         "",
         *[f"- {note}" for note in report.get("notes", [])],
         "",
