@@ -624,10 +624,9 @@ class _Batcher:
         data = b'{"calls":[' + b",".join(call for call, _ in batch) + b"]}"
         failure: BaseException
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._exchange(data, futures)
+            await asyncio.wait_for(self._exchange(data, futures), self.timeout)
             failure = ConnectionError("the batch's answer has no line for this call")
-        except TimeoutError:
+        except asyncio.TimeoutError:
             failure = asyncio.TimeoutError()
         except asyncio.CancelledError:
             for future in futures:
