@@ -168,14 +168,15 @@ class SessionServer:
             job.dropped = True
             running = job.started
         if running:
-            self._abandon(job.session, job, job.where)
+            self._abandon(job)
         if not job.future.done():
             job.future.set_exception(StepTimeoutError(self.manifest.ref, job.where, self.step_timeout_s))
 
-    def _abandon(self, session: Session, job: _Job, where: str) -> None:
+    def _abandon(self, job: _Job) -> None:
+        session = job.session
         session.env = None
         session.sent = None
-        session.abandoned = f"its previous {where} ran past the step timeout"
+        session.abandoned = f"its previous {job.where} ran past the step timeout"
         job.stuck = True
         self._hung += 1  # back down when the call returns, if ever (see _Dispatcher._deliver)
         if self._hung >= self.config.threads:
@@ -431,12 +432,9 @@ class SessionServer:
             if len(calls) > server.config.max_sessions:
                 raise _BadRequest(f"at most {server.config.max_sessions} calls per batch")
 
-            async def answered(i: int, call: Any) -> bytes:
-                status, answer = await server.call(call)
-                return _json.dumps({"i": i, "status": status, "body": answer}, _jsonable) + b"\n"
-
             if len(calls) == 1:  # nothing to stream: one line, sent whole
-                return Response(await answered(0, calls[0]), media_type="application/x-ndjson")
+                line = _answer_line(0, *await server.call(calls[0]))
+                return Response(line, media_type="application/x-ndjson")
 
             async def lines():
                 # Answers stream back as calls finish (those done together in one chunk): a slow or
@@ -444,7 +442,7 @@ class SessionServer:
                 ready: asyncio.Queue[bytes] = asyncio.Queue()
 
                 def put(i: int, status: int, answer: dict[str, Any]) -> None:
-                    ready.put_nowait(_json.dumps({"i": i, "status": status, "body": answer}, _jsonable) + b"\n")
+                    ready.put_nowait(_answer_line(i, status, answer))
 
                 def step_done(i: int, session: Session, action: Any, done: asyncio.Future) -> None:
                     try:
@@ -453,7 +451,7 @@ class SessionServer:
                         put(i, *answer_error(exc))
 
                 async def answer_into_queue(i: int, call: Any) -> None:
-                    ready.put_nowait(await answered(i, call))
+                    put(i, *await server.call(call))
 
                 # Steps, nearly every call, go straight to the dispatcher with a callback for their
                 # answer; resets and malformed calls take the general path, a task each.
@@ -520,6 +518,11 @@ class SessionServer:
 
 #: A batch body may be this many times ``max_body_bytes`` (each of its actions is still bounded).
 BATCH_BODY_SCALE = 4
+
+
+def _answer_line(i: int, status: int, answer: dict[str, Any]) -> bytes:
+    """One line of a batch's answer: call ``i``'s HTTP status and body."""
+    return _json.dumps({"i": i, "status": status, "body": answer}, _jsonable) + b"\n"
 
 
 def answer_error(exc: BaseException, *, where: str = "batch call") -> tuple[int, dict[str, Any]]:
