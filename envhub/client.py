@@ -45,7 +45,7 @@ from envhub.errors import (
 )
 from envhub.manifest import EnvIdentity, Manifest
 from envhub.server.protocol import PROTOCOL_VERSION, error_from_body
-from envhub.spaces import Conversation, Message
+from envhub.spaces import Conversation, FrozenMessage, Message
 
 Msg = dict[str, str]
 UDS_BASE_URL = "http://envhub.local"
@@ -124,11 +124,6 @@ def _transport(lease: ServerLease, *, asynchronous: bool) -> httpx.BaseTransport
     return cls(uds=lease.uds, retries=2, verify=_ssl_context())
 
 
-def _copy(messages: list[Msg]) -> list[Msg]:
-    # Messages hold only str values: copying the dicts is a deep copy.
-    return list(map(dict.copy, messages))
-
-
 class _RemoteBase:
     """What the sync and async clients share: state, attributes and the protocol's bookkeeping."""
 
@@ -173,8 +168,8 @@ class _RemoteBase:
 
     @property
     def messages(self) -> list[Msg]:
-        """The conversation so far (a copy)."""
-        return _copy(self._messages)
+        """The conversation so far (a new list of read-only messages)."""
+        return list(self._messages)
 
     # --- protocol bookkeeping --------------------------------------------------------------------
 
@@ -198,8 +193,8 @@ class _RemoteBase:
         self._messages = []
 
     def _take_reset(self, answer: dict[str, Any]) -> tuple[list[Msg], dict[str, Any]]:
-        self._messages = answer["observation"]
-        return _copy(self._messages), answer["info"]
+        self._messages = [FrozenMessage(m) for m in answer["observation"]]
+        return list(self._messages), answer["info"]
 
     def _take_step(self, action: str, answer: dict[str, Any]) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
         append = answer.get("append")
@@ -214,15 +209,15 @@ class _RemoteBase:
                 f"the conversation has {size} messages here but {answer['length']} in the server",
                 hint="call reset() to start the episode again",
             )
-        if append is not None:  # in place: the caller holds copies, never this list
+        if append is not None:  # in place: callers hold lists of their own, never this one
             messages = self._messages
-            messages.append({"role": "assistant", "content": action})
-            messages.extend(append)
+            messages.append(FrozenMessage(role="assistant", content=action))
+            messages.extend(map(FrozenMessage, append))
         else:
-            messages = self._messages = answer["observation"]
+            messages = self._messages = [FrozenMessage(m) for m in answer["observation"]]
         if self.render_mode == "human":
             self.render()
-        return _copy(messages), float(answer["reward"]), bool(answer["terminated"]), bool(answer["truncated"]), answer["info"]
+        return list(messages), float(answer["reward"]), bool(answer["terminated"]), bool(answer["truncated"]), answer["info"]
 
     def _check_action(self, action: Any) -> None:
         if not isinstance(action, str):

@@ -2,7 +2,7 @@
 
 An episode is a conversation. ``reset`` returns the first messages (system and first user turn);
 each ``step`` takes the assistant's message text and returns the whole conversation so far, with the
-environment's answer appended. When the episode ends (the environment says it is done, or
+environment's answer appended: a new list, of read-only messages (:class:`~envhub.spaces.FrozenMessage`). When the episode ends (the environment says it is done, or
 ``max_turns`` assistant turns were taken), the rubric scores it: the last step's reward is the
 rubric's total plus any per-step reward, and ``info["rubric"]`` holds every criterion's score.
 
@@ -25,6 +25,7 @@ The episode loop, turn counting, seeding, truncation and scoring belong to this 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,7 +43,7 @@ from envhub.errors import (
     TaskNotFoundError,
 )
 from envhub.rubric import Rubric
-from envhub.spaces import Conversation, Message, is_message
+from envhub.spaces import Conversation, FrozenMessage, Message, is_message
 
 if TYPE_CHECKING:
     from envhub.manifest import EnvIdentity, Manifest
@@ -232,9 +233,16 @@ class ChatEnv(gymnasium.Env[list, str]):
             task=task, task_id=str(task["id"]), split=split, messages=messages, rng=rng, max_turns=self.max_turns
         )
         info = {"task_id": self._episode.task_id, "split": split, "env": self.identity.ref, "max_turns": self.max_turns}
-        return _copy_messages(messages), info
+        return list(messages), info
 
     def step(self, action: str) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
+        _, reward, terminated, truncated, info = self._advance(action)
+        return list(self._episode.messages), reward, terminated, truncated, info  # type: ignore[union-attr]
+
+    def _advance(self, action: str) -> tuple[list[Msg] | None, float, bool, bool, dict[str, Any]]:
+        """``step`` without a copy of the whole conversation, for the session server, which sends
+        deltas: returns the messages appended after ``action`` (frozen, safe to share), or None when
+        ``respond`` replaced or removed earlier messages (then the whole conversation is needed)."""
         episode = self._episode
         if episode is None:
             raise EpisodeEndedError(self.env_name, "step() called before reset()")
@@ -246,20 +254,30 @@ class ChatEnv(gymnasium.Env[list, str]):
             raise InvalidActionError(
                 self.env_name, f"{len(action)} characters is over the limit of {self.action_space.max_length}"
             )
-        episode.messages.append({"role": "assistant", "content": action})
+        messages = episode.messages
+        # A shallow snapshot: messages are frozen, so an identity check tells whether respond()
+        # rewrote the history (cheap, where comparing or copying every message is not).
+        history = messages.copy()
+        said = FrozenMessage(role="assistant", content=action)
+        messages.append(said)
         episode.turn += 1
         try:
             reply = self.respond(episode, action)
             if not isinstance(reply, Reply):
                 raise TypeError(f"respond() returned {type(reply).__name__}, expected Reply")
             new_messages = self._checked_messages(reply.messages, "respond")
+            rewritten = (
+                len(messages) != len(history) + 1 or messages[-1] is not said or any(map(operator.is_not, history, messages))
+            )
+            if rewritten:  # what respond() put in the history is checked and frozen like the rest
+                messages[:] = self._checked_messages(messages, "respond (the rewritten history)")
         except EnvhubError:
             episode.terminated = True
             raise
         except Exception as exc:
             episode.terminated = True  # the environment is in an unknown state: end the episode
             raise EnvironmentFailure(self.env_name, "respond", f"{type(exc).__name__}: {exc}") from exc
-        episode.messages.extend(new_messages)
+        messages.extend(new_messages)
         episode.terminated = bool(reply.done)
         episode.truncated = not episode.terminated and episode.turn >= self.max_turns
         reward = float(reply.reward)
@@ -273,7 +291,7 @@ class ChatEnv(gymnasium.Env[list, str]):
             info["rubric"] = result.to_dict()
         if self.render_mode == "human":
             self.render()
-        return _copy_messages(episode.messages), reward, episode.terminated, episode.truncated, info
+        return None if rewritten else new_messages, reward, episode.terminated, episode.truncated, info
 
     def render(self) -> str | None:
         if self._episode is None:
@@ -289,10 +307,4 @@ class ChatEnv(gymnasium.Env[list, str]):
             raise EnvironmentFailure(
                 self.env_name, where, 'must return a list of {"role", "content"} dicts with str values'
             )
-        return [dict(m) for m in messages]
-
-
-def _copy_messages(messages: list[Msg]) -> list[Msg]:
-    """A copy the caller may change freely. Messages are checked to hold only str values, so
-    copying each dict is a deep copy, many times faster than ``copy.deepcopy``."""
-    return list(map(dict.copy, messages))
+        return [FrozenMessage(m) for m in messages]

@@ -22,6 +22,28 @@ def is_message(value: Any) -> bool:
     )
 
 
+class FrozenMessage(dict):
+    """A message of a conversation: a ``{"role", "content"}`` dict that refuses changes in place.
+
+    Environments hold their conversation as these, and observations are new lists of them, so an
+    observation costs a list, not a copy of every message, and what a server sent its client stays
+    what the episode holds (a step is answered with only the new messages). To change a message,
+    replace it: ``messages[i] = user("...")``.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "a message in the conversation cannot be changed in place; replace it instead: messages[i] = user(...)"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle and deepcopy would fill it through __setitem__
+        return (FrozenMessage, (dict(self),))
+
+
 class Conversation(spaces.Space[list]):
     """The observation space: a list of ``{"role", "content"}`` messages, at most ``max_messages``."""
 

@@ -162,3 +162,52 @@ def test_episode_rng_is_seeded_per_episode():
     env.reset(seed=3)
     assert env.episode.rng.integers(1 << 30) == a
     assert isinstance(env.episode.rng, np.random.Generator)
+
+
+class Rewriter(Countdown):
+    """Replaces the system message on `rewrite`; tries to edit it in place on `edit`."""
+
+    def respond(self, episode, action):
+        if action == "rewrite":
+            episode.messages[0] = system("Rewritten.")
+        if action == "edit":
+            episode.messages[0]["content"] = "edited in place"
+        return super().respond(episode, action)
+
+
+def test_history_can_be_replaced_but_not_edited_in_place():
+    env = Rewriter()
+    env.reset(seed=0)
+    obs, *_ = env.step("rewrite")
+    assert obs[0] == system("Rewritten.") and obs[1]["role"] == "user" and obs[2] == {"role": "assistant", "content": "rewrite"}
+    obs.append(user("the caller's list is its own"))
+    with pytest.raises(TypeError, match="replace it instead"):
+        obs[0]["content"] = "messages are read-only"
+    obs[0] = system("replaced in the caller's list only")
+    assert env.episode.messages[0]["content"] == "Rewritten." and len(env.episode.messages) == 4
+    with pytest.raises(EnvironmentFailure, match="cannot be changed in place; replace it"):
+        env.step("edit")
+    assert env.episode.messages[0]["content"] == "Rewritten."  # nothing was lost
+
+
+def test_the_delta_path_tells_appended_messages_and_rewrites():
+    env = Rewriter()
+    env.reset(seed=0)
+    appended, reward, terminated, truncated, info = env._advance("go")
+    assert [m["role"] for m in appended] == ["tool"] and env.episode.messages[-1] is appended[-1]
+    assert env._advance("rewrite")[0] is None  # the history changed: the whole conversation is needed
+
+
+def test_read_only_messages_pickle_deepcopy_and_serialise_as_dicts():
+    import copy
+    import json
+    import pickle
+
+    env = Countdown()
+    env.reset(seed=0)
+    obs = env.step("go")[0]
+    assert pickle.loads(pickle.dumps(obs)) == obs and copy.deepcopy(obs) == obs
+    assert json.loads(json.dumps(obs)) == obs and all(isinstance(m, dict) for m in obs)
+    assert [dict(m) for m in obs][0] == system("Say stop at zero.")
+    editable = dict(obs[0])
+    editable["content"] = "a plain dict copy is editable"

@@ -239,7 +239,7 @@ class SessionServer:
             raise
         except Exception:
             pass  # finish_step raises it
-        return self.finish_step(session, action, job.future)
+        return self.finish_step(session, action, job)
 
     def start_step(self, session_id: str, action: Any) -> tuple[Session, _Job]:
         """Queue a step: its result comes in the returned job's future, for :meth:`finish_step`.
@@ -251,24 +251,31 @@ class SessionServer:
         if env is None:
             raise EpisodeEndedError(self.manifest.ref, (session.abandoned or "the episode has ended") + "; call reset()")
         session.busy = True
+        if type(env).step is ChatEnv.step:  # the SDK's own step, which tells the delta itself
+            return session, self._dispatcher.submit(lambda: env._advance(action), session, "step", delta_of=env)
         return session, self._dispatcher.submit(lambda: env.step(action), session, "step")
 
-    def finish_step(self, session: Session, action: Any, done: asyncio.Future) -> dict[str, Any]:
-        """The answer to a step whose future is ``done``: the conversation as a delta where it can be."""
+    def finish_step(self, session: Session, action: Any, job: _Job) -> dict[str, Any]:
+        """The answer to a step whose job is done: the conversation as a delta where it can be."""
         session.busy = False
         session.last_used = time.monotonic()
         try:
-            observation, reward, terminated, truncated, info = done.result()
+            result, reward, terminated, truncated, info = job.future.result()
         except EnvironmentFailure:
             session.sent = None
             raise
-        answer: dict[str, Any] = {
-            "length": len(observation),
-            "reward": float(reward),
-            "terminated": bool(terminated),
-            "truncated": bool(truncated),
-            "info": info,
-        }
+        answer: dict[str, Any] = {"reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated), "info": info}
+        if job.delta_of is not None:  # result: the messages after the action, or None (ChatEnv._advance)
+            conversation = job.delta_of.episode.messages
+            answer["length"] = len(conversation)
+            if result is None:
+                answer["observation"] = list(conversation)  # frozen messages: a shallow copy is a copy
+            else:
+                answer["append"] = result
+            session.sent = None  # the environment tracks the delta
+            return answer
+        observation = result
+        answer["length"] = len(observation)
         sent = session.sent
         n = len(sent) if sent is not None else -1
         if (
@@ -444,9 +451,9 @@ class SessionServer:
                 def put(i: int, status: int, answer: dict[str, Any]) -> None:
                     ready.put_nowait(_answer_line(i, status, answer))
 
-                def step_done(i: int, session: Session, action: Any, done: asyncio.Future) -> None:
+                def step_done(i: int, session: Session, action: Any, job: _Job, done: asyncio.Future) -> None:
                     try:
-                        put(i, 200, server.finish_step(session, action, done))
+                        put(i, 200, server.finish_step(session, action, job))
                     except BaseException as exc:
                         put(i, *answer_error(exc))
 
@@ -463,7 +470,7 @@ class SessionServer:
                         except Exception as exc:
                             put(i, *answer_error(exc))
                             continue
-                        job.future.add_done_callback(functools.partial(step_done, i, session, call["action"]))
+                        job.future.add_done_callback(functools.partial(step_done, i, session, call["action"], job))
                     else:
                         pending.append(asyncio.ensure_future(answer_into_queue(i, call)))
                 try:
@@ -561,6 +568,8 @@ class _Job:
     started: bool = False
     dropped: bool = False
     stuck: bool = False
+    #: For a step through ChatEnv's own step: the environment, whose conversation gives the delta.
+    delta_of: ChatEnv | None = None
 
 
 @dataclass(eq=False)
@@ -592,9 +601,9 @@ class _Dispatcher:
         self._watchdog: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def submit(self, fn: Callable[[], Any], session: Session, where: str) -> _Job:
+    def submit(self, fn: Callable[[], Any], session: Session, where: str, *, delta_of: ChatEnv | None = None) -> _Job:
         loop = self._loop = asyncio.get_running_loop()
-        job = _Job(fn, loop.create_future(), session, where, time.monotonic())
+        job = _Job(fn, loop.create_future(), session, where, time.monotonic(), delta_of=delta_of)
         self._queue.append(job)
         if not self._kick_scheduled:
             self._kick_scheduled = True

@@ -392,3 +392,25 @@ def test_more_hung_steps_than_threads_do_not_stall_the_server(serve_env):
     assert asyncio.run(main()) < 1.0
     with raw(url) as http:
         assert http.get("/healthz").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("own_step", [False, True], ids=["sdk-step", "own-step"])
+def test_a_rewritten_history_is_sent_whole_and_in_place_edits_fail(serve_env, own_step):
+    _, url = serve_env(FAULTY)
+    remote = RemoteEnv(url, kwargs={"own_step": own_step})
+    local = envhub.make(FAULTY, own_step=own_step)
+    assert remote.reset(seed=0) == local.reset(seed=0)
+    for action in ["hi", "rewrite", "hi", "rewrite"]:
+        assert remote.step(action) == local.step(action)
+    with raw(url) as http:
+        sid = http.post("/v1/sessions", json={"kwargs": {"own_step": own_step}}).json()["session"]
+        http.post(f"/v1/sessions/{sid}/reset", json={"seed": 0})
+        kinds = []
+        for action in ["hi", "rewrite", "hi"]:
+            body = http.post(f"/v1/sessions/{sid}/step", json={"action": action}).json()
+            kinds.append("append" if "append" in body else "observation")
+        assert kinds == ["append", "observation", "append"]
+        failed = http.post(f"/v1/sessions/{sid}/step", json={"action": "edit"})
+    assert failed.status_code == 500 and failed.json()["error"]["code"] == "environment_failure"
+    assert "cannot be changed in place" in failed.json()["error"]["message"]
+    remote.close()
