@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algos", default="dapo,cispo")
     parser.add_argument("--runs", default="runs")
     parser.add_argument(
-        "--keep", action="store_true", help="reuse the baseline and finished objectives of trainer_learning.json"
+        "--keep", action="store_true", help="reuse the baseline of trainer_learning.json and the results of objectives not in --algos"
     )
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the evaluation tasks stay the same)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     algos = [a for a in args.algos.split(",") if a]
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep and previous.is_file():  # same tasks (fixed seeds): the baseline stays valid
         old = json.loads(previous.read_text())
         report["before"], report["results"], report["started_at"] = old["before"], old["results"], old["started_at"]
-        algos = [a for a in algos if a not in report["results"]]
+        report["notes"] = old.get("notes", [])  # the author's; review them when a result changes
+        report["results"] = {a: r for a, r in report["results"].items() if a not in algos}
     else:
         model, tokenizer = load_policy(device="cpu")
         t = time.perf_counter()
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         config = make_config(
             algo,
             envs=[ENV],
-            overrides={**SETTINGS, "output_dir": str(out), "max_train_seconds": args.minutes * 60, "resume": False},
+            overrides={**SETTINGS, "seed": args.seed, "output_dir": str(out), "max_train_seconds": args.minutes * 60, "resume": False},
         )
         t = time.perf_counter()
         result = train(config)
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         after, after_errors = eval_rewards(tuned, tokenizer, args.eval_episodes)
         report["results"][algo] = {
+            "seed": args.seed,
             "train_s": train_s,
             "steps": len(result.metrics),
             "adapter": str(result.adapter_dir),

@@ -2,9 +2,10 @@
 
 An episode is a conversation. ``reset`` returns the first messages (system and first user turn);
 each ``step`` takes the assistant's message text and returns the whole conversation so far, with the
-environment's answer appended: a new list, of read-only messages (:class:`~envhub.spaces.FrozenMessage`). When the episode ends (the environment says it is done, or
-``max_turns`` assistant turns were taken), the rubric scores it: the last step's reward is the
-rubric's total plus any per-step reward, and ``info["rubric"]`` holds every criterion's score.
+environment's answer appended (a new list of read-only messages, :class:`~envhub.spaces.FrozenMessage`).
+When the episode ends (the environment says it is done, or ``max_turns`` assistant turns were taken),
+the rubric scores it: the last step's reward is the rubric's total plus any per-step reward, and
+``info["rubric"]`` holds every criterion's score.
 
 Authors subclass :class:`ChatEnv` and write only what is specific to their task::
 
