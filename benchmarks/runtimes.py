@@ -12,10 +12,12 @@ at 1, 64 and 1000 concurrent sessions, for:
 Every remote runtime serves all sessions from one server process, so the comparison is of one
 server each. Each session runs episodes of 32 steps (reset between them, not timed) for
 ``--seconds`` seconds; steps/s counts completed steps, latencies are per step, seen by the client.
-Client and server share this machine's cores. Results go to ``benchmarks/runtimes.md``.
+Client and server share this machine's cores. Each measurement runs in a fresh Python process, and
+everything is measured ``--rounds`` times in turn (the machine's speed drifts by tens of percent);
+each cell reports its median round. Results go to ``benchmarks/runtimes.md``.
 
-    python benchmarks/runtimes.py                       # everything, about 2-4 minutes
-    python benchmarks/runtimes.py --runtimes process,openenv --concurrency 1,64 --seconds 2
+    python benchmarks/runtimes.py                       # everything, 3 rounds: about 6-8 minutes
+    python benchmarks/runtimes.py --runtimes process,openenv --concurrency 1,64 --seconds 2 --rounds 1
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import platform
 import socket
@@ -53,12 +56,16 @@ class Result:
     latencies: list[float]
     setup_s: float
     note: str = ""
+    #: Percentiles (ms) measured in a worker process, which sends these instead of every latency.
+    percentiles: dict[int, float] | None = None
 
     @property
     def steps_per_s(self) -> float:
         return self.steps / self.seconds if self.seconds else 0.0
 
-    def pct(self, q: float) -> float:
+    def pct(self, q: int) -> float:
+        if self.percentiles is not None:
+            return self.percentiles[q]
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
 
 
@@ -259,6 +266,7 @@ def write_report(
     load: tuple,
     path: Path,
     startup: dict[str, tuple[float, float]],
+    rounds: dict[tuple[str, int], list[Result]],
 ) -> None:
     lines = [
         "# Runtime benchmark: envhub vs openenv-core",
@@ -266,6 +274,8 @@ def write_report(
         "Written by `python benchmarks/runtimes.py` (see its docstring for the method). A trivial echo",
         "environment; every remote runtime serves all sessions from one server process; each session",
         f"runs {EPISODE_STEPS}-step episodes for {args.seconds:g} s. Latency is per step, seen by the client.",
+        f"Each cell is the median-throughput one of {args.rounds} rounds (every runtime measured once per round, in",
+        "turn, each measurement in a fresh Python process).",
         "",
         f"- machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.system()} {platform.release()}; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after "
@@ -287,9 +297,14 @@ def write_report(
         for runtime in ("process", "docker"):
             r = by.get((runtime, 64))
             if r is not None:
+                per_round = [
+                    mine.steps_per_s / theirs.steps_per_s for mine, theirs in zip(rounds[(runtime, 64)], rounds[("openenv", 64)])
+                ]
+                p99s = [mine.pct(99) for mine in rounds[(runtime, 64)]]
                 lines.append(
                     f"- {runtime} at 64 sessions: {r.steps_per_s / base.steps_per_s:.1f}x OpenEnv's throughput "
-                    f"(goal 3x); p99 {r.pct(99):.1f} ms (goal under 10 ms; OpenEnv {base.pct(99):.1f} ms)"
+                    f"(goal 3x; round by round {', '.join(f'{x:.1f}x' for x in per_round)}); p99 {r.pct(99):.1f} ms "
+                    f"(goal under 10 ms; every round: {', '.join(f'{x:.1f}' for x in p99s)} ms; OpenEnv {base.pct(99):.1f} ms)"
                 )
         for runtime in ("process", "docker"):
             r = by.get((runtime, 1000))
@@ -329,13 +344,42 @@ def write_report(
     path.write_text("\n".join(lines))
 
 
+def measure(runtime: str, n: int, seconds: float) -> Result:
+    if runtime == "inprocess":
+        return run_inprocess(n, seconds)
+    if runtime in ("process", "docker"):
+        return run_envhub_remote(runtime, n, seconds)
+    if runtime == "openenv":
+        return run_openenv(n, seconds)
+    raise SystemExit(f"unknown runtime {runtime!r}")
+
+
+def measure_in_fresh_process(runtime: str, n: int, seconds: float) -> Result:
+    """``measure`` in a new interpreter, so that no measurement inherits an earlier one's heap,
+    threads or servers (the runtime measured last would otherwise run in the most crowded process)."""
+    cmd = [sys.executable, __file__, "--one", runtime, str(n), "--seconds", str(seconds)]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
+    data = json.loads(out.strip().splitlines()[-1])
+    return Result(runtime, n, data["steps"], data["seconds"], [], data["setup_s"], percentiles={50: data["p50"], 99: data["p99"]})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runtimes", default="inprocess,process,docker,openenv")
     p.add_argument("--concurrency", default="1,64,1000")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("runtimes.md"))
+    p.add_argument("--rounds", type=int, default=3, help="measure everything this many times, in turn; report the median")
+    p.add_argument("--one", nargs=2, metavar=("RUNTIME", "SESSIONS"), help=argparse.SUPPRESS)  # a worker's measurement
     args = p.parse_args()
+    if args.one:
+        r = measure(args.one[0], int(args.one[1]), args.seconds)
+        if args.one[0] in ("process", "docker"):
+            from envhub.runtimes import close_all_pools
+
+            close_all_pools()
+        print(json.dumps({"steps": r.steps, "seconds": r.seconds, "setup_s": r.setup_s, "p50": r.pct(50), "p99": r.pct(99)}))
+        return
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]
     results: list[Result] = []
@@ -351,30 +395,25 @@ def main() -> None:
         except EnvhubError as exc:
             skipped["docker"] = str(exc)
             runtimes.remove("docker")
-    for runtime in runtimes:
-        for n in levels:
-            print(f"{runtime:>9} x {n:<5}", end=" ", flush=True)
-            if runtime == "inprocess":
-                r = run_inprocess(n, args.seconds)
-            elif runtime in ("process", "docker"):
-                r = run_envhub_remote(runtime, n, args.seconds)
-            elif runtime == "openenv":
-                r = run_openenv(n, args.seconds)
-            else:
-                raise SystemExit(f"unknown runtime {runtime!r}")
-            results.append(r)
-            print(f"{r.steps_per_s:9,.0f} steps/s  p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms  setup {r.setup_s:.1f} s")
-        if runtime in ("process", "docker"):
-            from envhub.runtimes import close_all_pools
-
-            close_all_pools()
+    # Rounds in turn, not one runtime's repeats back to back, so that a slow spell of the machine
+    # falls on every runtime alike; each cell reports its median-throughput round.
+    rounds: dict[tuple[str, int], list[Result]] = {}
+    for round_no in range(1, args.rounds + 1):
+        for runtime in runtimes:
+            for n in levels:
+                print(f"round {round_no} {runtime:>9} x {n:<5}", end=" ", flush=True)
+                r = measure_in_fresh_process(runtime, n, args.seconds)
+                rounds.setdefault((runtime, n), []).append(r)
+                print(f"{r.steps_per_s:9,.0f} steps/s  p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms  setup {r.setup_s:.1f} s")
+    for runs in rounds.values():
+        results.append(sorted(runs, key=lambda r: r.steps_per_s)[len(runs) // 2])
     startup = {}
     for runtime in ("process", "docker"):
         if runtime in runtimes:
             print(f"{runtime:>9} startup", end=" ", flush=True)
             startup[runtime] = measure_startup(runtime)
             print(f"cold {startup[runtime][0] * 1000:,.0f} ms, warm {startup[runtime][1] * 1000:,.0f} ms")
-    write_report(results, skipped, args, (load_before, os.getloadavg()[0]), args.out, startup)
+    write_report(results, skipped, args, (load_before, os.getloadavg()[0]), args.out, startup, rounds)
     print(f"wrote {args.out}")
 
 
