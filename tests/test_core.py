@@ -211,3 +211,4 @@ def test_read_only_messages_pickle_deepcopy_and_serialise_as_dicts():
     assert [dict(m) for m in obs][0] == system("Say stop at zero.")
     editable = dict(obs[0])
     editable["content"] = "a plain dict copy is editable"
+    assert obs[0]["content"] == "Say stop at zero."
