@@ -239,7 +239,7 @@ class SessionServer:
             raise
         except Exception:
             pass  # finish_step raises it
-        return self.finish_step(session, action, job)
+        return self.finish_step(job, action)
 
     def start_step(self, session_id: str, action: Any) -> tuple[Session, _Job]:
         """Queue a step: its result comes in the returned job's future, for :meth:`finish_step`.
@@ -255,8 +255,9 @@ class SessionServer:
             return session, self._dispatcher.submit(lambda: env._advance(action), session, "step", delta_of=env)
         return session, self._dispatcher.submit(lambda: env.step(action), session, "step")
 
-    def finish_step(self, session: Session, action: Any, job: _Job) -> dict[str, Any]:
+    def finish_step(self, job: _Job, action: Any) -> dict[str, Any]:
         """The answer to a step whose job is done: the conversation as a delta where it can be."""
+        session = job.session
         session.busy = False
         session.last_used = time.monotonic()
         try:
@@ -451,9 +452,9 @@ class SessionServer:
                 def put(i: int, status: int, answer: dict[str, Any]) -> None:
                     ready.put_nowait(_answer_line(i, status, answer))
 
-                def step_done(i: int, session: Session, action: Any, job: _Job, done: asyncio.Future) -> None:
+                def step_done(i: int, action: Any, job: _Job, _: asyncio.Future) -> None:
                     try:
-                        put(i, 200, server.finish_step(session, action, job))
+                        put(i, 200, server.finish_step(job, action))
                     except BaseException as exc:
                         put(i, *answer_error(exc))
 
@@ -466,11 +467,11 @@ class SessionServer:
                 for i, call in enumerate(calls):
                     if type(call) is dict and call.get("op") == "step" and type(call.get("session")) is str and "action" in call:
                         try:
-                            session, job = server.start_step(call["session"], call["action"])
+                            _, job = server.start_step(call["session"], call["action"])
                         except Exception as exc:
                             put(i, *answer_error(exc))
                             continue
-                        job.future.add_done_callback(functools.partial(step_done, i, session, call["action"], job))
+                        job.future.add_done_callback(functools.partial(step_done, i, call["action"], job))
                     else:
                         pending.append(asyncio.ensure_future(answer_into_queue(i, call)))
                 try:
