@@ -24,9 +24,12 @@ LEVELS = {
 }
 TEST_FRACTION = 0.2
 
+# A worked example, not a bare tag: SmolLM2-135M-Instruct wrote the tag in none of 224 samples
+# when the prompt only said "for example <answer>42</answer>", and told so in the user turn, a
+# trained policy copied the 42 (README.md, "Versions", has the measurements).
 SYSTEM_PROMPT = (
     "Solve the arithmetic problem. Think briefly if you need to, then give the final answer as an "
-    "integer inside answer tags, for example <answer>42</answer>."
+    "integer inside answer tags.\n\nExample:\nWhat is 7 + 5?\n7 + 5 = 12. <answer>12</answer>"
 )
 ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
 INTEGER = re.compile(r"-?\d+")
