@@ -486,6 +486,7 @@ class Episode:
     sampler_logp: list[float] = field(default_factory=list)
     """Sampling-time log-prob of each sampled token (NaN elsewhere)."""
     messages: list[dict[str, str]] = field(default_factory=list)
+    """The conversation so far; once the episode is done, all of it, the last reply included."""
     reward: float = 0.0
     """Environment return: sum of step rewards (the rubric total lands on the last step)."""
     shaped_reward: float = 0.0
@@ -644,6 +645,7 @@ def rollout(
                 ep.reward += float(reward)
                 if terminated or truncated:
                     ep.done = True
+                    ep.messages = [dict(m) for m in obs]  # the whole conversation, the last reply included
                     rubric = info.get("rubric") or {}
                     ep.criteria = {
                         name: c["score"]

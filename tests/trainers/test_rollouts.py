@@ -73,6 +73,8 @@ def test_multi_turn_rollout_masks_environment_tokens(policy):
         assert ep.done and (ep.criteria or ep.truncated)
         # sampled tokens have their sampling log-probs, everything else NaN
         assert all(math.isnan(lp) != s for lp, s in zip(ep.sampler_logp, ep.sampled))
+        # the episode keeps the whole conversation, its last reply included
+        assert sum(m["role"] == "assistant" for m in ep.messages) == ep.turns
     ep = multi[0]
     # split the sequence into runs of sampled / not sampled tokens
     runs, start = [], 0
@@ -153,7 +155,7 @@ def test_tiny_training_run_produces_a_loadable_adapter_and_resumes_exactly(tmp_p
     settings = {
         "prompts_per_step": 2,
         "group_size": 2,
-        "max_new_tokens": 8,
+        "max_new_tokens": 16,  # at 8, both samples of every group scored alike: no gradient to test
         "steps": 2,
         "checkpoint_every": 1,
         "progress": False,
@@ -168,10 +170,11 @@ def test_tiny_training_run_produces_a_loadable_adapter_and_resumes_exactly(tmp_p
     for key in ("reward/mean", "reward/criterion/correct", "loss/policy", "clip/frac", "perf/tokens_per_s", "perf/step_s", "episodes/errors"):
         assert key in row
     assert row["episodes/errors"] == 0
+    assert all(m["adv/abs_mean"] > 0 for m in full.metrics), "no group had a reward spread: the settings test no update"
 
     provenance = json.loads((full.adapter_dir / "provenance.json").read_text())
     (environment,) = provenance["environments"]
-    assert environment["ref"] == "envhub/arithmetic@1.0.0" and environment["digest"].startswith("sha256:")
+    assert environment["ref"] == "envhub/arithmetic@1.1.0" and environment["digest"].startswith("sha256:")
     assert environment["rubric_hash"].startswith("sha256:")
     assert provenance["model"]["source_digest"].startswith("sha256:")
     assert provenance["config"]["algo"] == "cispo" and provenance["config"]["cispo_max_ratio"] == 5.0
