@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"before: {mean_ci(report['before']['rewards'])}", flush=True)
 
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        futures = {pool.submit(run_in_subprocess, algo, seed, args, threads): (algo, seed) for algo, seed in planned}
+        futures = [pool.submit(run_in_subprocess, algo, seed, args, threads) for algo, seed in planned]
         for future in futures:  # in submission order; each is written as soon as it is collected
             result = future.result()
             report["results"][run_key(result["algo"], result["seed"])] = result
@@ -195,8 +195,8 @@ def write(report: dict) -> None:
         f"Mean reward (rubric total: 0.8 correct + 0.2 format) on {report['eval_episodes']} held-out `test` "
         "episodes, greedy decoding, max 64 new tokens; the same tasks before and after. "
         "95% CIs by normal approximation; the gain's CI is paired by task. "
-        f"Goal: a gain of at least {GOAL} for every run. Base model: **{b:.3f} ± {bci:.3f}**"
-        + (f", {sum(report['before']['answer_format']) / len(before):.0%} with the answer tag." if "answer_format" in report["before"] else "."),
+        f"Goal: a gain of at least {GOAL} for every run. Base model: **{b:.3f} ± {bci:.3f}**, "
+        f"{sum(report['before']['answer_format']) / len(before):.0%} with the answer tag.",
         "",
         "| objective | seed | training | steps | after | gain (paired) | with the tag | goal |",
         "|---|---|---|---|---|---|---|---|",
@@ -227,9 +227,8 @@ def write(report: dict) -> None:
         "```",
         "",
         f"Machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs; "
-        f"{report.get('parallel', 1)} run(s) at a time, {report.get('threads_per_run', report['machine'].get('torch_threads'))} "
-        "torch thread(s) each"
-        + (f"; 1-minute load average at the start {report['machine']['load_at_start']:.2f}" if "load_at_start" in report["machine"] else "")
+        f"{report['parallel']} run(s) at a time, {report['threads_per_run']} torch thread(s) each; "
+        f"1-minute load average at the start {report['machine']['load_at_start']:.2f}"
         + ". Other work on the machine slows the steps and so fits fewer of them in the budget. "
         "Raw per-episode rewards and per-step metrics: `trainer_learning.json`.",
         "",

@@ -643,9 +643,9 @@ def rollout(
             try:
                 obs, reward, terminated, truncated, info = envs[k].step(completion.text)
                 ep.reward += float(reward)
+                ep.messages = [dict(m) for m in obs]  # the whole conversation, this reply included
                 if terminated or truncated:
                     ep.done = True
-                    ep.messages = [dict(m) for m in obs]  # the whole conversation, the last reply included
                     rubric = info.get("rubric") or {}
                     ep.criteria = {
                         name: c["score"]
@@ -653,10 +653,9 @@ def rollout(
                         if c.get("score") is not None
                     }
                     continue
-                new = [dict(m) for m in obs[len(ep.messages) + 1 :]]
+                new = ep.messages[len(history) :]  # the environment's messages after this reply
                 last = completion.token_ids[-1] if completion.token_ids and completion.finished else None
                 bridge = bridge_tokens(tokenizer, history, new, stop_text.get(last) if last is not None else None)
-                ep.messages = [dict(m) for m in obs]
             except Exception as exc:  # noqa: BLE001
                 ep.error, ep.done = f"{type(exc).__name__}: {exc}", True
                 continue
