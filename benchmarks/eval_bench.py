@@ -2,7 +2,7 @@
 
 Both harnesses run the same environment logic (the bundled arithmetic environment: its tasks, system
 prompt and its two checks, exact answer 0.8 and answer format 0.2) against the same local
-OpenAI-compatible endpoint: a scripted server (envhub.serve_model.scripted) in its own process that
+OpenAI-compatible endpoint: a scripted server (envhub.evaluation.model_server.scripted) in its own process that
 solves each problem, with an optional fixed latency standing in for a model. Each measurement runs
 in a fresh process, so its CPU time is the harness's alone (the endpoint's CPU is in another process).
 
@@ -150,7 +150,7 @@ def _serve(port: int, latency_s: float) -> None:
 
     import uvicorn
 
-    from envhub.serve_model.scripted import ScriptedEndpoint
+    from envhub.evaluation.model_server.scripted import ScriptedEndpoint
 
     def solve(messages) -> str:
         match = re.search(r"What is (.*)\?", messages[-1]["content"])

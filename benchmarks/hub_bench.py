@@ -37,8 +37,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from envhub.artifact import pack_bytes  # noqa: E402
-from envhub.make import pull  # noqa: E402
+from envhub.identity.artifact import pack_bytes  # noqa: E402
+from envhub.runtime.make import pull  # noqa: E402
 from envhub.registry.http import HubRegistry, StaticHttpRegistry  # noqa: E402
 from envhub.registry.local import LocalRegistry  # noqa: E402
 from envhub.registry.static import bundled_registry, export_static  # noqa: E402

@@ -137,8 +137,8 @@ async def _drive(n: int, seconds: float, open_one, step_one, reset_one, close_on
 
 def run_envhub_remote(runtime: str, n: int, seconds: float) -> Result:
     import envhub
-    from envhub.client import AsyncRemoteEnv
-    from envhub.runtimes import pool_for
+    from envhub.runtime.client import AsyncRemoteEnv
+    from envhub.runtime.remote import pool_for
 
     t0 = time.perf_counter()
     pool = pool_for(runtime, envhub.locate(ECHO), {"sessions_per_server": 4096, "warm": 1})
@@ -223,7 +223,7 @@ def measure_startup(runtime: str, repeats: int = 3) -> tuple[float, float]:
     Cold: no server of the pool is running (the image exists). Warm: the pool holds an idle one.
     """
     import envhub
-    from envhub.runtimes import close_all_pools, pool_for
+    from envhub.runtime.remote import close_all_pools, pool_for
 
     cold, warm = [], []
     for _ in range(repeats):
@@ -375,7 +375,7 @@ def main() -> None:
     if args.one:
         r = measure(args.one[0], int(args.one[1]), args.seconds)
         if args.one[0] in ("process", "docker"):
-            from envhub.runtimes import close_all_pools
+            from envhub.runtime.remote import close_all_pools
 
             close_all_pools()
         print(json.dumps({"steps": r.steps, "seconds": r.seconds, "setup_s": r.setup_s, "p50": r.pct(50), "p99": r.pct(99)}))
@@ -389,7 +389,7 @@ def main() -> None:
         from envhub.errors import EnvhubError
 
         try:
-            from envhub.docker_build import build_image, docker_client
+            from envhub.runtime.images import build_image, docker_client
 
             build_image(ECHO, client=docker_client())
         except EnvhubError as exc:

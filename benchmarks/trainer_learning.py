@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainers.grpo import DEMO_SETTINGS, evaluate, make_config, train  # noqa: E402
-from trainers.models import load_policy  # noqa: E402
+from envhub.models.loading import load_policy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ENV = "arithmetic?level=easy"

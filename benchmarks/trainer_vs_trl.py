@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainers.grpo import _plan_groups, make_config, train  # noqa: E402
-from trainers.models import default_model_path  # noqa: E402
+from envhub.models.loading import default_model_path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,13 +7,15 @@
 """
 
 from envhub import errors
-from envhub.core import ChatEnv, Episode, Reply, assistant, system, tool, user
-from envhub.ids import EnvId, parse_env_id
-from envhub.make import locate, make, pull
-from envhub.manifest import EnvIdentity, Manifest, load_manifest
-from envhub.registration import register_bundled
-from envhub.rubric import Criterion, FunctionCriterion, JudgeCriterion, Rubric, RubricResult, Score, criterion
-from envhub.spaces import Conversation, Message
+from envhub._lazy import lazy_getattr
+from envhub.env.core import ChatEnv, Episode, Reply, assistant, system, tool, user
+from envhub.identity.ids import EnvId, parse_env_id
+from envhub.runtime.make import locate, make, pull
+from envhub.identity.manifest import EnvIdentity, Manifest, load_manifest
+from envhub.runtime.registration import register_bundled
+from envhub.env.judge import JudgeCriterion
+from envhub.env.rubric import Criterion, FunctionCriterion, Rubric, RubricResult, Score, criterion
+from envhub.env.spaces import Conversation, Message
 
 __version__ = "0.1.0"
 
@@ -38,12 +40,17 @@ __all__ = [
     "load_manifest",
     "locate",
     "make",
+    "make_async",
     "parse_env_id",
+    "prewarm",
     "pull",
     "register_bundled",
     "system",
     "tool",
     "user",
 ]
+
+# The pooled runtimes load the session client only when first asked for.
+__getattr__ = lazy_getattr(__name__, {"make_async": "envhub.runtime.remote", "prewarm": "envhub.runtime.remote"})
 
 register_bundled()

@@ -1,7 +1,7 @@
 """envhub's reference trainer: GRPO with the DAPO and CISPO objectives, LoRA adapters via peft.
 
 The algorithm reads top to bottom in :mod:`trainers.grpo`; generation backends live in
-:mod:`trainers.generation`, model loading in :mod:`trainers.models`. Importing this package is
+:mod:`trainers.generation`, model loading in :mod:`envhub.models.loading`. Importing this package is
 cheap: torch and transformers load only when a model or the trainer is used.
 """
 
@@ -19,8 +19,8 @@ _LAZY = {
     "demo": "trainers.grpo",
     "evaluate": "trainers.grpo",
     "make_config": "trainers.grpo",
-    "default_model_path": "trainers.models",
-    "load_policy": "trainers.models",
+    "default_model_path": "envhub.models.loading",
+    "load_policy": "envhub.models.loading",
 }
 
 

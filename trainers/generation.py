@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import torch
 
+from envhub.models.loading import stop_token_ids
+
 __all__ = [
     "Backend",
     "Completion",
@@ -33,7 +35,6 @@ __all__ = [
     "cache_kwarg",
     "make_backend",
     "processed_logprobs",
-    "stop_token_ids",
     "token_logprobs",
     "vllm_available",
 ]
@@ -121,20 +122,6 @@ def cache_kwarg(model: Any) -> str:
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in parameters else "past_key_values"
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Token ids that end a completion: the tokenizer's eos plus the generation config's."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif eos:
-        ids.update(int(i) for i in eos)
-    return sorted(ids)
 
 
 # ---------------------------------------------------------------------------------------------

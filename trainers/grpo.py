@@ -554,10 +554,10 @@ class EnvPool:
     def acquire(self, index: int) -> Any:
         if self.free[index]:
             return self.free[index].pop()
-        import envhub
+        from envhub.runtime.make import make
 
         spec = self.specs[index]
-        env = envhub.make(spec.name, runtime=spec.runtime, **spec.kwargs)
+        env = make(spec.name, runtime=spec.runtime, **spec.kwargs)
         if self.identities[index] is None:
             self.identities[index] = _identity_of(env, spec)
         return env
@@ -842,7 +842,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Train a LoRA adapter with ``config``; see the module docstring for the algorithm."""
     import peft
 
-    from trainers.models import load_policy, resolve_model
+    from envhub.models.loading import load_policy, resolve_model
 
     _validate(config)
     if config.threads:

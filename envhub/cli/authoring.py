@@ -19,7 +19,7 @@ def init(
     parent: Path = typer.Option(Path("."), help="Folder to create it in."),
 ) -> None:
     """Scaffold a working environment folder (it passes `envhub validate` as generated)."""
-    from envhub.scaffold import scaffold
+    from envhub.authoring.scaffold import scaffold
 
     folder = scaffold(name, parent=parent, namespace=namespace)
     console.print(f"created [bold]{folder}[/]: edit {folder}/*_env.py, then `envhub validate {folder}`")
@@ -27,7 +27,7 @@ def init(
 
 def validate(folder: Path = typer.Argument(..., help="Environment folder (with envhub.toml).")) -> None:
     """Run the contract checks: manifest, import, check_env, seeded determinism, scores, turn bounds."""
-    from envhub.validate import validate as run_checks
+    from envhub.authoring.validate import validate as run_checks
 
     with console.status(f"validating {folder}"):
         report = run_checks(folder)
@@ -50,9 +50,9 @@ def play(
     task_id: str = typer.Option(None, "--task", help="Play this task id."),
 ) -> None:
     """Play an environment in the terminal, typing the assistant's turns (end a message with an empty line)."""
-    import envhub
+    from envhub.runtime.make import make
 
-    env = envhub.make(env_id)
+    env = make(env_id)
     options = {k: v for k, v in (("split", split), ("task_id", task_id)) if v is not None}
     obs, info = env.reset(seed=seed, options=options or None)
     console.print(f"[dim]{info.get('env')} task {info['task_id']}, up to {env.max_turns} turn(s)[/]")
@@ -110,7 +110,7 @@ def pack(
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder to write NAME-VERSION.tar.gz into."),
 ) -> None:
     """Write the reproducible artifact NAME-VERSION.tar.gz and print its sha256 digest."""
-    from envhub.artifact import pack as pack_folder
+    from envhub.identity.artifact import pack as pack_folder
 
     path, digest = pack_folder(folder, out)
     print(f"{path}  {digest}")
@@ -122,8 +122,8 @@ def index(
     check: bool = typer.Option(False, "--check", help="Exit 1 if the index file is stale instead of writing it."),
 ) -> None:
     """Regenerate the registry.json that indexes a folder of environments."""
-    from envhub.artifact import write_atomic
-    from envhub.indexing import build_index
+    from envhub.identity.artifact import write_atomic
+    from envhub.registry.indexing import build_index
 
     output = output or environments.parent / "registry.json"
     text = build_index(environments, root=output.parent).to_json()

@@ -27,13 +27,13 @@ def quickstart(
     seed: int = typer.Option(0, help="Seed for the evaluations and the training run."),
 ) -> None:
     """Pull, evaluate, train with CISPO, evaluate again: the before and after on held-out tasks."""
-    import envhub
+    from envhub.runtime.make import pull
     from envhub.evaluation import compare_runs, evaluate
     from envhub.evaluation.compare import comparison_table
     from trainers.grpo import DEMO_SETTINGS, EnvSpec, make_config, train
 
     console.rule("[bold]1. pull")
-    entry, version, created = envhub.pull(env)
+    entry, version, created = pull(env)
     ref = f"{entry.full_name}@{version.version}"
     console.print(f"{'pulled' if created else 'already have'} {ref}  {version.digest}", highlight=False)
     env_kwargs = {"level": level} if level else {}

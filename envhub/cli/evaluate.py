@@ -148,7 +148,7 @@ def audit(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Reward-hacking probes against the rubric: exit 1 when one earns more than the threshold."""
-    from envhub.audit import audit as run_audit
+    from envhub.authoring.audit import audit as run_audit
     from envhub.errors import AuditFailed
 
     with console.status(f"auditing {env_id}"):
@@ -185,7 +185,7 @@ def serve_model(
     max_batch: int = typer.Option(64, "--max-batch", help="Most requests generated together."),
 ) -> None:
     """Serve a local model over an OpenAI-compatible API (/v1/models, /v1/chat/completions with streaming)."""
-    from envhub.serve_model.app import serve
+    from envhub.evaluation.model_server.app import serve
 
     adapters = {}
     for item in adapter:

@@ -119,7 +119,7 @@ def publish(
         )
     with console.status(f"publishing {folder}"):
         entry, created = target.publish(folder, private=True) if private else target.publish(folder)
-    from envhub.manifest import load_manifest
+    from envhub.identity.manifest import load_manifest
 
     ref = load_manifest(folder).ref
     verb = "published" if created else "already published (same content, nothing to do):"
@@ -131,9 +131,9 @@ def pull(
     registry: str = RegistryOpt,
 ) -> None:
     """Fetch a version into the local registry, checked against its sha256 (and envhub.lock, if any)."""
-    from envhub.ids import parse_env_id
-    from envhub.lockfile import active_lockfile, check_digest, pin
-    from envhub.make import pull as pull_version
+    from envhub.identity.ids import parse_env_id
+    from envhub.registry.lockfile import active_lockfile, check_digest, pin
+    from envhub.runtime.make import pull as pull_version
 
     parsed = parse_env_id(env_id)
     lock = active_lockfile()
@@ -173,7 +173,7 @@ def list_(registry: str = RegistryOpt) -> None:
         table.add_column(col, overflow="fold")
     for key in sorted(index.environments):
         entry = index.environments[key]
-        from envhub.index import sort_versions
+        from envhub.identity.index import sort_versions
 
         flag = " [dim](private)[/]" if entry.private else ""
         table.add_row(key + flag, ", ".join(sort_versions(entry.versions)), entry.description)
@@ -186,8 +186,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Versions, digests, description, tags and where each version is installed."""
-    from envhub.ids import parse_env_id
-    from envhub.index import sort_versions
+    from envhub.identity.ids import parse_env_id
+    from envhub.identity.index import sort_versions
     from envhub.registry import LocalRegistry
 
     local = LocalRegistry()
@@ -232,8 +232,8 @@ def versions(
     registry: str = RegistryOpt,
 ) -> None:
     """The versions of an environment, oldest first, with their digests."""
-    from envhub.ids import parse_env_id
-    from envhub.index import sort_versions
+    from envhub.identity.ids import parse_env_id
+    from envhub.identity.index import sort_versions
 
     _, entry = _find_entry(_sources(registry), parse_env_id(env_id))
     for v in sort_versions(entry.versions):
@@ -245,7 +245,7 @@ def search(
     registry: str = RegistryOpt,
 ) -> None:
     """Search environments by name, description and tags."""
-    from envhub.index import sort_versions
+    from envhub.identity.index import sort_versions
     from envhub.registry.base import search_index
 
     seen: set[str] = set()
@@ -273,7 +273,7 @@ def lock(
     output: Path = typer.Option(Path("envhub.lock"), "--output", "-o", help="Lockfile to write (entries for other names are kept)."),
 ) -> None:
     """Write envhub.lock pinning each environment's version, artifact digest and image digest."""
-    from envhub.lockfile import LockEntry, Lockfile, read_lockfile, write_lockfile
+    from envhub.registry.lockfile import LockEntry, Lockfile, read_lockfile, write_lockfile
     from envhub.registry import LocalRegistry
 
     lockfile = read_lockfile(output) if output.is_file() else Lockfile()
@@ -377,7 +377,7 @@ def sign(
     key: Path = typer.Option(None, "--key", help="Private key (default: $ENVHUB_HOME/keys/pack-signing.pem)."),
 ) -> None:
     """Sign a pack file with your ed25519 key (in place)."""
-    from envhub.artifact import write_atomic
+    from envhub.identity.artifact import write_atomic
     from envhub.paths import envhub_home
     from envhub.registry.packs import sign_pack
 
@@ -446,8 +446,8 @@ def pack_create(
     out: Path = typer.Option(None, "--out", "-o", help="Pack file to write (default NAME-VERSION.pack.json)."),
 ) -> None:
     """Write a pack file, resolving each environment to its exact version and digest."""
-    from envhub.artifact import write_atomic
-    from envhub.ids import SEMVER_RE, parse_env_id
+    from envhub.identity.artifact import write_atomic
+    from envhub.identity.ids import SEMVER_RE, parse_env_id
     from envhub.registry.packs import validate_pack
 
     pid = parse_env_id(ref)
@@ -523,8 +523,8 @@ def pack_pull(
     public_key: str = typer.Option(None, "--public-key", help="Verify the signature with this key (base64 or .pub file)."),
 ) -> None:
     """Pull every environment of a pack; the signature is verified when a public key is configured."""
-    from envhub.ids import match_version
-    from envhub.make import pull as pull_version
+    from envhub.identity.ids import match_version
+    from envhub.runtime.make import pull as pull_version
     from envhub.registry.packs import configured_public_key, load_public_key, verify_pack
 
     ns, name = _split_pack(ref.partition("@")[0])

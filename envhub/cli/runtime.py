@@ -21,9 +21,9 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve an environment's episodes over HTTP (the protocol is at GET /openapi.json)."""
-    from envhub.make import locate
-    from envhub.server import ServerConfig
-    from envhub.server import serve as run_server
+    from envhub.runtime.locate import locate
+    from envhub.runtime.server import ServerConfig
+    from envhub.runtime.server import serve as run_server
 
     located = locate(env_id)
     config = ServerConfig(
@@ -38,7 +38,7 @@ def serve(
     def ready(server) -> None:
         console.print(
             f"serving [bold]{server.identity.ref}[/] ({server.identity.digest}) on {where}\n"
-            f"[dim]protocol: {where}/openapi.json; connect with envhub.client.RemoteEnv({where!r})[/]",
+            f"[dim]protocol: {where}/openapi.json; connect with envhub.runtime.client.RemoteEnv({where!r})[/]",
             highlight=False,
         )
 
@@ -52,9 +52,9 @@ def build(
     force: bool = typer.Option(False, "--force", help="Rebuild even when an image of this artifact exists."),
 ) -> None:
     """Build the Docker image that serves an environment (without network), and record it in the local registry."""
-    from envhub.docker_build import build_image, record_image
+    from envhub.runtime.images import build_image, record_image
     from envhub.errors import ImageBuildError
-    from envhub.make import locate
+    from envhub.runtime.locate import locate
 
     located = locate(env_id)
     with console.status(f"building the image of {located.manifest.ref}") as status:

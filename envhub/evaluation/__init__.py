@@ -7,7 +7,7 @@
 Modules: :mod:`~envhub.evaluation.runner` (the loop, resume), :mod:`~envhub.evaluation.policies`
 (endpoint, local model, local model + LoRA adapter), :mod:`~envhub.evaluation.results` (the output
 folder and the summary), :mod:`~envhub.evaluation.report` (report.html and terminal tables),
-:mod:`~envhub.evaluation.compare` (two runs side by side), :mod:`~envhub.evaluation.http` (retries,
+:mod:`~envhub.evaluation.compare` (two runs side by side), :mod:`~envhub.http.chat` (retries,
 backoff, rate limits). Importing this package is cheap: torch loads only with a local model.
 """
 

@@ -94,7 +94,7 @@ class LocalModel:
         try:
             import torch
 
-            from trainers.models import load_policy, resolve_model
+            from envhub.models.loading import load_policy, resolve_model
         except ImportError as exc:
             raise ModelLoadError(self.name, f"{exc.name or exc} is not installed") from exc
         if model and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
@@ -154,7 +154,7 @@ class LocalModel:
         return list(ids)
 
     def _stop_ids(self) -> list[int]:
-        from trainers.generation import stop_token_ids
+        from envhub.models.loading import stop_token_ids
 
         return stop_token_ids(self.model, self.tokenizer)
 

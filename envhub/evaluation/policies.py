@@ -5,7 +5,7 @@ episodes at once:
 
 - :class:`EndpointPolicy`: any OpenAI-compatible chat endpoint (retries with backoff on timeouts,
   429 and 5xx, an optional rate limit, the API key from the environment); plain-http endpoints go
-  through the lean client of :mod:`~envhub.evaluation.lean_http`, https ones through httpx;
+  through the lean client of :mod:`~envhub.http.lean`, https ones through httpx;
 - :class:`LocalPolicy`: a local transformers model, optionally with a LoRA adapter folder; the
   concurrent requests are gathered into batches, so that N episodes cost one batched generation
   per turn rather than N.
@@ -18,13 +18,13 @@ from typing import Any
 
 import httpx
 
-from envhub.evaluation.http import (
+from envhub.http.chat import (
     RateLimiter,
     RetryPolicy,
     api_key_from_env,
     chat_async,
 )
-from envhub.evaluation.lean_http import LeanHTTPClient, supports
+from envhub.http.lean import LeanHTTPClient, supports
 from envhub.evaluation.local_model import Batcher, LocalModel, Sampling
 
 __all__ = ["Completion", "EndpointPolicy", "LocalPolicy", "Policy", "make_policy"]

@@ -216,7 +216,7 @@ def render_report(summary: Summary, records: Sequence[dict[str, Any]], *, config
 
 
 def write_report(out_dir: str | Path, summary: Summary, records: Sequence[dict[str, Any]], *, config: dict | None = None) -> Path:
-    from envhub.artifact import write_atomic
+    from envhub.identity.artifact import write_atomic
 
     path = Path(out_dir) / REPORT_FILE
     write_atomic(path, render_report(summary, records, config=config).encode("utf-8"))

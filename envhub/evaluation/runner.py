@@ -132,9 +132,9 @@ class _EnvPool:
     def take(self) -> Any:
         if self.free:
             return self.free.pop()
-        import envhub
+        from envhub.runtime.make import make
 
-        env = envhub.make(self.config.env, runtime=self.config.runtime, **self.config.env_kwargs)
+        env = make(self.config.env, runtime=self.config.runtime, **self.config.env_kwargs)
         if self.identity is None:
             self.identity = env.identity.to_dict()  # computes the digest once, not per instance
             self.identity["ref"] = env.identity.ref
@@ -319,7 +319,7 @@ def _prepare(config: EvalConfig) -> tuple[Path, list[dict[str, Any]]]:
     records = read_results(results, repair=True)
     if config.retry_errors and any(r.get("error") for r in records):
         kept = [r for r in records if not r.get("error")]
-        from envhub.artifact import write_atomic
+        from envhub.identity.artifact import write_atomic
 
         write_atomic(results, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in kept))
         records = kept
@@ -334,7 +334,7 @@ def run_eval(config: EvalConfig, *, policy: Policy | None = None, progress: bool
     done_keys = {r["key"] for r in done}
     todo = [(t, s) for t in range(tasks) for s in range(config.samples) if episode_key(t, s) not in done_keys]
     run_info = {"config": asdict(config), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    from envhub.artifact import write_atomic
+    from envhub.identity.artifact import write_atomic
 
     started = time.perf_counter()
     if todo:
@@ -375,7 +375,7 @@ def _in_plan(record: dict[str, Any], tasks: int, samples: int) -> bool:
 
 
 def _retry(config: EvalConfig):
-    from envhub.evaluation.http import RetryPolicy
+    from envhub.http.chat import RetryPolicy
 
     return RetryPolicy(max_retries=config.max_retries, timeout_s=config.timeout_s)
 

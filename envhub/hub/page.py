@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from envhub.index import Index, sort_versions
+from envhub.identity.index import Index, sort_versions
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from envhub.artifact import sha256_digest, unpack
+from envhub.identity.artifact import sha256_digest, unpack
 from envhub.errors import (
     AuthenticationError,
     DigestMismatchError,
@@ -32,9 +32,9 @@ from envhub.errors import (
 from envhub.errors import suggest as near_matches
 from envhub.hub.models import AuditEvent, Entitlement, Environment, EnvVersion, OrgMember, Pack, PackVersion, Token, User, utcnow
 from envhub.hub.storage import Storage, artifact_key
-from envhub.ids import NAME_RE
-from envhub.index import EnvEntry, Index, PackEntry, VersionEntry, sort_versions
-from envhub.manifest import load_manifest
+from envhub.identity.ids import NAME_RE
+from envhub.identity.index import EnvEntry, Index, PackEntry, VersionEntry, sort_versions
+from envhub.identity.manifest import load_manifest
 from envhub.registry.base import search_index
 from envhub.registry.packs import validate_pack
 from envhub.registry.wire import ConflictError, NotFoundError

@@ -7,7 +7,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from envhub.artifact import write_atomic
+from envhub.identity.artifact import write_atomic
 
 
 def artifact_key(digest: str) -> str:

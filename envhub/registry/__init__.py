@@ -1,6 +1,6 @@
 """Registries: where environment versions are found (see DESIGN.md, "Registries").
 
-Every backend speaks the index format of :mod:`envhub.index`. ``resolve`` finds a version entry;
+Every backend speaks the index format of :mod:`envhub.identity.index`. ``resolve`` finds a version entry;
 ``fetch`` returns the artifact's bytes, already checked against the entry's digest.
 """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from envhub.index import EnvEntry, Index, VersionEntry
-from envhub.ids import EnvId, parse_env_id
+from envhub.identity.index import EnvEntry, Index, VersionEntry
+from envhub.identity.ids import EnvId, parse_env_id
 
 
 class Registry(ABC):

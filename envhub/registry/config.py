@@ -17,7 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
-from envhub.artifact import write_atomic
+from envhub.identity.artifact import write_atomic
 from envhub.errors import RegistryError
 from envhub.paths import envhub_home
 from envhub.registry.base import Registry

@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 import httpx
 
-from envhub.artifact import sha256_digest
+from envhub.identity.artifact import sha256_digest
 from envhub.errors import DigestMismatchError, RegistryError
-from envhub.ids import EnvId, parse_env_id
-from envhub.index import EnvEntry, Index, PackEntry, VersionEntry
+from envhub.identity.ids import EnvId, parse_env_id
+from envhub.identity.index import EnvEntry, Index, PackEntry, VersionEntry
 from envhub.registry.base import Registry
 from envhub.registry.wire import from_payload
 
@@ -172,8 +172,8 @@ class HubRegistry(Registry):
         return VersionEntry.model_validate(response.json()), response.status_code == 201
 
     def publish(self, folder, *, private: bool = False) -> tuple[VersionEntry, bool]:
-        from envhub.artifact import pack_bytes
-        from envhub.manifest import load_manifest
+        from envhub.identity.artifact import pack_bytes
+        from envhub.identity.manifest import load_manifest
 
         manifest = load_manifest(folder)
         data = pack_bytes(folder)

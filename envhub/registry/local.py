@@ -19,10 +19,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from envhub.artifact import MAX_UNPACKED_BYTES, pack_bytes, sha256_digest, unpack, write_atomic
+from envhub.identity.artifact import MAX_UNPACKED_BYTES, pack_bytes, sha256_digest, unpack, write_atomic
 from envhub.errors import ArtifactError, DigestMismatchError, ManifestError, VersionConflictError
-from envhub.index import EnvEntry, Index, VersionEntry, read_index
-from envhub.manifest import MANIFEST_FILE, Manifest, load_manifest
+from envhub.identity.index import EnvEntry, Index, VersionEntry, read_index
+from envhub.identity.manifest import MANIFEST_FILE, Manifest, load_manifest
 from envhub.paths import envhub_home
 from envhub.registry.base import Registry
 

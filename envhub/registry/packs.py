@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from envhub.errors import RegistryError, SignatureError
-from envhub.ids import NAME_RE, SEMVER_RE, parse_env_id
+from envhub.identity.ids import NAME_RE, SEMVER_RE, parse_env_id
 
 PUBLIC_KEY_ENV = "ENVHUB_PACK_PUBLIC_KEY"
 SIGNED_FIELDS = ("namespace", "name", "version", "license", "description", "environments")

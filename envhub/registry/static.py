@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from envhub.artifact import pack_bytes, sha256_digest
+from envhub.identity.artifact import pack_bytes, sha256_digest
 from envhub.errors import DigestMismatchError, RegistryError
-from envhub.index import EnvEntry, Index, VersionEntry, read_index
+from envhub.identity.index import EnvEntry, Index, VersionEntry, read_index
 from envhub.paths import bundled_root
 from envhub.registry.base import Registry
 
@@ -65,7 +65,7 @@ def export_static(source: Registry, out_dir: str | Path) -> Index:
     Every artifact is verified against its digest on the way; ``registry.json`` is written last,
     so a reader never sees an index pointing at a missing artifact.
     """
-    from envhub.artifact import write_atomic
+    from envhub.identity.artifact import write_atomic
 
     out_dir = Path(out_dir)
     src = source.index()

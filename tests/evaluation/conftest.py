@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from evalhelpers import solve
 
-from envhub.serve_model.scripted import ScriptedEndpoint, serve_in_thread
+from envhub.evaluation.model_server.scripted import ScriptedEndpoint, serve_in_thread
 
 
 @pytest.fixture

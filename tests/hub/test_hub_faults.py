@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from envhub.artifact import pack_bytes
+from envhub.identity.artifact import pack_bytes
 
 
 def test_server_killed_mid_upload_leaves_no_half_written_version(tmp_path, isolated_home, env_folder, hub_process):

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from envhub.artifact import pack_bytes, sha256_digest
+from envhub.identity.artifact import pack_bytes, sha256_digest
 from envhub.cli import build_app
 from envhub.errors import (
     ArtifactError,
@@ -25,7 +25,7 @@ from envhub.errors import (
     PermissionDeniedError,
     VersionConflictError,
 )
-from envhub.make import pull
+from envhub.runtime.make import pull
 from envhub.registry.local import LocalRegistry
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from envhub.artifact import pack_bytes  # noqa: E402
+from envhub.identity.artifact import pack_bytes  # noqa: E402
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from envhub.cli import build_app
 from envhub.errors import DigestMismatchError, SignatureError
-from envhub.make import pull
+from envhub.runtime.make import pull
 from envhub.registry.config import open_registry
 from envhub.registry.http import HubRegistry, StaticHttpRegistry
 from envhub.registry.local import LocalRegistry

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from envhub.artifact import pack_bytes
+from envhub.identity.artifact import pack_bytes
 from envhub.errors import PermissionDeniedError, VersionConflictError
-from envhub.make import pull
+from envhub.runtime.make import pull
 
 
 pytest.importorskip("psycopg")

@@ -9,10 +9,10 @@ import tarfile
 
 import pytest
 
-from envhub.artifact import sha256_digest, unpack
+from envhub.identity.artifact import sha256_digest, unpack
 from envhub.errors import ArtifactError, DigestMismatchError
-from envhub.index import EnvEntry, Index, VersionEntry
-from envhub.make import pull
+from envhub.identity.index import EnvEntry, Index, VersionEntry
+from envhub.runtime.make import pull
 from envhub.registry.local import LocalRegistry
 from envhub.registry.static import StaticRegistry
 

@@ -7,7 +7,7 @@ import pytest
 
 import envhub
 from envhub.errors import DigestMismatchError, LockfileError, VersionConflictError, VersionNotFoundError
-from envhub.lockfile import LockEntry, Lockfile, write_lockfile
+from envhub.registry.lockfile import LockEntry, Lockfile, write_lockfile
 from envhub.registry import LocalRegistry
 
 

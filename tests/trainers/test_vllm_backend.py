@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not available, reason=f"vLLM b
 def test_vllm_samples_and_hot_loads_the_adapter(tmp_path):
     import peft
 
-    from trainers.models import default_model_path, load_policy
+    from envhub.models.loading import default_model_path, load_policy
 
     model, tokenizer = load_policy(device="cuda")
     policy = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))

@@ -5,7 +5,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envhub
 from envhub.errors import InvalidOptionError, TaskNotFoundError
-from envhub.validate import validate
+from envhub.authoring import validate
 
 FOLDER = Path(__file__).resolve().parents[1]
 

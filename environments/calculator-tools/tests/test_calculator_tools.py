@@ -6,7 +6,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envhub
-from envhub.validate import play, validate
+from envhub.authoring import play, validate
 from envhub.errors import TaskNotFoundError
 
 FOLDER = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from starlette.routing import Route
 
 import envhub
 from envhub.errors import CriterionError
-from envhub.rubric import JUDGE_BASE_URL_ENV, JUDGE_MODEL_ENV
-from envhub.validate import play, validate
+from envhub.env.judge import JUDGE_BASE_URL_ENV, JUDGE_MODEL_ENV
+from envhub.authoring import play, validate
 
 FOLDER = Path(__file__).resolve().parents[1]
 PROBES = {

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envhub
 from envhub.errors import TaskNotFoundError
-from envhub.validate import play, validate
+from envhub.authoring import play, validate
 
 FOLDER = Path(__file__).resolve().parents[1]
 DB = FOLDER / "shop.sqlite"

@@ -1,0 +1,64 @@
+"""``envhub.make`` and ``envhub.pull``: from an id or a folder to a running environment.
+
+``runtime`` picks where the environment's code runs: ``inprocess`` imports it here; ``process`` and
+``docker`` run it behind the session protocol (:mod:`envhub.runtime.remote`). Whatever the runtime,
+the caller gets an ``Env`` of the same contract.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium
+
+from envhub.errors import EnvNotFoundError, InvalidOptionError, VersionNotFoundError
+from envhub.identity.index import EnvEntry, VersionEntry
+from envhub.registry import LocalRegistry, Registry, bundled_registry
+from envhub.runtime.loading import load_folder
+from envhub.runtime.locate import Located, locate
+
+__all__ = ["RUNTIMES", "Located", "locate", "make", "pull"]
+
+#: Where an environment's code can run.
+RUNTIMES = ("inprocess", "process", "docker")
+
+
+def make(id_or_path: str | os.PathLike, *, runtime: str = "inprocess", **kwargs: Any) -> gymnasium.Env:
+    """Build an environment. ``kwargs`` are passed to the environment's factory.
+
+    >>> env = envhub.make("arithmetic", level="easy")
+    >>> obs, info = env.reset(seed=0)
+    """
+    located = locate(id_or_path)
+    if runtime == "inprocess":
+        return load_folder(located.folder, digest=located.digest, **kwargs)
+    if runtime not in RUNTIMES:
+        raise InvalidOptionError(located.manifest.ref, "runtime", f"{runtime!r} is not one of {sorted(RUNTIMES)}")
+    from envhub.runtime.remote import make_remote  # the session client and pools load only when used
+
+    return make_remote(runtime, located, **kwargs)
+
+
+def pull(env_id: str, *, source: Registry | None = None, local: LocalRegistry | None = None) -> tuple[EnvEntry, VersionEntry, bool]:
+    """Fetch a version from ``source`` (default: the bundled environments) into the local registry.
+
+    Returns (entry, version, created); pulling a version already present with the same digest is a
+    no-op. The artifact is checked against its digest before it is unpacked.
+    """
+    source = source or bundled_registry()
+    if source is None:
+        raise EnvNotFoundError(env_id, where="any registry (no bundled environments in this install)")
+    local = local or LocalRegistry()
+    entry, version = source.resolve(env_id)
+    try:
+        have_entry, have = local.resolve(f"{entry.full_name}@{version.version}")
+        if have.digest == version.digest and local.folder(have_entry, have).is_dir():
+            local.fetch(have_entry, have)  # the cached artifact still hashes to its digest
+            return have_entry, have, False
+    except (EnvNotFoundError, VersionNotFoundError):
+        pass
+    data = source.fetch(entry, version)
+    ref = f"{entry.full_name}@{version.version}"
+    installed, created = local.install(data, expected_digest=version.digest, expected_ref=ref, source=ref)
+    return local.index().environments[entry.full_name], installed, created

@@ -1,0 +1,48 @@
+import pytest
+
+from envhub.errors import ManifestError
+from envhub.identity.manifest import Manifest, load_manifest
+
+GOOD = """
+namespace = "acme"
+name = "word-game"
+version = "1.2.0"
+entrypoint = "game:make_env"
+max_turns = 6
+[limits]
+memory_mb = 128
+"""
+
+
+def test_good_manifest_with_defaults():
+    m = Manifest.from_toml(GOOD)
+    assert m.ref == "acme/word-game@1.2.0"
+    assert m.limits.memory_mb == 128 and m.limits.step_timeout_s == 30.0
+    assert m.dataset.splits == ["train", "test"]
+
+
+def test_every_bad_field_is_named():
+    bad = """
+name = "Word Game"
+version = "1.2"
+entrypoint = "game"
+max_turns = 0
+colour = "blue"
+[limits]
+memory_mb = "lots"
+"""
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_toml(bad, source="x/envhub.toml")
+    text = str(info.value)
+    for field in ("`name`", "`version`", "`entrypoint`", "`max_turns`", "`colour`: unknown field", "`limits.memory_mb`"):
+        assert field in text, field
+    assert len(info.value.problems) == 6
+
+
+def test_missing_required_and_bad_toml(tmp_path):
+    with pytest.raises(ManifestError, match="`entrypoint`: Field required"):
+        Manifest.from_toml('name = "a"\nversion = "1.0.0"')
+    with pytest.raises(ManifestError, match="not valid TOML"):
+        Manifest.from_toml('name = "a')
+    with pytest.raises(ManifestError, match="file not found"):
+        load_manifest(tmp_path)

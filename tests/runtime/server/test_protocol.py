@@ -1,0 +1,58 @@
+"""Every error the server answers comes back as the same class, with its typed fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from envhub import errors as E
+from envhub.runtime.server.openapi import openapi_document
+from envhub.runtime.server.protocol import CODES, error_from_body, error_to_body
+
+ENV = "tests/faulty@1.0.0"
+
+CASES = [
+    (E.StepTimeoutError(ENV, "step", 2.0), "step_timeout", {"timeout_s": 2.0, "where": "step"}),
+    (E.EnvironmentFailure(ENV, "respond", "RuntimeError: boom"), "environment_failure", {"where": "respond"}),
+    (E.CriterionError("correct", "returned 2.0, outside [0, 1]", env=ENV), "criterion_error", {"criterion": "correct"}),
+    (E.InvalidActionError(ENV, "expected str, got int"), "invalid_action", {"env": ENV}),
+    (E.InvalidOptionError(ENV, "split", "'dev' is not one of ['train', 'test']"), "invalid_option", {"option": "split"}),
+    (E.TaskNotFoundError(ENV, "t9", ["t0", "t1"]), "task_not_found", {"task_id": "t9"}),
+    (E.EpisodeEndedError(ENV), "episode_ended", {"env": ENV}),
+    (E.SessionNotFoundError("s1-abc"), "unknown_session", {"session": "s1-abc"}),
+    (E.CapacityError(8), "capacity", {"limit": 8}),
+    (E.BodyTooLargeError(1024, size=4096), "body_too_large", {"limit": 1024, "size": 4096}),
+    (E.EntrypointError(ENV, "faulty_env:make_env", "bad arguments ['x']"), "entrypoint_error", {"entrypoint": "faulty_env:make_env"}),
+]
+
+
+@pytest.mark.parametrize(("error", "code", "fields"), CASES, ids=[c[1] for c in CASES])
+def test_error_round_trip(error, code, fields):
+    status, body = error_to_body(error)
+    assert body["error"]["code"] == code and status == CODES[code][0]
+    back = error_from_body(status, body, env="somewhere")
+    assert type(back) is type(error)
+    assert str(back) == str(error)
+    assert back.hint == error.hint
+    for name, value in fields.items():
+        assert getattr(back, name) == value
+
+
+def test_unknown_codes_and_garbage_become_remote_errors():
+    other = error_from_body(418, {"error": {"code": "teapot", "message": "short and stout"}}, env=ENV)
+    assert isinstance(other, E.RemoteError) and other.code == "teapot" and other.status == 418
+    garbage = error_from_body(502, "<html>bad gateway</html>", env=ENV)
+    assert isinstance(garbage, E.RemoteError) and "502" in str(garbage)
+
+
+def test_runtime_errors_are_environment_failures():
+    # One `except EnvironmentFailure` covers a crash in the env, a timeout and a dead runtime.
+    assert issubclass(E.StepTimeoutError, E.EnvironmentFailure) and issubclass(E.StepTimeoutError, TimeoutError)
+    assert issubclass(E.RuntimeDiedError, E.EnvironmentFailure) and issubclass(E.RuntimeDiedError, ConnectionError)
+
+
+def test_openapi_lists_every_route():
+    paths = openapi_document()["paths"]
+    assert set(paths) == {
+        "/healthz", "/v1/info", "/v1/sessions", "/v1/sessions/{sid}/reset", "/v1/sessions/{sid}/step",
+        "/v1/sessions/{sid}", "/v1/batch",
+    }  # fmt: skip
