@@ -20,10 +20,10 @@ from envhub.errors import EnvhubError
 
 #: Command-group modules under ``envhub.cli``; a group whose module is absent is skipped.
 COMMAND_MODULES = (
-    "authoring",  # init, validate, play, pack, index
-    "registry",  # publish, pull, list, info, versions, search, lock, ...
+    "authoring",  # init, validate, play, archive, index
+    "registry",  # publish, pull, list, info, versions, search, lock, login, pack create/publish/grant/revoke/pull, audit-log
     "runtime",  # serve, build
-    "hub",  # hub serve, login, pack create/publish/grant/revoke, audit-log
+    "hub",  # hub serve, hub adduser, hub token
     "train",  # train
     "evaluate",  # eval, audit, serve-model
     "demo",  # quickstart: the main job

@@ -105,12 +105,12 @@ def _print_rubric(rubric: dict | None, reward: float, truncated: bool) -> None:
     console.print(table)
 
 
-def pack(
+def archive(
     folder: Path = typer.Argument(..., help="Environment folder."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder to write NAME-VERSION.tar.gz into."),
 ) -> None:
     """Write the reproducible artifact NAME-VERSION.tar.gz and print its sha256 digest."""
-    from envhub.identity.artifact import pack as pack_folder
+    from envhub.identity.artifact import pack as pack_folder  # the artifact, not a pack sold to labs
 
     path, digest = pack_folder(folder, out)
     print(f"{path}  {digest}")
@@ -138,5 +138,5 @@ def index(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (init, validate, play, pack, index):
+    for command in (init, validate, play, archive, index):
         app.command()(command)

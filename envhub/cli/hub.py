@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-
+from envhub.cli.common import console, hub_registry
 from envhub.errors import RegistryError
 
-console = Console(soft_wrap=True)
 hub_app = typer.Typer(help="Run and administer a hub server (needs the `hub` extra).", no_args_is_help=True)
 token_app = typer.Typer(help="Tokens on a hub: create (scoped, expiring), list, revoke.", no_args_is_help=True)
 
@@ -88,12 +86,6 @@ def adduser(
     typer.echo(token)
 
 
-def _hub(registry: str | None):
-    from envhub.cli.registry import _hub as hub_registry
-
-    return hub_registry(registry)
-
-
 @token_app.command("create")
 def token_create(
     scope: str = typer.Option("read", help="`read` (pull) or `write` (publish, grant)."),
@@ -102,7 +94,7 @@ def token_create(
     registry: str = typer.Option(None, "--registry", "-r", help="The hub URL (default: the configured registry)."),
 ) -> None:
     """Create a token for yourself; prints it once."""
-    created = _hub(registry).create_token(name=name, scope=scope, expires_in_s=expires_in)
+    created = hub_registry(registry).create_token(name=name, scope=scope, expires_in_s=expires_in)
     console.print(f"token {created['id']} ({created['scope']}, expires {created['expires_at'] or 'never'}):", highlight=False)
     typer.echo(created["token"])
 
@@ -110,14 +102,14 @@ def token_create(
 @token_app.command("list")
 def token_list(registry: str = typer.Option(None, "--registry", "-r")) -> None:
     """Your tokens (ids, scopes, expiry, revocation), never their values."""
-    for t in _hub(registry).json("GET", "/tokens")["tokens"]:
+    for t in hub_registry(registry).json("GET", "/tokens")["tokens"]:
         typer.echo(json.dumps(t, sort_keys=True))
 
 
 @token_app.command("revoke")
 def token_revoke(token_id: int = typer.Argument(...), registry: str = typer.Option(None, "--registry", "-r")) -> None:
     """Revoke one of your tokens; it stops working at once."""
-    revoked = _hub(registry).revoke_token(token_id)
+    revoked = hub_registry(registry).revoke_token(token_id)
     console.print(f"revoked token {revoked['id']} ({revoked['prefix']}…)", highlight=False)
 
 

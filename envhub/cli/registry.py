@@ -14,58 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from envhub.cli.common import RegistryOpt, console, hub_registry, pull_source, read_registries
 from envhub.errors import EnvhubError, EnvNotFoundError, RegistryError, VersionNotFoundError
-
-console = Console(soft_wrap=True)
-
-REGISTRY_HELP = "Registry URL or folder (default: ENVHUB_REGISTRY, the config file, then local + bundled)."
-RegistryOpt = typer.Option(None, "--registry", "-r", help=REGISTRY_HELP)
-
-
-def _sources(flag: str | None) -> list:
-    """The registries to read from, in order."""
-    from envhub.registry import LocalRegistry, bundled_registry
-    from envhub.registry.config import configured_registry, open_registry
-
-    location = configured_registry(flag)
-    if location:
-        return [open_registry(location)]
-    return [r for r in (LocalRegistry(), bundled_registry()) if r is not None]
-
-
-def _source(flag: str | None):
-    """The one registry to pull from: the configured one, or the bundled environments."""
-    from envhub.registry import bundled_registry
-    from envhub.registry.config import configured_registry, open_registry
-
-    location = configured_registry(flag)
-    if location:
-        return open_registry(location)
-    bundled = bundled_registry()
-    if bundled is None:
-        raise RegistryError(
-            "no registry is configured and this install has no bundled environments",
-            hint="pass --registry URL, or set ENVHUB_REGISTRY",
-        )
-    return bundled
-
-
-def _hub(flag: str | None):
-    from envhub.registry.config import configured_registry, open_registry
-    from envhub.registry.http import HubRegistry
-
-    location = configured_registry(flag)
-    registry = open_registry(location) if location else None
-    if not isinstance(registry, HubRegistry):
-        raise RegistryError(
-            f"this command needs a hub server, and {location or 'no registry'} is not one",
-            hint="pass --registry http://HOST:PORT of an `envhub hub serve`, or set ENVHUB_REGISTRY",
-        )
-    return registry
 
 
 def _resolve_first(sources: list, env_id: str):
@@ -139,7 +92,7 @@ def pull(
     lock = active_lockfile()
     if lock is not None:
         parsed = pin(parsed, lock[1], lock[0])
-    source = _source(registry)
+    source = pull_source(registry)
     with console.status(f"pulling {parsed} from {source.description}"):
         if lock is not None:
             entry, version = source.resolve(parsed)
@@ -191,7 +144,7 @@ def info(
     from envhub.registry import LocalRegistry
 
     local = LocalRegistry()
-    registry_, entry = _find_entry(_sources(registry), parse_env_id(env_id))
+    registry_, entry = _find_entry(read_registries(registry), parse_env_id(env_id))
     try:
         installed = local.index().environments.get(entry.full_name)
     except RegistryError:
@@ -235,7 +188,7 @@ def versions(
     from envhub.identity.ids import parse_env_id
     from envhub.identity.index import sort_versions
 
-    _, entry = _find_entry(_sources(registry), parse_env_id(env_id))
+    _, entry = _find_entry(read_registries(registry), parse_env_id(env_id))
     for v in sort_versions(entry.versions):
         console.print(f"{entry.full_name}@{v}  {entry.versions[v].digest}", highlight=False)
 
@@ -252,7 +205,7 @@ def search(
     table = Table()
     for col in ("environment", "latest", "tags", "description"):
         table.add_column(col, overflow="fold")
-    for source in _sources(registry):
+    for source in read_registries(registry):
         for entry in search_index(source.index(), text):
             if entry.full_name in seen:
                 continue
@@ -277,7 +230,7 @@ def lock(
     from envhub.registry import LocalRegistry
 
     lockfile = read_lockfile(output) if output.is_file() else Lockfile()
-    sources = _sources(registry)
+    sources = read_registries(registry)
     local = LocalRegistry()
     for env_id in env_ids:
         source, entry, version = _resolve_first(sources, env_id)
@@ -393,7 +346,7 @@ def audit_log(
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines."),
 ) -> None:
     """Who pulled your environments, and when (hub only)."""
-    events = _hub(registry).audit_log(namespace, limit=limit)
+    events = hub_registry(registry).audit_log(namespace, limit=limit)
     if as_json:
         for event in events:
             typer.echo(json.dumps(event, sort_keys=True))
@@ -407,11 +360,14 @@ def audit_log(
 
 
 class _PackGroup(TyperGroup):
-    """``envhub pack``: the sub-commands below, and still ``envhub pack FOLDER`` (the authors' command)."""
+    """``envhub pack``: packs only. An environment folder given here meant the artifact command."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-") and "folder" in self.commands:
-            args = ["folder", *args]
+        if args and args[0] not in self.commands and Path(args[0]).is_dir():
+            raise RegistryError(
+                f"`envhub pack` manages packs (bundles sold to labs), and {args[0]!r} is a folder",
+                hint=f"write the environment's artifact with `envhub archive {args[0]}`",
+            )
         return super().parse_args(ctx, args)
 
 
@@ -424,13 +380,13 @@ def visibility(
     if level not in ("public", "private"):
         raise RegistryError(f"{level!r} is not `public` or `private`", hint=f"envhub visibility {env} private")
     ns, name = _split_pack(env)
-    _hub(registry).set_visibility(ns, name, private=level == "private")
+    hub_registry(registry).set_visibility(ns, name, private=level == "private")
     console.print(f"{env} is now {level}", highlight=False)
 
 
 pack_app = typer.Typer(
     cls=_PackGroup,
-    help="`envhub pack FOLDER` writes an artifact; the sub-commands manage packs: bundles of environment versions with a license.",
+    help="Packs: named, versioned bundles of environment versions with a license, sold to labs.",
     no_args_is_help=True,
 )
 
@@ -457,7 +413,7 @@ def pack_create(
         license_text = license_file.read_text(encoding="utf-8")
     if not license_text:
         raise RegistryError("a pack needs a license", hint="pass --license TEXT or --license-file FILE")
-    sources = _sources(registry)
+    sources = read_registries(registry)
     items = []
     for env_id in envs:
         _, entry, version = _resolve_first(sources, env_id)
@@ -480,7 +436,7 @@ def pack_publish(
     from envhub.registry.packs import pack_ref
 
     pack = _read_pack(pack_file)
-    _, created = _hub(registry).publish_pack(pack)
+    _, created = hub_registry(registry).publish_pack(pack)
     verb = "published" if created else "already published (same content):"
     console.print(f"{verb} pack [bold]{pack_ref(pack)}[/]" + (" (signed)" if pack.get("signature") else ""), highlight=False)
 
@@ -500,7 +456,7 @@ def pack_grant(
 ) -> None:
     """Entitle a lab's user to pull every environment in the pack."""
     ns, name = _split_pack(pack)
-    _hub(registry).grant(ns, name, user)
+    hub_registry(registry).grant(ns, name, user)
     console.print(f"granted {pack} to {user}", highlight=False)
 
 
@@ -512,7 +468,7 @@ def pack_revoke(
 ) -> None:
     """Withdraw a lab's entitlement to a pack."""
     ns, name = _split_pack(pack)
-    _hub(registry).revoke(ns, name, user)
+    hub_registry(registry).revoke(ns, name, user)
     console.print(f"revoked {pack} from {user}", highlight=False)
 
 
@@ -528,7 +484,7 @@ def pack_pull(
     from envhub.registry.packs import configured_public_key, load_public_key, verify_pack
 
     ns, name = _split_pack(ref.partition("@")[0])
-    hub = _hub(registry)
+    hub = hub_registry(registry)
     versions_ = hub.pack(ns, name)
     spec = ref.partition("@")[2] or None
     chosen = match_version(spec, list(versions_))
@@ -553,11 +509,4 @@ def register(app: typer.Typer) -> None:
     app.command("export-static")(export_static)
     app.command("pack-keys")(pack_keys)
     app.command("audit-log")(audit_log)
-    # Fold the authors' `envhub pack FOLDER` into the group, so both spellings work.
-    for info_ in list(app.registered_commands):
-        callback = info_.callback
-        if (info_.name or getattr(callback, "__name__", "")) == "pack":
-            app.registered_commands.remove(info_)
-            if not any(c.name == "folder" for c in pack_app.registered_commands):
-                pack_app.command("folder", help=callback.__doc__, hidden=True)(callback)
     app.add_typer(pack_app, name="pack")

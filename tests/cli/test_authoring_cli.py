@@ -17,8 +17,8 @@ def test_init_validate_pack_publish_make(tmp_path):
     result = envhub("validate", "word-flip", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all checks pass" in result.stdout
-    first = envhub("pack", "word-flip", "-o", "a", cwd=tmp_path)
-    second = envhub("pack", "word-flip", "-o", "b", cwd=tmp_path)
+    first = envhub("archive", "word-flip", "-o", "a", cwd=tmp_path)
+    second = envhub("archive", "word-flip", "-o", "b", cwd=tmp_path)
     digest = first.stdout.split()[-1]
     assert digest.startswith("sha256:") and digest == second.stdout.split()[-1]
     assert (tmp_path / "a" / "word-flip-0.1.0.tar.gz").read_bytes() == (tmp_path / "b" / "word-flip-0.1.0.tar.gz").read_bytes()

@@ -124,10 +124,15 @@ def test_export_static_then_read_it_as_a_registry(home, tmp_path):
         os.environ.pop("ENVHUB_REGISTRY")
 
 
-def test_pack_folder_still_packs(home, tmp_path):
-    result = run("pack", str(ROOT / "environments" / "arithmetic"), "--out", str(tmp_path))
+def test_archive_writes_the_artifact_and_pack_names_it(home, tmp_path):
+    result = run("archive", str(ROOT / "environments" / "arithmetic"), "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "arithmetic-1.1.1.tar.gz").is_file()
+    # "pack" means a bundle sold to labs; a folder given to it points at `archive`.
+    proc = subprocess.run([sys.executable, "-m", "envhub", "pack", str(ROOT / "environments" / "arithmetic")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "`envhub pack` manages packs" in proc.stderr and "envhub archive" in proc.stderr
 
 
 def test_config_file_chooses_registry(home, tmp_path):
