@@ -237,10 +237,10 @@ class ChatEnv(gymnasium.Env[list, str]):
         return list(messages), info
 
     def step(self, action: str) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
-        _, reward, terminated, truncated, info = self._advance(action)
+        _, reward, terminated, truncated, info = self.step_delta(action)
         return list(self._episode.messages), reward, terminated, truncated, info  # type: ignore[union-attr]
 
-    def _advance(self, action: str) -> tuple[list[Msg] | None, float, bool, bool, dict[str, Any]]:
+    def step_delta(self, action: str) -> tuple[list[Msg] | None, float, bool, bool, dict[str, Any]]:
         """``step`` without a copy of the whole conversation, for the session server, which sends
         deltas: returns the messages appended after ``action`` (frozen, safe to share), or None when
         ``respond`` replaced or removed earlier messages (then the whole conversation is needed)."""

@@ -252,7 +252,7 @@ class SessionServer:
             raise EpisodeEndedError(self.manifest.ref, (session.abandoned or "the episode has ended") + "; call reset()")
         session.busy = True
         if type(env).step is ChatEnv.step:  # the SDK's own step, which tells the delta itself
-            return session, self._dispatcher.submit(lambda: env._advance(action), session, "step", delta_of=env)
+            return session, self._dispatcher.submit(lambda: env.step_delta(action), session, "step", delta_of=env)
         return session, self._dispatcher.submit(lambda: env.step(action), session, "step")
 
     def finish_step(self, job: _Job, action: Any) -> dict[str, Any]:
@@ -266,7 +266,7 @@ class SessionServer:
             session.sent = None
             raise
         answer: dict[str, Any] = {"reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated), "info": info}
-        if job.delta_of is not None:  # result: the messages after the action, or None (ChatEnv._advance)
+        if job.delta_of is not None:  # result: the messages after the action, or None (ChatEnv.step_delta)
             conversation = job.delta_of.episode.messages
             answer["length"] = len(conversation)
             if result is None:
