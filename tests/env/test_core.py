@@ -193,9 +193,9 @@ def test_history_can_be_replaced_but_not_edited_in_place():
 def test_the_delta_path_tells_appended_messages_and_rewrites():
     env = Rewriter()
     env.reset(seed=0)
-    appended, reward, terminated, truncated, info = env._advance("go")
+    appended, reward, terminated, truncated, info = env.step_delta("go")
     assert [m["role"] for m in appended] == ["tool"] and env.episode.messages[-1] is appended[-1]
-    assert env._advance("rewrite")[0] is None  # the history changed: the whole conversation is needed
+    assert env.step_delta("rewrite")[0] is None  # the history changed: the whole conversation is needed
 
 
 def test_read_only_messages_pickle_deepcopy_and_serialise_as_dicts():
