@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "train",  # train
     "evaluate",  # eval, audit, serve-model
     "demo",  # quickstart: the main job
+    "export",  # export openenv, export dataset
 )
 
 err_console = Console(stderr=True)
