@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,31 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MANIFEST_FILE = "envhub.toml"
+
+# A dependency is a project name, optional extras and optional version specifiers: nothing that
+# points pip at a URL, a path or another index, so building an image fetches only published wheels.
+_PROJECT = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_SPECIFIER = r"(?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9*][A-Za-z0-9.*+!_-]*"
+REQUIREMENT_RE = re.compile(
+    rf"^\s*{_PROJECT}\s*(?:\[\s*{_PROJECT}(?:\s*,\s*{_PROJECT})*\s*\])?"
+    rf"\s*(?:{_SPECIFIER}(?:\s*,\s*{_SPECIFIER})*)?\s*$"
+)
+
+
+def requirement_problem(text: str) -> str | None:
+    """Why ``text`` is not an accepted dependency, or None when it is one."""
+    if REQUIREMENT_RE.match(text):
+        return None
+    stripped = text.strip()
+    if stripped.startswith("-"):
+        return "a pip option"
+    if "@" in stripped or "://" in stripped:
+        return "a URL"
+    if stripped.startswith((".", "/", "~")) or "/" in stripped or "\\" in stripped:
+        return "a path"
+    if ";" in stripped:
+        return "an environment marker"
+    return "not a requirement"
 
 
 class Dataset(BaseModel):
@@ -110,6 +136,17 @@ class Manifest(BaseModel):
         module, sep, attr = value.partition(":")
         if not sep or not module or not attr or not all(p.isidentifier() for p in module.split(".") + attr.split(".")):
             raise ValueError("must be `module:factory`, e.g. `my_env:make_env`")
+        return value
+
+    @field_validator("dependencies")
+    @classmethod
+    def _plain_requirements(cls, value: list[str]) -> list[str]:
+        bad = [f"{entry!r} is {why}" for entry in value if (why := requirement_problem(entry))]
+        if bad:
+            raise ValueError(
+                "; ".join(bad) + " (give a project name, extras and version specifiers only, e.g. "
+                "`numpy>=1.24` or `requests[socks]<3`; publish anything else to a package index as a wheel)"
+            )
         return value
 
     @property

@@ -2,11 +2,16 @@
 
 The image is ``ENVHUB_BASE_IMAGE`` (default ``python:3.11-slim``; ``scripts/setup-docker.sh`` makes a
 local Debian one) plus a virtual environment with envhub's server dependencies and the environment's
-own ``dependencies``, installed with ``pip --no-index`` from wheels that ``pip wheel`` gathered on
-this machine (cached in ``~/.cache/envhub/wheelhouse``), envhub's own package, and the unpacked
+own ``dependencies``, installed with ``pip --no-index`` from binary wheels that pip downloaded on
+this machine (cached in ``~/.cache/envhub/wheels``), envhub's own package, and the unpacked
 artifact at ``/env``. The build runs with ``network_mode="none"``. The image is tagged
 ``envhub/<namespace>.<name>:<version>-<digest12>``, labelled with the identity and the artifact
 digest, runs as a non-root user, and its entrypoint is ``python -m envhub.runtime.server /env``.
+
+Nothing the environment supplies runs on the host: its ``dependencies`` are names and version
+specifiers only (the manifest refuses URLs, paths and pip options), the host fetches binary wheels
+only (``--only-binary :all:``: no sdist's build backend runs), and each build copies its own
+closure of hash-checked wheels into its context.
 
 A second build of the same artifact reuses the image. Versions in the local registry get the image
 reference and id recorded in their index entry.
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envhub.identity.artifact import pack_bytes, sha256_digest, unpack
+from envhub.identity.artifact import file_digest, pack_bytes, sha256_digest, unpack
 from envhub.errors import DigestMismatchError, DockerUnavailableError, ImageBuildError
 from envhub.identity.manifest import Manifest, load_manifest
 
@@ -144,38 +149,88 @@ def build_key(base: str, requirements: list[str], client: Any) -> str:
 
 
 def wheelhouse() -> Path:
-    """Where wheels gathered for builds are cached: ``$ENVHUB_WHEELHOUSE``, else ``~/.cache/envhub/wheelhouse``.
+    """Where wheels downloaded for builds are cached: ``$ENVHUB_WHEELHOUSE``, else ``~/.cache/envhub/wheels``.
 
     Outside ``$ENVHUB_HOME`` on purpose: it is a cache of public packages, shared by every registry home.
+    (Not the ``wheelhouse`` folder of earlier versions, which also held wheels built on the host.)
     """
     override = os.environ.get("ENVHUB_WHEELHOUSE")
     if override:
         return Path(override).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "envhub" / "wheelhouse"
+    return Path(cache) / "envhub" / "wheels"
+
+
+#: Beside the wheelhouse's wheels: the sha256 each had when pip saved it, one file per wheel.
+HASHES_DIR = ".sha256"
+
+
+def _wheels(folder: Path) -> set[str]:
+    return {path.name for path in folder.glob("*.whl")}
+
+
+def _pip_wheel(args: list[str]) -> subprocess.CompletedProcess[str]:
+    # --only-binary: pip never builds a source distribution, so no build backend runs on this machine.
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--only-binary", ":all:", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def _record_hashes(house: Path, names: set[str]) -> None:
+    hashes = house / HASHES_DIR
+    hashes.mkdir(exist_ok=True)
+    for name in names:
+        (hashes / name).write_text(file_digest(house / name) + "\n")
+
+
+def _check_recorded(house: Path, wheels: Path) -> None:
+    """Every wheel in this build's folder is one pip saved into the wheelhouse, unchanged since."""
+    for path in sorted(wheels.glob("*.whl")):
+        try:
+            recorded = (house / HASHES_DIR / path.name).read_text().strip()
+        except FileNotFoundError:
+            recorded = None
+        actual = file_digest(path)
+        if recorded != actual:
+            path.unlink()
+            why = "was not downloaded by pip for a build" if recorded is None else f"changed since pip saved it ({recorded})"
+            raise ImageBuildError(
+                "wheels",
+                f"{path.name} in the wheelhouse {house} {why}; it is not installed",
+                log=f"remove {house / path.name} (or the whole wheelhouse) and build again",
+            )
 
 
 def gather_wheels(requirements: list[str], dest: Path, *, log: Callable[[str], None]) -> None:
-    """Wheels for ``requirements`` (and their dependencies) into ``dest``, via the cached wheelhouse."""
+    """Binary wheels for ``requirements`` (and their dependencies) into ``dest``, this build's own folder.
+
+    Only published wheels are fetched: a requirement with no wheel for this Python fails the build,
+    because building its sdist would run its author's code here, outside any container. Downloads
+    are cached in the wheelhouse with the sha256 pip saved them with; each build takes exactly the
+    closure of its requirements from there and refuses a wheel whose hash is not the recorded one,
+    so nothing placed in the wheelhouse by other means (or an earlier build) reaches an image.
+    """
     house = wheelhouse()
     house.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir", str(house)]
+    before = _wheels(house)
+    links = ["--find-links", str(house), "--wheel-dir", str(house)]
     # Offline from the wheelhouse first; only what is missing goes to the package index.
-    offline = subprocess.run([*base, "--no-index", "--find-links", str(house), *requirements], capture_output=True, text=True, check=False)
-    if offline.returncode != 0:
-        log("gathering wheels with pip (the first build of these dependencies)")
-        online = subprocess.run([*base, "--find-links", str(house), *requirements], capture_output=True, text=True, check=False)
+    if _pip_wheel(["--no-index", *links, *requirements]).returncode != 0:
+        log("downloading wheels with pip (the first build of these dependencies)")
+        online = _pip_wheel([*links, *requirements])
         if online.returncode != 0:
-            raise ImageBuildError("wheels", "pip wheel failed for " + " ".join(requirements), log=online.stderr[-4000:])
+            raise ImageBuildError(
+                "wheels",
+                "pip found no binary wheel for some of " + " ".join(requirements)
+                + " (builds install published wheels only, and never build a source distribution on this machine)",
+                log=online.stderr[-4000:],
+            )
+    _record_hashes(house, _wheels(house) - before)
     # Copy exactly the closure of the requirements: resolve again offline into the build context.
     dest.mkdir(parents=True, exist_ok=True)
-    final = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-index",
-         "--find-links", str(house), "--wheel-dir", str(dest), *requirements],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    final = _pip_wheel(["--no-index", "--find-links", str(house), "--wheel-dir", str(dest), *requirements])
     if final.returncode != 0:
         raise ImageBuildError("wheels", "pip wheel from the wheelhouse failed", log=final.stderr[-4000:])
+    _check_recorded(house, dest)
     (dest / "requirements.txt").write_text("\n".join(requirements) + "\n")
 
 

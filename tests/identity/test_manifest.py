@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from envhub.errors import ManifestError
@@ -46,3 +48,28 @@ def test_missing_required_and_bad_toml(tmp_path):
         Manifest.from_toml('name = "a')
     with pytest.raises(ManifestError, match="file not found"):
         load_manifest(tmp_path)
+
+
+def test_dependencies_are_names_extras_and_version_specifiers_only():
+    good = '"numpy>=1.24", "requests[socks,security] >=2.0, <3", "rich", "a.b_c-d~=1.4.2", "x===1.0+local"'
+    ok = Manifest.from_toml(GOOD.replace("max_turns = 6", f"max_turns = 6\ndependencies = [{good}]"))
+    assert ok.dependencies[1] == "requests[socks,security] >=2.0, <3"
+    bad = {
+        "--index-url https://evil.example/simple": "pip option",
+        "-e .": "pip option",
+        "pkg @ https://evil.example/pkg-1.0.tar.gz": "URL",
+        "git+https://evil.example/pkg.git": "URL",
+        "./vendored/pkg": "path",
+        "/opt/pkg-1.0.tar.gz": "path",
+        "pkg==1.0 --hash=sha256:00": "not a requirement",
+        "pkg; os_name == 'posix'": "marker",
+    }
+    lines = "".join(f"{json.dumps(entry)}, " for entry in bad)
+    text = GOOD.replace('max_turns = 6', f"max_turns = 6\ndependencies = [\"numpy\", {lines}]")
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_toml(text, source="x/envhub.toml")
+    message = str(info.value)
+    assert "`dependencies`" in message
+    for entry, kind in bad.items():
+        assert repr(entry) in message and kind in message.split(repr(entry), 1)[1].split("; ")[0], (entry, kind, message)
+    assert "'numpy'" not in message
