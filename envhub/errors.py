@@ -118,6 +118,27 @@ class DigestMismatchError(ArtifactError):
         super().__init__(f"{what}: digest {actual} does not match the expected {expected}")
 
 
+class InstalledTreeChangedError(DigestMismatchError):
+    """An installed version whose folder no longer is its artifact; ``changed`` names the files."""
+
+    code = "installed_tree_changed"
+    status = 409
+    fields = ("ref", "folder", "changed", "expected")
+
+    def __init__(self, ref: str, folder: str, changed: Sequence[str], *, expected: str) -> None:
+        self.ref = ref
+        self.folder = folder
+        self.changed = list(changed)
+        self.expected = expected
+        self.actual = None  # a changed folder has no artifact digest of its own
+        shown = ", ".join(self.changed[:8]) + (f" and {len(self.changed) - 8} more" if len(self.changed) > 8 else "")
+        ArtifactError.__init__(
+            self,
+            f"{ref} in {folder} was changed after it was installed, so it is not {expected}: {shown}",
+            hint=f"restore it from its checked artifact: `envhub pull {ref}`, or `envhub publish FOLDER` again if it is yours",
+        )
+
+
 class VersionConflictError(EnvhubError, ValueError):
     """Different content published under a version that already exists (versions are immutable)."""
 

@@ -5,10 +5,12 @@ Layout::
     registry.json                         the index
     artifacts/<sha256 hex>.tar.gz         every published or pulled artifact
     envs/<namespace>/<name>/<version>/    its unpacked folder, what ``envhub.make`` loads
+    installed/<namespace>/<name>/<version>.json   the sha256 of each file of that folder
 
 Writes take an exclusive file lock, and every file is written to a temporary path and renamed,
 so a crash never leaves a half-written version visible: a version exists once the index says so,
-and the index is only updated after its artifact and folder are complete.
+and the index is only updated after its artifact, folder and install record are complete. A folder
+is checked against its record each time it is located (:meth:`LocalRegistry.verified_folder`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from envhub.identity.artifact import MAX_UNPACKED_BYTES, pack_bytes, sha256_digest, unpack, write_atomic
-from envhub.errors import ArtifactError, DigestMismatchError, ManifestError, VersionConflictError
+from envhub.errors import (
+    ArtifactError,
+    DigestMismatchError,
+    InstalledTreeChangedError,
+    ManifestError,
+    VersionConflictError,
+)
 from envhub.identity.index import EnvEntry, Index, VersionEntry, read_index
 from envhub.identity.manifest import MANIFEST_FILE, Manifest, load_manifest
 from envhub.paths import envhub_home
 from envhub.registry.base import Registry
+from envhub.registry.installed import InstallRecord, changed_files, read_record, tree_hashes
 
 
 class LocalRegistry(Registry):
@@ -45,6 +55,34 @@ class LocalRegistry(Registry):
 
     def folder(self, entry: EnvEntry, version: VersionEntry) -> Path:
         return self.home / "envs" / entry.namespace / entry.name / version.version
+
+    def record_path(self, entry: EnvEntry, version: VersionEntry) -> Path:
+        return self.home / "installed" / entry.namespace / entry.name / f"{version.version}.json"
+
+    def verified_folder(self, entry: EnvEntry, version: VersionEntry) -> Path:
+        """The version's folder, once it matches its install record file for file.
+
+        Raises :class:`InstalledTreeChangedError` naming what was changed, added or removed since
+        the install. A version installed before records existed gets one from its checked artifact.
+        """
+        folder = self.folder(entry, version)
+        path = self.record_path(entry, version)
+        record = read_record(path)
+        if record is None or record.digest != version.digest:
+            record = self._record_from_artifact(entry, version)
+            record.write(path)
+        changed = changed_files(folder, record)
+        if changed:
+            raise InstalledTreeChangedError(record.ref, str(folder), changed, expected=version.digest)
+        return folder
+
+    def _record_from_artifact(self, entry: EnvEntry, version: VersionEntry) -> InstallRecord:
+        data = self.fetch(entry, version)  # checked against the digest
+        staging = self.home / "tmp"
+        staging.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staging) as tmp:
+            unpacked = unpack(data, Path(tmp) / "tree", max_bytes=self.max_unpacked_bytes)
+            return InstallRecord(f"{entry.full_name}@{version.version}", version.digest, tree_hashes(unpacked))
 
     def fetch(self, entry: EnvEntry, version: VersionEntry) -> bytes:
         path = self.artifact_path(version.digest)
@@ -97,6 +135,7 @@ class LocalRegistry(Registry):
                         f"{source or 'artifact'}: its manifest says {manifest.ref}, but it was published as {expected_ref}",
                         hint="the registry entry is wrong or was tampered with; tell its owner",
                     )
+                record = InstallRecord(manifest.ref, digest, tree_hashes(scratch))
                 index = self.index()
                 key = manifest.full_name
                 existing = index.environments.get(key)
@@ -104,6 +143,7 @@ class LocalRegistry(Registry):
                     old = existing.versions[manifest.version]
                     if old.digest != digest:
                         raise VersionConflictError(manifest.ref, old.digest, digest)
+                    self._restore(existing, old, scratch, record)  # a changed folder is put back
                     return old, False
                 version = VersionEntry(
                     version=manifest.version,
@@ -121,6 +161,7 @@ class LocalRegistry(Registry):
                 shutil.rmtree(target, ignore_errors=True)  # a leftover of a crash before the index update
                 target.parent.mkdir(parents=True, exist_ok=True)
                 scratch.rename(target)
+                record.write(self.record_path(entry, version))
                 entry.versions[manifest.version] = version
                 entry.description, entry.tags = manifest.description, manifest.tags
                 index.environments[key] = entry
@@ -128,6 +169,16 @@ class LocalRegistry(Registry):
                 return version, True
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+
+    def _restore(self, entry: EnvEntry, version: VersionEntry, unpacked: Path, record: InstallRecord) -> None:
+        """Make an installed version's folder and record those of its artifact, unpacked at ``unpacked``."""
+        target = self.folder(entry, version)
+        if changed_files(target, record):
+            shutil.rmtree(target, ignore_errors=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            unpacked.rename(target)
+        if read_record(self.record_path(entry, version)) != record:
+            record.write(self.record_path(entry, version))
 
     def manifest_of(self, entry: EnvEntry, version: VersionEntry) -> Manifest:
         folder = self.folder(entry, version)

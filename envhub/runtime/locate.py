@@ -2,7 +2,8 @@
 
 ``locate`` accepts a folder path, a bundled name (``arithmetic``) or ``namespace/name@version``. Ids
 are looked up in the local registry first, then among the bundled environments; an active
-``envhub.lock`` pins the version and the digest.
+``envhub.lock`` pins the version and the digest. A local-registry folder is checked against its
+install record first (:class:`~envhub.errors.InstalledTreeChangedError` names what changed).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def locate(id_or_path: str | os.PathLike) -> Located:
         except (EnvNotFoundError, VersionNotFoundError) as exc:
             errors.append(exc)
             continue
-        folder = registry.folder(entry, version)
+        # An installed folder must still be its artifact, so the digest reported with it is true.
+        folder = registry.verified_folder(entry, version) if registry is local else registry.folder(entry, version)
         if folder is None:  # a bundled index that points at archives, not folders
             raise EnvNotFoundError(str(env_id), where=registry.description)
         if lock is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import gymnasium
 
-from envhub.errors import EnvNotFoundError, InvalidOptionError, VersionNotFoundError
+from envhub.errors import EnvNotFoundError, InstalledTreeChangedError, InvalidOptionError, VersionNotFoundError
 from envhub.identity.index import EnvEntry, VersionEntry
 from envhub.registry import LocalRegistry, Registry, bundled_registry
 from envhub.runtime.loading import load_folder
@@ -53,11 +53,12 @@ def pull(env_id: str, *, source: Registry | None = None, local: LocalRegistry | 
     entry, version = source.resolve(env_id)
     try:
         have_entry, have = local.resolve(f"{entry.full_name}@{version.version}")
-        if have.digest == version.digest and local.folder(have_entry, have).is_dir():
+        if have.digest == version.digest:
             local.fetch(have_entry, have)  # the cached artifact still hashes to its digest
+            local.verified_folder(have_entry, have)
             return have_entry, have, False
-    except (EnvNotFoundError, VersionNotFoundError):
-        pass
+    except (EnvNotFoundError, VersionNotFoundError, InstalledTreeChangedError):
+        pass  # absent, or its folder was changed: installed (put back) below
     data = source.fetch(entry, version)
     ref = f"{entry.full_name}@{version.version}"
     installed, created = local.install(data, expected_digest=version.digest, expected_ref=ref, source=ref)
