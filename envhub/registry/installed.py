@@ -43,7 +43,7 @@ class InstallRecord:
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     def write(self, path: Path) -> None:
-        write_atomic(path, self.to_json().encode(), mode=0o644)
+        write_atomic(path, self.to_json().encode())
 
 
 def read_record(path: Path) -> InstallRecord | None:
