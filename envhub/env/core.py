@@ -21,6 +21,10 @@ Authors subclass :class:`ChatEnv` and write only what is specific to their task:
         def respond(self, episode, action):        # multi-turn: answer, or end with done=True
             return Reply(done=True)
 
+A stateful source (a game, a sandbox) is made per episode in ``setup_episode`` and kept in
+``episode.state``; ``teardown_episode`` releases it when the episode ends, when ``reset`` starts the
+next one first, or on ``close``.
+
 The episode loop, turn counting, seeding, truncation and scoring belong to this module.
 """
 
@@ -133,6 +137,7 @@ class ChatEnv(gymnasium.Env[list, str]):
         self.manifest: Manifest | None = None
         self._identity: EnvIdentity | None = None
         self._episode: Episode | None = None
+        self._live: Episode | None = None  # set up by setup_episode and not yet torn down
         if max_turns is not None:
             if not isinstance(max_turns, int) or max_turns < 1:
                 raise InvalidOptionError(self.env_name, "max_turns", f"must be an int >= 1, got {max_turns!r}")
@@ -174,6 +179,20 @@ class ChatEnv(gymnasium.Env[list, str]):
         """
         return Reply(done=True)
 
+    def setup_episode(self, episode: Episode) -> None:
+        """Per-episode setup, called by ``reset`` once the episode exists (task, rng, first messages).
+
+        Keep what lives with the episode in ``episode.state`` (a game, a sandbox, a connection); a
+        stateful source may append its first observation to ``episode.messages``. Use
+        ``episode.rng`` for anything random. The default does nothing.
+        """
+
+    def teardown_episode(self, episode: Episode) -> None:
+        """Release what :meth:`setup_episode` made. Called once per episode: when it ends (after the
+        rubric scored it, or when the environment failed), when ``reset`` starts the next episode
+        before this one ended, and on ``close``. The default does nothing.
+        """
+
     def reference_action(self, episode: Episode) -> str | None:
         """A correct next assistant message for ``episode``, where the task has one (None otherwise).
 
@@ -209,6 +228,7 @@ class ChatEnv(gymnasium.Env[list, str]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict]:
         super().reset(seed=seed)
+        self._end_episode()  # an episode abandoned before it ended is released first
         options = dict(options or {})
         split = options.pop("split", self.splits[0])
         task_id = options.pop("task_id", None)
@@ -230,9 +250,20 @@ class ChatEnv(gymnasium.Env[list, str]):
             raise EnvironmentFailure(self.env_name, "reset", f"{type(exc).__name__}: {exc}") from exc
         if "id" not in task:
             raise EnvironmentFailure(self.env_name, "reset", "the task has no `id` key")
-        self._episode = Episode(
+        episode = Episode(
             task=task, task_id=str(task["id"]), split=split, messages=messages, rng=rng, max_turns=self.max_turns
         )
+        self._episode = self._live = episode
+        try:
+            self.setup_episode(episode)
+            episode.messages[:] = self._checked_messages(episode.messages, "setup_episode")
+        except Exception as exc:
+            episode.terminated = True
+            self._end_episode(quiet=True)  # release whatever setup made before it failed
+            if isinstance(exc, EnvhubError):
+                raise
+            raise EnvironmentFailure(self.env_name, "setup_episode", f"{type(exc).__name__}: {exc}") from exc
+        messages = episode.messages
         info = {"task_id": self._episode.task_id, "split": split, "env": self.identity.ref, "max_turns": self.max_turns}
         return list(messages), info
 
@@ -274,9 +305,11 @@ class ChatEnv(gymnasium.Env[list, str]):
                 messages[:] = self._checked_messages(messages, "respond (the rewritten history)")
         except EnvhubError:
             episode.terminated = True
+            self._end_episode(quiet=True)
             raise
         except Exception as exc:
             episode.terminated = True  # the environment is in an unknown state: end the episode
+            self._end_episode(quiet=True)
             raise EnvironmentFailure(self.env_name, "respond", f"{type(exc).__name__}: {exc}") from exc
         messages.extend(new_messages)
         episode.terminated = bool(reply.done)
@@ -287,12 +320,33 @@ class ChatEnv(gymnasium.Env[list, str]):
             try:
                 result = self.rubric.score(episode)
             except CriterionError as exc:
+                self._end_episode(quiet=True)
                 raise CriterionError(exc.criterion, exc.reason, env=self.env_name) from exc
+            self._end_episode()
             reward += result.total
             info["rubric"] = result.to_dict()
         if self.render_mode == "human":
             self.render()
         return None if rewritten else new_messages, reward, episode.terminated, episode.truncated, info
+
+    def close(self) -> None:
+        self._end_episode()
+        super().close()
+
+    def _end_episode(self, *, quiet: bool = False) -> None:
+        """Tear the live episode down, once. ``quiet`` keeps a teardown failure from hiding the
+        error that ended the episode; otherwise it is an EnvironmentFailure."""
+        episode, self._live = self._live, None
+        if episode is None:
+            return
+        try:
+            self.teardown_episode(episode)
+        except Exception as exc:
+            if quiet:
+                return
+            if isinstance(exc, EnvhubError):
+                raise
+            raise EnvironmentFailure(self.env_name, "teardown_episode", f"{type(exc).__name__}: {exc}") from exc
 
     def render(self) -> str | None:
         if self._episode is None:

@@ -212,3 +212,117 @@ def test_read_only_messages_pickle_deepcopy_and_serialise_as_dicts():
     editable = dict(obs[0])
     editable["content"] = "a plain dict copy is editable"
     assert obs[0]["content"] == "Say stop at zero."
+
+
+class Lamp:
+    """A resource an episode holds: switched on at setup, off at teardown."""
+
+    def __init__(self, log, colour):
+        self.log, self.colour, self.on = log, colour, True
+        log.append(("on", colour))
+
+    def off(self):
+        assert self.on, "switched off twice"
+        self.on = False
+        self.log.append(("off", self.colour))
+
+
+@criterion
+def lamp_still_on(episode) -> Score:
+    return Score(float(episode.state["lamp"].on), "the rubric sees the episode's state before teardown")
+
+
+class LampGame(Countdown):
+    """A stateful source made per episode: setup opens it and shows its first observation."""
+
+    rubric = Rubric([lamp_still_on])
+    fail_in = None  # "setup", "respond" or "teardown"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.log = []
+
+    def setup_episode(self, episode):
+        colours = ("red", "green", "blue")
+        lamp = Lamp(self.log, colours[int(episode.rng.integers(len(colours)))])
+        episode.state["lamp"] = lamp
+        if self.fail_in == "setup":
+            raise OSError("the bulb blew")
+        episode.messages.append(user(f"The lamp is {lamp.colour}."))
+
+    def teardown_episode(self, episode):
+        episode.state["lamp"].off()
+        if self.fail_in == "teardown":
+            raise RuntimeError("the switch is stuck")
+
+    def respond(self, episode, action):
+        if self.fail_in == "respond":
+            raise ValueError("no power")
+        return super().respond(episode, action)
+
+
+def test_setup_makes_per_episode_state_and_its_first_observation():
+    env = LampGame()
+    obs, _ = env.reset(seed=0, options={"task_id": "train-2"})
+    lamp = env.episode.state["lamp"]
+    assert obs[-1] == user(f"The lamp is {lamp.colour}.") and [m["role"] for m in obs] == ["system", "user", "user"]
+    with pytest.raises(TypeError, match="replace it instead"):
+        obs[-1]["content"] = "what setup appended is frozen like the rest"
+    assert env.log == [("on", lamp.colour)]
+    _, reward, terminated, _, info = env.step("stop")
+    # scored while the state was live, torn down right after, once
+    assert terminated and reward == 1.0 and info["rubric"]["criteria"]["lamp_still_on"]["score"] == 1.0
+    assert env.log == [("on", lamp.colour), ("off", lamp.colour)] and not lamp.on
+    env.close()
+    assert len(env.log) == 2  # an ended episode is not torn down again
+    # the same seed makes the same state: setup draws from episode.rng
+    colours = {LampGame().reset(seed=s)[0][-1]["content"] for s in (5, 5)}
+    assert len(colours) == 1
+    check_env(LampGame(), skip_render_check=True)
+
+
+def test_truncated_episode_is_torn_down():
+    env = LampGame(max_turns=1)
+    env.reset(seed=1)
+    _, _, terminated, truncated, _ = env.step("wait")
+    assert truncated and not terminated and [event for event, _ in env.log] == ["on", "off"]
+
+
+def test_abandoned_episode_is_torn_down_on_reset_and_on_close():
+    env = LampGame()
+    env.reset(seed=0)
+    first = env.episode.state["lamp"]
+    env.step("wait")  # not ended
+    env.reset(seed=1)
+    assert not first.on and env.episode.state["lamp"].on
+    second = env.episode.state["lamp"]
+    env.close()
+    assert not second.on
+    env.close()  # closing twice tears nothing down twice
+    assert [event for event, _ in env.log] == ["on", "off", "on", "off"]
+
+
+def test_failures_in_setup_respond_and_teardown_still_release_the_episode():
+    env = LampGame()
+    env.fail_in = "setup"
+    with pytest.raises(EnvironmentFailure, match="failed in setup_episode: OSError: the bulb blew"):
+        env.reset(seed=0)
+    assert [event for event, _ in env.log] == ["on", "off"]  # what setup made before failing is released
+    with pytest.raises(EpisodeEndedError):
+        env.step("x")
+
+    env = LampGame()
+    env.fail_in = "respond"
+    env.reset(seed=0)
+    with pytest.raises(EnvironmentFailure, match="failed in respond: ValueError: no power"):
+        env.step("x")
+    assert [event for event, _ in env.log] == ["on", "off"]
+
+    env = LampGame()
+    env.fail_in = "teardown"
+    env.reset(seed=0)
+    with pytest.raises(EnvironmentFailure, match="failed in teardown_episode: RuntimeError: the switch is stuck"):
+        env.step("stop")
+    env.fail_in = None
+    env.reset(seed=0)  # a failed teardown is not retried; the next episode starts cleanly
+    assert [event for event, _ in env.log] == ["on", "off", "on"]
