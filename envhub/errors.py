@@ -102,6 +102,40 @@ class EntrypointError(EnvhubError, ImportError):
         )
 
 
+class MissingDependencyError(EnvhubError, ImportError):
+    """Requirements of the manifest's ``dependencies`` that are not installed where the environment loads.
+
+    ``missing`` lists each unmet requirement with what is installed instead, if anything.
+    """
+
+    code = "missing_dependency"
+    status = 500
+    fields = ("env", "missing")
+
+    def __init__(self, env: str, missing: Sequence[str], *, install: str) -> None:
+        self.env = env
+        self.missing = list(missing)
+        super().__init__(
+            f"environment `{env}` needs " + "; ".join(self.missing),
+            hint=f"install its dependencies with `{install}`, then load it again",
+        )
+
+
+class ImportSourceError(EnvhubError, ValueError):
+    """``envhub import`` cannot use its source: not installed, another version, does not import, or
+    cannot work offline (the environment's runtimes have no network)."""
+
+    code = "import_source_error"
+    status = 400
+    fields = ("kind", "source", "reason")
+
+    def __init__(self, kind: str, source: str, reason: str, *, hint: str | None = None) -> None:
+        self.kind = kind
+        self.source = source
+        self.reason = reason
+        super().__init__(f"cannot import {kind} source `{source}`: {reason}", hint=hint)
+
+
 class ArtifactError(EnvhubError, OSError):
     """An artifact that cannot be packed, verified or unpacked safely."""
 

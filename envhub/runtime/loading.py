@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from envhub.env.core import ChatEnv
+from envhub.runtime.dependencies import check_dependencies
 from envhub.errors import EntrypointError, EnvhubError
 from envhub.identity.manifest import EnvIdentity, Manifest, load_manifest
 
@@ -35,6 +36,7 @@ def load_factory(folder: str | Path, manifest: Manifest | None = None):
     """The callable named by the manifest's entrypoint."""
     folder = Path(folder)
     manifest = manifest or load_manifest(folder)
+    check_dependencies(manifest)  # a missing requirement is named, not met as `No module named ...`
     module_name, _, attr = manifest.entrypoint.partition(":")
     package = _package_for(folder, manifest)
     try:
