@@ -101,12 +101,18 @@ def folder_digest(folder: str | Path) -> str:
     return sha256_digest(pack_bytes(folder))
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
+def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written.
+
+    The file is readable by its owner only unless ``mode`` says otherwise: the config file relies
+    on that; outputs meant to be shared (evaluation reports) pass ``0o644``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode != 0o600:  # mkstemp creates the file 0600
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
