@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from envhub.errors import EvalRunError
-from envhub.evaluation.stats import Estimate, estimate, pass_at_k
+from envhub.evaluation.stats import Estimate, estimate, pass_at_k, proportion
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"
 REPORT_FILE = "report.html"
+#: Outputs are for sharing: readable by everyone, like any file a command writes (write_atomic's
+#: default, 0600, is for secrets and config).
+OUTPUT_MODE = 0o644
 
 
 def episode_key(task_index: int, sample: int) -> str:
@@ -110,6 +113,12 @@ class Summary:
     tokens: dict[str, float] = field(default_factory=dict)
     error_types: dict[str, int] = field(default_factory=dict)
     out_dir: str = ""
+    pass_rate: dict[str, Any] = field(default_factory=dict)
+    """Episodes whose reward reached ``pass_threshold``, with Wilson's interval over episodes."""
+    first_error: dict[str, Any] | None = None
+    """The first errored episode's key, type, message and where it happened (None: no errors)."""
+    adapter: dict[str, Any] | None = None
+    """The LoRA adapter evaluated: ``path`` and, when its provenance.json was found, ``training_run``."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +126,13 @@ class Summary:
     @property
     def reward_mean(self) -> float:
         return self.reward["mean"]
+
+    @property
+    def model_label(self) -> str:
+        """The model as a reader needs it: its name, plus the adapter's path when there is one."""
+        if not self.adapter:
+            return self.model
+        return f"{self.model} + adapter {self.adapter.get('path')}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Summary:
@@ -128,9 +144,26 @@ def _clean(value: float) -> float | None:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def _est(values: list[float]) -> dict[str, Any]:
-    e: Estimate = estimate(values)
+#: Rewards and criterion scores lie in [0, 1]: their intervals must too.
+UNIT = (0.0, 1.0)
+
+
+def _est(values: list[float], *, bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    return _plain(estimate(values, bounds=bounds))
+
+
+def _plain(e: Estimate) -> dict[str, Any]:
     return {k: (_clean(v) if not isinstance(v, list) else [_clean(x) for x in v]) for k, v in e.to_dict().items()}
+
+
+def _adapter(model_info: dict[str, Any]) -> dict[str, Any] | None:
+    """The adapter a record's model names (see LocalPolicy.describe), or None for a bare model."""
+    if not model_info.get("adapter"):
+        return None
+    out: dict[str, Any] = {"path": model_info["adapter"]}
+    if model_info.get("adapter_run"):
+        out["training_run"] = model_info["adapter_run"]
+    return out
 
 
 def summarise(
@@ -166,7 +199,7 @@ def summarise(
             else:
                 criteria[name].append(float(c["score"]))
     crit_summary = {
-        name: {**_est(criteria.get(name, [])), "weight": weights[name], "unscored": unscored.get(name, 0)}
+        name: {**_est(criteria.get(name, []), bounds=UNIT), "weight": weights[name], "unscored": unscored.get(name, 0)}
         for name in weights
     }
     turns = [int(r.get("turns", 0)) for r in ok]
@@ -190,13 +223,19 @@ def summarise(
     tokens = {"completion_mean": sum(completion) / len(completion)} if completion else {}
     first = records[0] if records else {}
     hashes = sorted({r.get("rubric_hash") for r in records if r.get("rubric_hash")})
+    failed = next((r for r in records if r.get("error")), None)
+    first_error = None
+    if failed is not None:
+        first_error = {"key": failed["key"], **{k: failed["error"].get(k) for k in ("type", "message", "where")}}
+    passed = sum(float(r["reward"]) >= pass_threshold - 1e-9 for r in ok)
+    model_info = (first.get("model") or {}) if records else {}
     return Summary(
         env=first.get("env", {}).get("ref", "?") if records else "?",
-        model=(first.get("model") or {}).get("name", "?") if records else "?",
+        model=model_info.get("name", "?"),
         episodes=n,
         errors=n - len(ok),
         error_rate=(n - len(ok)) / n if n else 0.0,
-        reward=_est(rewards),
+        reward=_est(rewards, bounds=UNIT),
         pass_at_k=passes,
         pass_threshold=pass_threshold,
         criteria=crit_summary,
@@ -210,6 +249,9 @@ def summarise(
         timing=timing,
         tokens=tokens,
         error_types=dict(error_types),
+        pass_rate={**_plain(proportion(passed, len(ok))), "threshold": pass_threshold},
+        first_error=first_error,
+        adapter=_adapter(model_info),
     )
 
 

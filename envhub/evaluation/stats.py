@@ -1,8 +1,18 @@
 """Small statistics for evaluation results: means with confidence intervals, pass@k, differences.
 
-Confidence intervals are two-sided 95% Student-t intervals of the mean (exact t quantiles for up
-to 30 degrees of freedom, the normal quantile beyond); differences between runs use paired
-differences when both runs scored the same tasks, and Welch's interval otherwise.
+Every interval is two-sided and 95%. Which one depends on what is measured:
+
+- a pass rate (successes out of n trials): Wilson's score interval, which stays in [0, 1] and does
+  not collapse to a point at 0 or n successes;
+- the mean of values known to lie in a range (rewards and criterion scores, in [0, 1]): the
+  percentile bootstrap of the mean (2,000 resamples, a fixed seed, so the same values always give
+  the same interval), which never leaves the range of the values themselves; a Student-t interval
+  would (8 episodes with one success give -0.17 to 0.42);
+- any other mean (turns): a Student-t interval (exact t quantiles for up to 30 degrees of freedom,
+  the normal quantile beyond).
+
+Differences between runs use paired differences when both runs scored the same tasks, and Welch's
+interval otherwise.
 """
 
 from __future__ import annotations
@@ -30,37 +40,113 @@ def t975(df: float) -> float:
     return lower + (upper - lower) * (df - math.floor(df))
 
 
+#: Resamples of the bootstrap interval, and its seed (fixed: the same values give the same interval).
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """A mean with its sample standard deviation, count and 95% confidence interval."""
+    """A mean with its sample standard deviation, count and 95% confidence interval.
+
+    ``method`` names the interval: ``"t"``, ``"bootstrap"`` or ``"wilson"`` (see the module docstring).
+    """
 
     mean: float
     std: float
     n: int
     ci_low: float
     ci_high: float
+    method: str = "t"
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "std": self.std, "n": self.n, "ci95": [self.ci_low, self.ci_high]}
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {"mean": self.mean, "std": self.std, "n": self.n, "ci95": [self.ci_low, self.ci_high],
+                "interval": self.method}  # fmt: skip
 
     @property
     def half_width(self) -> float:
         return (self.ci_high - self.ci_low) / 2
 
 
-def estimate(values: Sequence[float]) -> Estimate:
-    """Mean, std and 95% t-interval of ``values`` (an empty sequence gives NaNs, one value a zero-width interval)."""
+def estimate(values: Sequence[float], *, bounds: tuple[float, float] | None = None) -> Estimate:
+    """Mean, std and 95% interval of ``values`` (an empty sequence gives NaNs, one value a zero-width interval).
+
+    With ``bounds`` (the range the values are known to lie in, e.g. ``(0, 1)`` for rewards) and every
+    value inside it, the interval is the bootstrap's, which stays inside; otherwise Student's t.
+    """
     n = len(values)
     if n == 0:
         nan = float("nan")
         return Estimate(nan, nan, 0, nan, nan)
     mean = sum(values) / n
+    bounded = bounds is not None and all(bounds[0] <= v <= bounds[1] for v in values)
+    method = "bootstrap" if bounded else "t"
     if n == 1:
-        return Estimate(mean, 0.0, 1, mean, mean)
+        return Estimate(mean, 0.0, 1, mean, mean, method)
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     std = math.sqrt(var)
+    if bounded:
+        low, high = bootstrap_interval(values)
+        return Estimate(mean, std, n, low, high, method)
     half = t975(n - 1) * std / math.sqrt(n)
-    return Estimate(mean, std, n, mean - half, mean + half)
+    return Estimate(mean, std, n, mean - half, mean + half, method)
+
+
+def bootstrap_interval(
+    values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
+    """The 2.5% and 97.5% percentiles of the means of ``resamples`` resamples of ``values``.
+
+    Rewards usually take few distinct values: a resample is then drawn as counts of each (a
+    multinomial), which costs the number of distinct values rather than the number of values.
+    """
+    import numpy as np
+
+    data = np.asarray(values, dtype=float)
+    distinct, counts = np.unique(data, return_counts=True)
+    n = len(data)
+    if len(distinct) == 1:
+        return float(distinct[0]), float(distinct[0])
+    rng = np.random.default_rng(seed)
+    few = len(distinct) * 8 <= n
+    chunk = max(1, 4_000_000 // (len(distinct) if few else n))  # bounds memory to a few tens of MB
+    means = []
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        if few:
+            means.append(rng.multinomial(n, counts / n, size=size) @ distinct / n)
+        else:
+            means.append(data[rng.integers(0, n, size=(size, n))].mean(axis=1))
+    low, high = np.quantile(np.concatenate(means), [0.025, 0.975])
+    # float rounding must not step outside the values' range
+    return max(float(low), float(distinct[0])), min(float(high), float(distinct[-1]))
+
+
+def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95% score interval of a proportion: ``successes`` out of ``n`` trials; NaNs for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # at 0 or n successes the exact bound is 0 or 1; keep float rounding from moving it
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def proportion(successes: int, n: int) -> Estimate:
+    """A pass rate with Wilson's interval, as an :class:`Estimate` (std is the Bernoulli one)."""
+    if n <= 0:
+        nan = float("nan")
+        return Estimate(nan, nan, 0, nan, nan, "wilson")
+    p = successes / n
+    low, high = wilson_interval(successes, n)
+    std = math.sqrt(p * (1 - p) * n / (n - 1)) if n > 1 else 0.0
+    return Estimate(p, std, n, low, high, "wilson")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -91,6 +177,9 @@ class Difference:
 
     @property
     def significant(self) -> bool:
+        """Whether the interval excludes zero; never with no interval (NaN: no data, or too little)."""
+        if math.isnan(self.ci_low) or math.isnan(self.ci_high) or math.isnan(self.diff):
+            return False
         return not (self.ci_low <= 0.0 <= self.ci_high)
 
     def to_dict(self) -> dict[str, object]:
