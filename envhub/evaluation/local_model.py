@@ -6,7 +6,9 @@ default). Adapters are peft adapter folders (what the trainer writes); each is c
 base model when it is loaded, and one that does not fit raises
 :class:`~envhub.errors.AdapterMismatchError` naming the reason, rather than generating nonsense.
 Generation is batched: many conversations with the same sampling settings and adapter go through
-one ``generate`` call, left-padded.
+one ``generate`` call, left-padded. Each conversation's answer is handed over (``on_done``) as soon
+as it ends, while the longer ones of its batch are still generating: an evaluation's episodes go on
+(and its progress moves) one by one, not all at once when the longest answer ends.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,8 +182,13 @@ class LocalModel:
         *,
         adapter: str | None = None,
         seed: int | None = None,
+        on_done: Callable[[int, Generation], None] | None = None,
     ) -> list[Generation]:
-        """One assistant message per conversation, in batches of at most ``max_batch``."""
+        """One assistant message per conversation, in batches of at most ``max_batch``.
+
+        ``on_done(index, generation)`` is called (in this thread) for each conversation as soon as
+        its answer ends, before the rest of its batch has.
+        """
         prompts = [self.encode(c) for c in conversations]
         out: list[Generation] = []
         with self._lock:
@@ -189,7 +196,8 @@ class LocalModel:
                 self._torch.manual_seed(seed)
             with self._set_adapter(adapter):
                 for start in range(0, len(prompts), self.max_batch):
-                    out.extend(self._generate(prompts[start : start + self.max_batch], sampling))
+                    done = None if on_done is None else (lambda i, gen, start=start: on_done(start + i, gen))
+                    out.extend(self._generate(prompts[start : start + self.max_batch], sampling, on_done=done))
         return out
 
     @staticmethod
@@ -202,7 +210,9 @@ class LocalModel:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def _generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Generation]:
+    def _generate(
+        self, prompts: list[list[int]], sampling: Sampling, *, on_done: Callable[[int, Generation], None] | None = None
+    ) -> list[Generation]:
         torch = self._torch
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p in prompts)
@@ -212,21 +222,56 @@ class LocalModel:
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
         stop = self._stop_ids()
-        kwargs = self._generate_kwargs(sampling, stop, pad_token_id=pad)
+        stop_set = set(stop)
+        reported: set[int] = set()
+        extra: dict[str, Any] = {}
+        if on_done is not None:
+            extra["stopping_criteria"] = self._finish_watch(prompts, width, stop_set, reported, on_done)
+        kwargs = self._generate_kwargs(sampling, stop, pad_token_id=pad, **extra)
         with torch.no_grad():
             output = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
-        results = []
-        stop_set = set(stop)
-        for i, p in enumerate(prompts):
-            new = output[i, width:].tolist()
-            finish = "length"
-            for j, tok in enumerate(new):
-                if tok in stop_set:
-                    new, finish = new[:j], "stop"
-                    break
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            results.append(Generation(text, finish, len(p), len(new) + (finish == "stop")))
+        results = [self._finished(p, output[i, width:].tolist(), stop_set) for i, p in enumerate(prompts)]
+        if on_done is not None:
+            for i, gen in enumerate(results):
+                if i not in reported:  # ran to max_tokens: it ends with the batch
+                    on_done(i, gen)
         return results
+
+    def _finished(self, prompt: list[int], new: list[int], stop_set: set[int]) -> Generation:
+        """The Generation of ``new`` tokens, cut at the first stop token."""
+        finish = "length"
+        for j, tok in enumerate(new):
+            if tok in stop_set:
+                new, finish = new[:j], "stop"
+                break
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Generation(text, finish, len(prompt), len(new) + (finish == "stop"))
+
+    def _finish_watch(
+        self,
+        prompts: list[list[int]],
+        width: int,
+        stop_set: set[int],
+        reported: set[int],
+        on_done: Callable[[int, Generation], None],
+    ) -> Any:
+        """A StoppingCriteria that stops nothing: after each decoding step it hands over the rows
+        whose newest token is their first stop token (``generate`` itself stops them)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        torch = self._torch
+        model = self
+
+        class FinishWatch(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                last = input_ids[:, -1].tolist()
+                for i, tok in enumerate(last):
+                    if tok in stop_set and i not in reported:
+                        reported.add(i)
+                        on_done(i, model._finished(prompts[i], input_ids[i, width:].tolist(), stop_set))
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        return StoppingCriteriaList([FinishWatch()])
 
     def stream(
         self, conversation: Sequence[dict[str, str]], sampling: Sampling, *, adapter: str | None = None
@@ -280,7 +325,7 @@ class Batcher:
         self.max_batch = max_batch
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        self.batches = 0
+        self.batches = 0  # batched generations started
 
     async def submit(
         self,
@@ -309,9 +354,19 @@ class Batcher:
             groups: dict[tuple, list] = {}
             for item in batch:
                 groups.setdefault((item[1], item[2]), []).append(item)
+            loop = asyncio.get_running_loop()
             for (sampling, adapter), items in groups.items():
                 seeds = [i[3] for i in items if i[3] is not None]
                 started = time.perf_counter()
+
+                def answer(index: int, gen: Generation, items=items, started=started) -> None:
+                    # called in the generating thread as each answer ends: its request goes on now
+                    try:
+                        loop.call_soon_threadsafe(_resolve, items[index][4], (gen, time.perf_counter() - started))
+                    except RuntimeError:  # the loop has closed: nobody is waiting for it any more
+                        pass
+
+                self.batches += 1
                 try:
                     generations = await asyncio.to_thread(
                         self.model.generate,
@@ -319,17 +374,16 @@ class Batcher:
                         sampling,
                         adapter=adapter,
                         seed=min(seeds) if seeds else None,
+                        on_done=answer,
                     )
-                except Exception as exc:  # every request of the batch gets the failure
+                except Exception as exc:  # every request of the batch still waiting gets the failure
                     for item in items:
                         if not item[4].done():
                             item[4].set_exception(exc)
                     continue
-                self.batches += 1
                 elapsed = time.perf_counter() - started
                 for item, gen in zip(items, generations):
-                    if not item[4].done():
-                        item[4].set_result((gen, elapsed))
+                    _resolve(item[4], (gen, elapsed))  # no-op for those answered already
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -340,3 +394,8 @@ class Batcher:
                 pass
         self._task = None
         self._queue = None
+
+
+def _resolve(future: asyncio.Future, value: Any) -> None:
+    if not future.done():  # answered already, or its request was cancelled
+        future.set_result(value)
