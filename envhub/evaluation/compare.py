@@ -2,11 +2,19 @@
 
 When both runs scored the same tasks (same environment, split and seed: the same episode keys),
 differences are paired per task, which gives much narrower intervals than comparing two independent
-means; otherwise Welch's interval is used. Errored episodes are left out of both sides.
+means; otherwise Welch's interval is used. Errored episodes are left out of both sides (the error
+rate counts them).
+
+Each metric has a direction (reward, pass rate and criteria: higher is better; error rate: lower is
+better; turns: neither), and each row a verdict: ``better`` or ``worse`` when the interval excludes
+zero, ``changed`` for a metric with no better direction, ``no clear change`` when the interval holds
+zero, ``too few episodes`` when there is no interval, and ``no data`` when a side has nothing to
+measure (every episode errored, or a criterion only one run has). No data is never "worse".
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +39,62 @@ class Comparison:
     warnings: list[str]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN (no data) becomes null; each metric carries its direction and verdict."""
         return {
             "run_a": self.run_a,
             "run_b": self.run_b,
+            "model_a": self.summary_a.model_label,
+            "model_b": self.summary_b.model_label,
             "same_tasks": self.same_tasks,
             "warnings": self.warnings,
-            "metrics": {k: d.to_dict() for k, d in self.metrics.items()},
+            "metrics": {
+                k: {**_no_nan(d.to_dict()), "better": better_direction(k), "verdict": verdict(k, d)}
+                for k, d in self.metrics.items()
+            },
         }
+
+
+#: Which way each metric should move; criteria (``criterion/NAME``) are scores, higher is better.
+DIRECTIONS: dict[str, str | None] = {"reward": "higher", "pass_rate": "higher", "error_rate": "lower", "turns": None}
+
+
+def better_direction(metric: str) -> str | None:
+    """``"higher"``, ``"lower"``, or None when neither way is better (turns)."""
+    if metric.startswith("criterion/"):
+        return "higher"
+    return DIRECTIONS.get(metric)
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def verdict(metric: str, d: Difference) -> str:
+    """What a row of the comparison says (see the module docstring)."""
+    if _nan(d.a) and _nan(d.b):
+        return "no data"
+    if _nan(d.a) or _nan(d.b):
+        return "no data in " + ("A" if _nan(d.a) else "B")
+    if _nan(d.ci_low) or _nan(d.ci_high):
+        return "too few episodes"
+    if not d.significant:
+        return "no clear change"
+    direction = better_direction(metric)
+    if direction is None:
+        return "changed"
+    return "better" if (d.diff > 0) == (direction == "higher") else "worse"
+
+
+def _no_nan(data: dict[str, Any]) -> dict[str, Any]:
+    def clean(v: Any) -> Any:
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return None if _nan(v) else v
+
+    out = {k: clean(v) for k, v in data.items()}
+    if out.get("diff") is None or None in (out.get("ci95") or [None]):
+        out["significant"] = None  # no interval: neither significant nor not
+    return out
 
 
 def _per_task(records: list[dict[str, Any]], value) -> dict[int, float]:
@@ -105,16 +162,36 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> Comparison:
     return Comparison(str(run_a), str(run_b), sum_a, sum_b, metrics, same_tasks, warnings)
 
 
+#: Column headings of the comparison, in the terminal and on the HTML page.
+COLUMNS = ("metric", "better if", "A", "B", "B - A", "95% CI of B - A", "verdict")
+
+
+def comparison_rows(comparison: Comparison) -> list[tuple[str, ...]]:
+    """One row of :data:`COLUMNS` per metric, as text ("n/a" where there is no data)."""
+
+    def num(value: float, sign: str = "") -> str:
+        return "n/a" if _nan(value) else f"{value:{sign}.3f}"
+
+    rows = []
+    for name, d in comparison.metrics.items():
+        ci = "n/a" if _nan(d.ci_low) or _nan(d.ci_high) else f"{d.ci_low:+.3f} to {d.ci_high:+.3f}"
+        rows.append((name, better_direction(name) or "neither", num(d.a), num(d.b), num(d.diff, "+"), ci, verdict(name, d)))
+    return rows
+
+
+_VERDICT_STYLE = {"better": "green", "worse": "red", "changed": "yellow"}
+
+
 def comparison_table(comparison: Comparison):
     """A rich Table of a comparison."""
     from rich.table import Table
 
-    table = Table(title=f"B - A   (A = {comparison.run_a}, B = {comparison.run_b})", title_justify="left")
-    for col in ("metric", "A", "B", "B - A", "95% CI", ""):
+    title = (f"B - A   (A = {comparison.run_a}: {comparison.summary_a.model_label}; "
+             f"B = {comparison.run_b}: {comparison.summary_b.model_label})")  # fmt: skip
+    table = Table(title=title, title_justify="left")
+    for col in COLUMNS:
         table.add_column(col)
-    for name, d in comparison.metrics.items():
-        mark = "[green]better[/]" if d.significant and d.diff > 0 else "[red]worse[/]" if d.significant else ""
-        if name in ("error_rate", "turns") and d.significant:
-            mark = "[dim]changed[/]"
-        table.add_row(name, f"{d.a:.3f}", f"{d.b:.3f}", f"{d.diff:+.3f}", f"{d.ci_low:+.3f} to {d.ci_high:+.3f}", mark)
+    for row in comparison_rows(comparison):
+        style = _VERDICT_STYLE.get(row[-1], "dim")
+        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
     return table

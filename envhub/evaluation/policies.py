@@ -13,7 +13,9 @@ episodes at once:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +29,7 @@ from envhub.http.chat import (
 from envhub.http.lean import LeanHTTPClient, supports
 from envhub.evaluation.local_model import Batcher, LocalModel, Sampling
 
-__all__ = ["Completion", "EndpointPolicy", "LocalPolicy", "Policy", "make_policy"]
+__all__ = ["Completion", "EndpointPolicy", "LocalPolicy", "Policy", "make_policy", "training_run"]
 
 
 @dataclass
@@ -147,10 +149,43 @@ class LocalPolicy(Policy):
         out: dict[str, Any] = {"kind": "local", "name": self.local.name, "path": self.local.path}
         if self.adapter_dir:
             out["adapter"] = self.adapter_dir
+            run = training_run(self.adapter_dir)
+            if run:
+                out["adapter_run"] = run
         return out
 
     async def aclose(self) -> None:
         await self.batcher.aclose()
+
+
+def training_run(adapter: str | Path) -> dict[str, Any] | None:
+    """What the trainer's provenance.json says about the run that wrote ``adapter`` (None: none found).
+
+    The trainer writes it into the adapter folder and into the run folder above it; a checkpoint
+    folder holds one too.
+    """
+    folder = Path(adapter)
+    for candidate in (folder / "provenance.json", folder.parent / "provenance.json"):
+        if not candidate.is_file():
+            continue
+        try:
+            data = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            return None  # an unreadable provenance names nothing; the adapter's path still does
+        config = data.get("config") or {}
+        final = data.get("final_metrics") or {}
+        run = {
+            "provenance": str(candidate),
+            "output_dir": config.get("output_dir"),
+            "algo": data.get("algo"),
+            "environments": [e.get("ref") for e in data.get("environments") or [] if isinstance(e, dict)],
+            "base_model": (data.get("model") or {}).get("name"),
+            "steps": final.get("step"),
+            "reward_mean": final.get("reward/mean"),
+            "finished_at": data.get("finished_at"),
+        }
+        return {k: v for k, v in run.items() if v not in (None, [])}
+    return None
 
 
 def make_policy(

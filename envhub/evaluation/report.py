@@ -1,4 +1,4 @@
-"""``report.html`` and the terminal tables.
+"""``report.html``, the terminal tables, and the page of ``envhub eval compare``.
 
 The report is one self-contained page: inline CSS, plots drawn as inline SVG here (reward
 distribution, per-criterion mean scores with their intervals, turns per episode), the summary, and
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envhub.evaluation.results import REPORT_FILE, Summary
+from envhub.evaluation.results import OUTPUT_MODE, REPORT_FILE, Summary
 
 _W, _H = 420, 220  # plot size in px
 _PAD_L, _PAD_B, _PAD_T, _PAD_R = 44, 34, 14, 10
@@ -107,24 +107,57 @@ def svg_bars(
 
 
 def reward_histogram(rewards: Sequence[float], bins: int = 10) -> tuple[list[str], list[float]]:
+    """(labels, counts). Rewards in [0, 1] go to ``bins + 1`` bins centred on 0, 1/bins, ..., 1, each
+    labelled by its centre, so that 0.9 and 1.0 (a near miss and a full score) are told apart;
+    rewards outside [0, 1] get ``bins`` equal bins from the lowest to the highest, labelled by range."""
+    low, high = min(rewards, default=0.0), max(rewards, default=1.0)
+    if low >= 0.0 and high <= 1.0:
+        counts = [0] * (bins + 1)
+        for r in rewards:
+            counts[math.floor(r * bins + 0.5)] += 1
+        return [f"{i / bins:.1f}" for i in range(bins + 1)], [float(c) for c in counts]
+    width = (high - low) / bins or 1.0
     counts = [0] * bins
     for r in rewards:
-        counts[min(int(max(r, 0.0) * bins), bins - 1)] += 1
-    labels = [f"{i / bins:.1f}" for i in range(bins)]
+        counts[min(int((r - low) / width), bins - 1)] += 1
+    labels = [f"{low + i * width:.2g}–{low + (i + 1) * width:.2g}" for i in range(bins)]
     return labels, [float(c) for c in counts]
+
+
+def _interval(e: dict[str, Any]) -> str:
+    """"(95% CI a to b, method)" of a summary estimate."""
+    ci = e.get("ci95") or [None, None]
+    method = {"wilson": "Wilson", "bootstrap": "bootstrap", "t": "t"}.get(e.get("interval", "t"), "t")
+    return f"95% CI {_fmt(ci[0])} to {_fmt(ci[1])}, {method}"
+
+
+def _training_run(run: dict[str, Any]) -> str:
+    """One line about an adapter's training run, from what its provenance.json gave."""
+    parts = [run.get("algo"), "on " + ", ".join(run["environments"]) if run.get("environments") else None,
+             f"{run['steps']} steps" if run.get("steps") is not None else None]  # fmt: skip
+    where = run.get("output_dir") or run.get("provenance")
+    return " ".join(p for p in parts if p) + (f" ({where})" if where else "")
 
 
 def _summary_rows(summary: Summary) -> list[tuple[str, str]]:
     r = summary.reward
-    ci = r.get("ci95") or [None, None]
     rows = [
         ("environment", summary.env),
         ("env digest", summary.env_digest or "n/a"),
         ("rubric hash", ", ".join(summary.rubric_hashes) or "n/a"),
         ("model", summary.model),
-        ("episodes", f"{summary.episodes} ({summary.tasks} tasks x {summary.samples_per_task} samples)"),
-        ("reward mean", f"{_fmt(r.get('mean'))}  (95% CI {_fmt(ci[0])} to {_fmt(ci[1])}, std {_fmt(r.get('std'))})"),
     ]
+    if summary.adapter:
+        rows.append(("adapter", str(summary.adapter.get("path"))))
+        if summary.adapter.get("training_run"):
+            rows.append(("trained by", _training_run(summary.adapter["training_run"])))
+    rows += [
+        ("episodes", f"{summary.episodes} ({summary.tasks} tasks x {summary.samples_per_task} samples)"),
+        ("reward mean", f"{_fmt(r.get('mean'))}  ({_interval(r)}; std {_fmt(r.get('std'))})"),
+    ]
+    if summary.pass_rate.get("n"):
+        rows.append((f"pass rate (reward >= {summary.pass_threshold:g})",
+                     f"{_fmt(summary.pass_rate.get('mean'))}  ({_interval(summary.pass_rate)})"))  # fmt: skip
     for k, v in summary.pass_at_k.items():
         rows.append((f"{k} (reward >= {summary.pass_threshold:g})", _fmt(v)))
     rows += [
@@ -134,6 +167,9 @@ def _summary_rows(summary: Summary) -> list[tuple[str, str]]:
     ]
     if summary.error_types:
         rows.append(("error types", ", ".join(f"{k}: {v}" for k, v in summary.error_types.items())))
+    if summary.first_error:
+        first = summary.first_error
+        rows.append(("first error", f"episode {first.get('key')} ({first.get('where')}): {first.get('type')}: {first.get('message')}"))
     if summary.timing.get("episodes_per_s") is not None:
         rows.append(("throughput", f"{_fmt(summary.timing['episodes_per_s'], 2)} episodes/s"))
     return rows
@@ -202,8 +238,8 @@ def render_report(summary: Summary, records: Sequence[dict[str, Any]], *, config
     config_json = _esc(json.dumps(config or {}, indent=2, default=str))
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>envhub eval: {_esc(summary.env)} · {_esc(summary.model)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>Evaluation of {_esc(summary.model)} on {_esc(summary.env)}</h1>"
+        f"<title>envhub eval: {_esc(summary.env)} · {_esc(summary.model_label)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>Evaluation of {_esc(summary.model_label)} on {_esc(summary.env)}</h1>"
         f"<p class='muted'>{summary.episodes} episodes · reward {_fmt(summary.reward.get('mean'))}</p>"
         f"<h2>Summary</h2><table>{rows}</table>"
         f"<h2>Plots</h2><div class='plots'>{''.join(plots)}</div>"
@@ -219,7 +255,7 @@ def write_report(out_dir: str | Path, summary: Summary, records: Sequence[dict[s
     from envhub.identity.artifact import write_atomic
 
     path = Path(out_dir) / REPORT_FILE
-    write_atomic(path, render_report(summary, records, config=config).encode("utf-8"))
+    write_atomic(path, render_report(summary, records, config=config).encode("utf-8"), mode=OUTPUT_MODE)
     return path
 
 
@@ -230,7 +266,7 @@ def summary_table(summary: Summary):
     """A rich Table of the summary."""
     from rich.table import Table
 
-    table = Table(title=f"{summary.env} · {summary.model}", show_header=False, title_justify="left")
+    table = Table(title=f"{summary.env} · {summary.model_label}", show_header=False, title_justify="left")
     table.add_column("metric", style="bold")
     table.add_column("value")
     for k, v in _summary_rows(summary):
@@ -240,3 +276,51 @@ def summary_table(summary: Summary):
         table.add_row(f"  {name} (w={_fmt(c.get('weight'), 2)})", f"{_fmt(c.get('mean'))} ({_fmt(ci[0])} to {_fmt(ci[1])})"
                       + (f", {c['unscored']} unscored" if c.get("unscored") else ""))
     return table
+
+
+# --- comparison page -----------------------------------------------------------------------------
+
+_VERDICT_CLASS = {"better": "good", "worse": "err", "changed": "warn"}
+
+
+def render_comparison(comparison: Any) -> str:
+    """The page of ``envhub eval compare``: both runs named, every metric with its direction and verdict."""
+    from envhub.evaluation.compare import COLUMNS, comparison_rows
+
+    a, b = comparison.summary_a, comparison.summary_b
+    runs = "".join(
+        f"<tr><th>{side}</th><td>{_esc(path)}</td><td>{_esc(s.model_label)}</td><td>{_esc(s.env)}</td>"
+        f"<td>{s.episodes}</td><td>{_fmt(s.error_rate)}</td></tr>"
+        for side, path, s in (("A", comparison.run_a, a), ("B", comparison.run_b, b))
+    )
+    head = "".join(f"<th>{_esc(c)}</th>" for c in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(cell)}</td>" for cell in row[:-1])
+        + f"<td class='{_VERDICT_CLASS.get(row[-1], 'muted')}'>{_esc(row[-1])}</td></tr>"
+        for row in comparison_rows(comparison)
+    )
+    interval = "paired by task" if comparison.same_tasks else "unpaired (Welch): the runs scored different tasks"
+    notes = "".join(f"<li>{_esc(w)}</li>" for w in comparison.warnings)
+    title = f"{a.model_label} vs {b.model_label} on {b.env}"
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>envhub eval compare: {_esc(title)}</title><style>{_CSS}.good{{color:#1b7a3d}}.warn{{color:#a86b00}}"
+        "</style></head><body>"
+        f"<h1>Comparison: {_esc(title)}</h1>"
+        f"<p class='muted'>B - A per metric, 95% intervals {_esc(interval)}. A verdict is better or worse only "
+        "when the interval excludes zero; rows with no data on a side say so.</p>"
+        "<h2>Runs</h2><table><tr><th>run</th><th>folder</th><th>model</th><th>environment</th><th>episodes</th>"
+        f"<th>error rate</th></tr>{runs}</table>"
+        f"<h2>Metrics</h2><table><tr>{head}</tr>{body}</table>"
+        + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
+        + "</body></html>"
+    )
+
+
+def write_comparison(path: str | Path, comparison: Any) -> Path:
+    """Write :func:`render_comparison`'s page to ``path`` (readable by everyone, like the reports)."""
+    from envhub.identity.artifact import write_atomic
+
+    path = Path(path)
+    write_atomic(path, render_comparison(comparison).encode("utf-8"), mode=OUTPUT_MODE)
+    return path
