@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 console = Console()
@@ -55,13 +57,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 
-def default_out_dir(env: str, model: str | None, adapter: str | None, split: str, seed: int) -> Path:
-    """Where a run goes when --out is not given: the same command resumes the same folder."""
-    name = _slug(Path(env).name if "/" in env and Path(env).exists() else env.replace("/", "_"))
-    who = _slug(model or "default") + (f"+{_slug(Path(adapter).name)}" if adapter else "")
-    return Path("eval-runs") / f"{name}__{who}__{split}-s{seed}"
-
-
 @eval_app.command("run", hidden=True)
 def run(
     envs: list[str] = typer.Argument(..., metavar="ENV...", help="Environment ids or folders."),
@@ -80,43 +75,65 @@ def run(
     api_key_env: str = typer.Option(None, "--api-key-env", help="Variable with the API key (default ENVHUB_API_KEY, then OPENAI_API_KEY)."),
     runtime: str = typer.Option("inprocess", help="Where environments run: inprocess, process or docker."),
     env_arg: list[str] = typer.Option([], "--env-arg", help="KEY=VALUE passed to the environment (repeatable)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default eval-runs/ENV__MODEL__SPLIT-sSEED; rerunning resumes it)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder; an existing one of the same settings is resumed (default: a new runs/eval/ENV-MODEL-TIMESTAMP)."),
     pass_threshold: float = typer.Option(1.0, "--pass-threshold", help="Reward that counts as a pass for pass@k."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh instead of resuming."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="On resume, run errored episodes again."),
     max_retries: int = typer.Option(4, "--max-retries", help="Endpoint retries per request."),
     timeout: float = typer.Option(120.0, "--timeout", help="Endpoint request timeout, seconds."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
+    max_error_rate: float = typer.Option(None, "--max-error-rate", min=0.0, max=1.0, help="Exit 1 when more than this fraction of episodes ended in an error (default: only when every one did)."),
 ) -> None:
-    """Run N episodes of each environment against a model; write results.jsonl, summary.json, report.html."""
+    """Run N episodes of each environment against a model; write results.jsonl, summary.json, report.html.
+
+    Exits 1 before the first episode when an environment, its --env-arg values or the endpoint do
+    not work, and after the last when every episode (or more than --max-error-rate) errored.
+    """
+    from envhub.evaluation.preflight import check_environment
     from envhub.evaluation.report import summary_table
-    from envhub.evaluation.runner import EvalConfig, run_eval
+    from envhub.evaluation.runner import EvalConfig, default_out_dir, run_eval
 
     kwargs = _env_kwargs(env_arg)
+    configs = []
     for env in envs:
         if out is None:
-            out_dir = default_out_dir(env, model, str(adapter) if adapter else None, split, seed)
+            out_dir = default_out_dir(env, model=model, adapter=str(adapter) if adapter else None)
         else:
             out_dir = out if len(envs) == 1 else out / _slug(env.replace("/", "_"))
-        config = EvalConfig(
+        configs.append(EvalConfig(
             env=env, out_dir=str(out_dir), model=model, base_url=base_url,
             adapter=str(adapter) if adapter else None, episodes=episodes, samples=samples, split=split, seed=seed,
             concurrency=concurrency, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
             rate_limit=rate_limit, api_key_env=api_key_env, runtime=runtime, env_kwargs=kwargs,
             pass_threshold=pass_threshold, overwrite=overwrite, retry_errors=retry_errors,
-            max_retries=max_retries, timeout_s=timeout, report=report,
-        )  # fmt: skip
+            max_retries=max_retries, timeout_s=timeout, report=report, max_error_rate=max_error_rate,
+        ))  # fmt: skip
+    if len(configs) > 1:  # every environment works before the first one's episodes start
+        for config in configs:
+            check_environment(config.env, runtime=runtime, env_kwargs=kwargs, split=split, seed=seed, run_dir=config.out_dir)
+    for config in configs:
+        out_dir = Path(config.out_dir)
+        started = time.perf_counter()
         try:
-            summary = run_eval(config, progress=console.is_terminal)
+            summary = run_eval(config, progress=console.is_terminal, log=lambda line: console.print(line, highlight=False))
         except KeyboardInterrupt:
+            again = "run the same command again" if out is not None else f"run the same command with --out {out_dir}"
             console.print(
-                f"[yellow]interrupted:[/] the finished episodes are kept in {out_dir}/results.jsonl; "
-                "run the same command again to resume"
+                f"[yellow]interrupted:[/] the finished episodes are kept in {out_dir}/results.jsonl; {again} to resume",
+                highlight=False,
             )
             raise SystemExit(130) from None  # the exit code of an interrupted command
         console.print(summary_table(summary))
+        if summary.errors:
+            types = ", ".join(f"{k}: {v}" for k, v in summary.error_types.items())
+            first = summary.first_error or {}
+            console.print(
+                f"[yellow]{summary.errors} of {summary.episodes} episodes ({summary.error_rate:.0%}) ended in an error[/] "
+                f"({types}); the first: {first.get('type')}: {escape(str(first.get('message'))[:200])}",
+                highlight=False,
+            )
         files = "results.jsonl, summary.json" + (", report.html" if report else "")
-        console.print(f"[dim]{out_dir}/: {files}[/]")
+        console.print(f"[dim]{out_dir}/: {files} ({time.perf_counter() - started:.0f} s)[/]", highlight=False)
 
 
 @eval_app.command("compare")
@@ -124,17 +141,22 @@ def compare(
     run_a: Path = typer.Argument(..., metavar="RUN_A", help="Output folder of the first run (the baseline)."),
     run_b: Path = typer.Argument(..., metavar="RUN_B", help="Output folder of the second run."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    html: Path = typer.Option(None, "--html", help="Where to write the comparison page (default: RUN_B/compare-RUN_A.html)."),
 ) -> None:
-    """Differences B - A per metric with 95% intervals (paired by task when both ran the same tasks)."""
+    """Differences B - A per metric with 95% intervals (paired by task when both ran the same tasks),
+    which direction is better for each, and a verdict; also written as an HTML page."""
     from envhub.evaluation.compare import compare_runs, comparison_table
+    from envhub.evaluation.report import write_comparison
 
     comparison = compare_runs(run_a, run_b)
+    page = write_comparison(html or run_b / f"compare-{_slug(run_a.resolve().name)}.html", comparison)
     if as_json:
-        print(json.dumps(comparison.to_dict(), indent=2))
+        print(json.dumps({**comparison.to_dict(), "html": str(page)}, indent=2))
         return
     console.print(comparison_table(comparison))
     for warning in comparison.warnings:
         console.print(f"[yellow]note:[/] {warning}")
+    console.print(f"[dim]page: {page}[/]", highlight=False)
 
 
 def audit(

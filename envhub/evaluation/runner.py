@@ -4,7 +4,19 @@ Episode ``(task_index, sample)`` resets the environment with ``seed + task_index
 of a task see the same task, and two runs with the same seed and split see the same tasks (which
 ``envhub eval compare`` pairs). Up to ``concurrency`` episodes are in flight; each has its own
 environment instance from a pool. An environment or endpoint error ends that episode with an
-``error`` record; it never stops the run.
+``error`` record; it never stops the other episodes.
+
+A run that cannot do what was asked fails loudly, with :class:`~envhub.errors.EvalRunError`:
+
+- before the first episode, when the environment does not resolve, its factory refuses the kwargs
+  or it does not reset, and when the endpoint does not answer or does not serve the model
+  (:mod:`~envhub.evaluation.preflight`); nothing is written then;
+- after the last, when every episode ended in an error, or more than ``max_error_rate`` of them
+  did; the results, summary and report are written first, and the message gives the error types
+  and the first error.
+
+A folder is resumed only when its recorded settings (and the environment's digest) match; the
+default folder is new for every run (:func:`default_out_dir`).
 
     summary = evaluate("arithmetic", episodes=16, out_dir="runs/base")
 """
@@ -13,8 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +37,10 @@ from typing import Any
 
 from envhub.errors import EnvhubError, EvalRunError
 from envhub.evaluation.local_model import Sampling
-from envhub.evaluation.policies import Policy, make_policy
+from envhub.evaluation.policies import EndpointPolicy, Policy, make_policy
+from envhub.evaluation.preflight import check_endpoint, check_environment
 from envhub.evaluation.results import (
+    OUTPUT_MODE,
     REPORT_FILE,
     RESULTS_FILE,
     RUN_FILE,
@@ -35,7 +52,12 @@ from envhub.evaluation.results import (
     summarise,
 )
 
-__all__ = ["EvalConfig", "evaluate", "run_eval"]
+__all__ = ["EvalConfig", "default_out_dir", "evaluate", "run_eval"]
+
+_log = logging.getLogger(__name__)
+
+#: Where runs go when no output folder is named: a new folder per run under it.
+DEFAULT_RUNS_DIR = Path("runs") / "eval"
 
 #: Config fields that must not change when a run resumes (they change what an episode is). The
 #: endpoint's URL may change (a restarted server on another port); the model's name may not.
@@ -86,6 +108,9 @@ class EvalConfig:
     """Endpoint per-request timeout."""
     report: bool = True
     """Write report.html."""
+    max_error_rate: float | None = None
+    """Fail the run (EvalRunError, after writing its outputs) when more than this fraction of its
+    episodes ended in an error. None: fail only when every episode did."""
 
     @property
     def sampling(self) -> Sampling:
@@ -111,6 +136,8 @@ class EvalConfig:
             problems.append("an endpoint (--base-url) needs --model, the model name it serves")
         if self.base_url and self.adapter:
             problems.append("--adapter is for a local model; an endpoint serves adapters under their own model names")
+        if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
+            problems.append(f"max_error_rate must be in [0, 1], got {self.max_error_rate}")
         if problems:
             raise EvalRunError(self.out_dir, "; ".join(problems), hint="fix the options named above")
 
@@ -283,7 +310,7 @@ class _Run:
                 record = await self.episode(task_index, sample)
                 self.writer.write(record)
                 if self.progress is not None:
-                    self.progress()
+                    self.progress(record)
 
         workers = [asyncio.ensure_future(worker()) for _ in range(min(self.config.concurrency, len(todo)) or 1)]
         try:
@@ -296,48 +323,111 @@ class _Run:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _prepare(config: EvalConfig) -> tuple[Path, list[dict[str, Any]]]:
-    """Create or reopen the output folder; return it and the records it already holds."""
+def _planned(config: EvalConfig) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(the folder's run.json or None, the records to keep) for ``config``; writes nothing.
+
+    Refuses a folder whose recorded settings differ from ``config`` (resuming would mix two runs).
+    """
+    out = Path(config.out_dir)
+    run_file = out / RUN_FILE
+    results = out / RESULTS_FILE
+    if config.overwrite or not results.exists():
+        return None, []
+    if not run_file.exists():
+        if results.stat().st_size:
+            raise EvalRunError(str(out), f"has a {RESULTS_FILE} but no {RUN_FILE}", hint="use another --out folder")
+        return None, []
+    previous = json.loads(run_file.read_text())
+    recorded = previous.get("config", {})
+    changed = [k for k in _IDENTITY_FIELDS if recorded.get(k) != config.identity()[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {config.identity()[k]!r}" for k in changed)
+        raise EvalRunError(
+            str(out), f"holds a run with other settings ({detail}); resuming would mix them",
+            hint="use another --out folder (or leave --out out for a new one), or --overwrite to start this one afresh",
+        )  # fmt: skip
+    records = read_results(results)
+    if config.retry_errors:
+        records = [r for r in records if not r.get("error")]
+    return previous, records
+
+
+def _check_same_environment(out: Path, identity: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Refuse to resume episodes of another version of the environment than the one ``make`` gives now."""
+    before = next((r["env"] for r in records if (r.get("env") or {}).get("digest")), None)
+    if before is not None and before.get("digest") != identity.get("digest"):
+        raise EvalRunError(
+            str(out), f"its episodes ran on {before.get('ref')} ({before.get('digest')}), but the environment is "
+            f"now {identity.get('ref')} ({identity.get('digest')}); resuming would mix them",
+            hint="pin the version the folder ran (ENV@VERSION), use another --out folder, or --overwrite",
+        )  # fmt: skip
+
+
+def _open_folder(config: EvalConfig, records: list[dict[str, Any]]) -> Path:
+    """Create the output folder, or clear it (overwrite), or drop its errored records (retry_errors)."""
+    from envhub.identity.artifact import write_atomic
+
     out = Path(config.out_dir)
     if config.overwrite and out.exists():
         for name in (RESULTS_FILE, SUMMARY_FILE, RUN_FILE, REPORT_FILE):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    run_file = out / RUN_FILE
     results = out / RESULTS_FILE
-    if results.exists() and run_file.exists():
-        previous = json.loads(run_file.read_text()).get("config", {})
-        changed = [k for k in _IDENTITY_FIELDS if previous.get(k) != config.identity()[k]]
-        if changed:
-            detail = ", ".join(f"{k}: {previous.get(k)!r} -> {config.identity()[k]!r}" for k in changed)
-            raise EvalRunError(
-                str(out), f"holds a run with other settings ({detail}); resuming would mix them",
-                hint="use another --out folder, or --overwrite to start this one afresh",
-            )
-    elif results.exists() and results.stat().st_size:
-        raise EvalRunError(str(out), f"has a {RESULTS_FILE} but no {RUN_FILE}", hint="use another --out folder")
-    records = read_results(results, repair=True)
-    if config.retry_errors and any(r.get("error") for r in records):
-        kept = [r for r in records if not r.get("error")]
-        from envhub.identity.artifact import write_atomic
-
-        write_atomic(results, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in kept))
-        records = kept
-    return out, records
+    on_disk = read_results(results, repair=True)  # cuts a torn last line
+    if len(on_disk) != len(records):  # retry_errors left the errored ones out
+        write_atomic(results, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records),
+                     mode=OUTPUT_MODE)  # fmt: skip
+    return out
 
 
-def run_eval(config: EvalConfig, *, policy: Policy | None = None, progress: bool = False) -> Summary:
-    """Run (or resume) ``config``; write results, summary and report; return the summary."""
+def _error_rate_failure(summary: Summary, max_error_rate: float | None) -> str | None:
+    """Why the run fails for its errors, or None: every episode errored, or more than the threshold."""
+    n, errors = summary.episodes, summary.errors
+    if not n or not errors:
+        return None
+    everything = errors == n
+    if not everything and (max_error_rate is None or summary.error_rate <= max_error_rate):
+        return None
+    types = ", ".join(f"{k}: {v}" for k, v in sorted(summary.error_types.items(), key=lambda kv: -kv[1]))
+    first = summary.first_error or {}
+    message = (first.get("message") or "").strip().splitlines()
+    head = f"every episode ({n} of {n}) ended in an error" if everything else (
+        f"{errors} of {n} episodes ({summary.error_rate:.0%}) ended in an error, more than the "
+        f"--max-error-rate of {max_error_rate:.0%}"
+    )
+    return (f"{head} ({types}); the first, episode {first.get('key')} at {first.get('where')}: "
+            f"{first.get('type')}: {message[0][:300] if message else ''}")  # fmt: skip
+
+
+Progress = Callable[[dict[str, Any]], None]
+"""Called with each episode's record as it is written."""
+
+
+def run_eval(
+    config: EvalConfig,
+    *,
+    policy: Policy | None = None,
+    progress: bool | Progress = False,
+    log: Callable[[str], None] | None = None,
+) -> Summary:
+    """Run (or resume) ``config``; write results, summary and report; return the summary.
+
+    ``progress``: True draws a bar that moves as each episode ends; a callable is called with each
+    record instead. ``log`` gets one-line notes (resuming, nothing to run); the default logs them.
+    Raises EvalRunError as the module docstring says.
+    """
+    say = log or _log.info
     config.check()
-    out, done = _prepare(config)
+    previous, done = _planned(config)
     tasks = config.episodes // config.samples
     done_keys = {r["key"] for r in done}
     todo = [(t, s) for t in range(tasks) for s in range(config.samples) if episode_key(t, s) not in done_keys]
-    run_info = {"config": asdict(config), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    from envhub.identity.artifact import write_atomic
-
-    started = time.perf_counter()
-    if todo:
+    if todo:  # before anything is written: a run that cannot start leaves no folder behind
+        identity = check_environment(
+            config.env, runtime=config.runtime, env_kwargs=config.env_kwargs, split=config.split, seed=config.seed,
+            run_dir=config.out_dir,
+        )  # fmt: skip
+        _check_same_environment(Path(config.out_dir), identity, done)
         if policy is None:
             policy = make_policy(
                 model=config.model,
@@ -348,25 +438,48 @@ def run_eval(config: EvalConfig, *, policy: Policy | None = None, progress: bool
                 rate_limit=config.rate_limit,
                 retry=_retry(config),
             )
-        run_info["model"] = policy.describe()
-        write_atomic(out / RUN_FILE, json.dumps(run_info, indent=2, default=str).encode())
+        if isinstance(policy, EndpointPolicy):
+            check_endpoint(policy.base_url, policy.model, api_key=policy.api_key, run_dir=config.out_dir)
+    out = _open_folder(config, done)
+    from envhub.identity.artifact import write_atomic
+
+    already = sum(_in_plan(r, tasks, config.samples) for r in done)
+    started = time.perf_counter()
+    if todo:
+        if already:
+            say(f"resuming {out}: running {len(todo)} of {already + len(todo)} episodes ({already} already done)")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        run_info = {"config": asdict(config), "started": (previous or {}).get("started", now), "env": identity,
+                    "model": policy.describe()}  # fmt: skip
+        if previous is not None:
+            run_info["resumed"] = [*previous.get("resumed", []), now]
+        write_atomic(out / RUN_FILE, json.dumps(run_info, indent=2, default=str).encode(), mode=OUTPUT_MODE)
         writer = ResultsWriter(out / RESULTS_FILE)
         try:
-            if progress:
-                _run_with_progress(config, policy, writer, todo, len(done_keys))
+            if progress is True:
+                _run_with_progress(config, policy, writer, todo, already)
             else:
-                asyncio.run(_Run(config, policy, writer, None).run(todo))
+                asyncio.run(_Run(config, policy, writer, progress or None).run(todo))
         finally:
             writer.close()
+    else:
+        say(f"{out} already holds all {already} episodes: nothing to run")
     wall = time.perf_counter() - started
     records = [r for r in read_results(out / RESULTS_FILE) if _in_plan(r, tasks, config.samples)]
     summary = summarise(records, pass_threshold=config.pass_threshold, wall_s=wall if todo else None, ran=len(todo))
     summary.out_dir = str(out)
-    write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, default=str).encode())
+    write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, default=str).encode(), mode=OUTPUT_MODE)
     if config.report:
         from envhub.evaluation.report import write_report
 
         write_report(out, summary, records, config=asdict(config))
+    failure = _error_rate_failure(summary, config.max_error_rate)
+    if failure:
+        raise EvalRunError(
+            str(out), failure,
+            hint=f"every episode's error is in {out / RESULTS_FILE}; fix the cause, then rerun with "
+            f"--out {out} --retry-errors",
+        )  # fmt: skip
     return summary
 
 
@@ -393,7 +506,37 @@ def _run_with_progress(config: EvalConfig, policy: Policy, writer: ResultsWriter
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
     ) as bar:
         task = bar.add_task(f"eval {config.env}", total=already + len(todo), completed=already)
-        asyncio.run(_Run(config, policy, writer, lambda: bar.advance(task)).run(todo))
+        errors = 0
+
+        def advance(record: dict[str, Any]) -> None:
+            nonlocal errors
+            errors += bool(record.get("error"))
+            note = f" [red]({errors} errored)[/]" if errors else ""
+            bar.update(task, advance=1, description=f"eval {config.env}{note}")
+
+        asyncio.run(_Run(config, policy, writer, advance).run(todo))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def default_out_dir(env: str, *, model: str | None = None, adapter: str | None = None, root: Path = DEFAULT_RUNS_DIR) -> Path:
+    """A new folder for a run that names none: ``runs/eval/ENV-MODEL[-ADAPTER]-YYYYmmdd-HHMMSS``.
+
+    New for every run, so that two runs never share (or "resume") one folder by accident; to resume
+    a run, pass its folder.
+    """
+    name = _slug(Path(env).name if Path(env).is_dir() else env.replace("/", "_"))
+    who = _slug(Path(model).name if model and Path(model).is_dir() else (model or "default"))
+    if adapter:
+        who += "+" + _slug(Path(adapter).parent.name if Path(adapter).name == "adapter" else Path(adapter).name)
+    base = root / f"{name}-{who}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while candidate.exists():  # two runs in the same second
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
 def evaluate(
@@ -406,19 +549,22 @@ def evaluate(
     samples: int = 1,
     split: str = "test",
     seed: int = 0,
-    out_dir: str | Path = "eval-out",
+    out_dir: str | Path | None = None,
     concurrency: int = 64,
     temperature: float = 0.0,
     max_tokens: int = 64,
-    progress: bool = False,
+    progress: bool | Progress = False,
     **options: Any,
 ) -> Summary:
     """Evaluate a model on an environment and write the output folder; returns the :class:`Summary`.
 
     Defaults suit a quick CPU demo with the embedded 135M model: greedy decoding, short answers, and
-    up to 64 episodes of a turn generated as one batch. ``options`` are further :class:`EvalConfig`
-    fields.
+    up to 64 episodes of a turn generated as one batch. ``out_dir`` None is a new folder under
+    runs/eval (:func:`default_out_dir`); an existing folder of the same settings is resumed.
+    ``options`` are further :class:`EvalConfig` fields. Raises EvalRunError as :func:`run_eval` does.
     """
+    if out_dir is None:
+        out_dir = default_out_dir(env_id, model=model, adapter=adapter)
     config = EvalConfig(
         env=env_id,
         out_dir=str(out_dir),
