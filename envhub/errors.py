@@ -2,18 +2,29 @@
 
 One root, :class:`EnvhubError`, and a small tree under it. Each class also derives from the stdlib
 exception a caller would naturally catch (``ValueError``, ``LookupError``, ``OSError``...), carries
-typed fields, and has a ``hint``: the one next step the CLI prints under the message.
+typed fields, and has a ``hint``: the one next step the CLI prints under the message. Each also has
+the stable ``code`` and HTTP ``status`` it travels with (:mod:`envhub.wire` writes and reads the body).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 
 class EnvhubError(Exception):
-    """Root of every error envhub raises on purpose."""
+    """Root of every error envhub raises on purpose.
 
+    Every class says how it travels over HTTP (:mod:`envhub.wire`): ``code``, its own stable name
+    that clients match on; ``status``, the HTTP status it is answered with; ``fields``, the typed
+    attributes that go with it and rebuild it on the other side. The root's code, ``internal``, is
+    also what an exception from outside the tree (a bug) is answered with.
+    """
+
+    code: str = "internal"
+    status: int = 500
+    fields: ClassVar[tuple[str, ...]] = ()
     hint: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
@@ -39,6 +50,10 @@ def _did_you_mean(matches: Sequence[str]) -> str:
 class InvalidEnvIdError(EnvhubError, ValueError):
     """An environment id that does not parse."""
 
+    code = "invalid_id"
+    status = 400
+    fields = ("env_id",)
+
     def __init__(self, env_id: str, reason: str) -> None:
         self.env_id = env_id
         super().__init__(
@@ -49,6 +64,10 @@ class InvalidEnvIdError(EnvhubError, ValueError):
 
 class EnvNotFoundError(EnvhubError, LookupError):
     """No environment of that name in the registry that was asked."""
+
+    code = "env_not_found"
+    status = 404
+    fields = ("name", "where", "suggestions")
 
     def __init__(self, name: str, *, where: str, available: Iterable[str] = ()) -> None:
         self.name = name
@@ -62,6 +81,10 @@ class EnvNotFoundError(EnvhubError, LookupError):
 
 class VersionNotFoundError(EnvhubError, LookupError):
     """The environment exists but no version matches the request."""
+
+    code = "version_not_found"
+    status = 404
+    fields = ("name", "requested", "available")
 
     def __init__(self, name: str, requested: str, available: Sequence[str]) -> None:
         self.name = name
@@ -80,6 +103,10 @@ class VersionNotFoundError(EnvhubError, LookupError):
 class ManifestError(EnvhubError, ValueError):
     """An ``envhub.toml`` that is missing, unparsable or invalid. ``problems`` names every bad field."""
 
+    code = "invalid_manifest"
+    status = 422
+    fields = ("path", "problems")
+
     def __init__(self, path: str, problems: Sequence[str]) -> None:
         self.path = path
         self.problems = list(problems)
@@ -92,6 +119,10 @@ class ManifestError(EnvhubError, ValueError):
 
 class EntrypointError(EnvhubError, ImportError):
     """The manifest's ``module:factory`` could not be imported or called."""
+
+    code = "entrypoint_error"
+    status = 500
+    fields = ("env", "entrypoint")
 
     def __init__(self, env: str, entrypoint: str, reason: str) -> None:
         self.env = env
@@ -139,12 +170,19 @@ class ImportSourceError(EnvhubError, ValueError):
 class ArtifactError(EnvhubError, OSError):
     """An artifact that cannot be packed, verified or unpacked safely."""
 
+    code = "invalid_artifact"
+    status = 400
+
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint or "re-download it with `envhub pull`, or repack it with `envhub pack`")
 
 
 class DigestMismatchError(ArtifactError):
     """An artifact whose sha256 is not the one it was published or locked with."""
+
+    code = "digest_mismatch"
+    status = 400
+    fields = ("expected", "actual")
 
     def __init__(self, what: str, expected: str, actual: str) -> None:
         self.expected = expected
@@ -157,7 +195,7 @@ class InstalledTreeChangedError(DigestMismatchError):
 
     code = "installed_tree_changed"
     status = 409
-    fields = ("ref", "folder", "changed", "expected")
+    fields = ("ref", "folder", "changed", "expected", "actual")
 
     def __init__(self, ref: str, folder: str, changed: Sequence[str], *, expected: str) -> None:
         self.ref = ref
@@ -176,6 +214,10 @@ class InstalledTreeChangedError(DigestMismatchError):
 class VersionConflictError(EnvhubError, ValueError):
     """Different content published under a version that already exists (versions are immutable)."""
 
+    code = "version_conflict"
+    status = 409
+    fields = ("ref", "existing", "new")
+
     def __init__(self, ref: str, existing: str, new: str) -> None:
         self.ref = ref
         self.existing = existing
@@ -189,12 +231,19 @@ class VersionConflictError(EnvhubError, ValueError):
 class RegistryError(EnvhubError, OSError):
     """A registry that cannot be read or written."""
 
+    code = "registry_error"
+    status = 500
+
 
 # --- episodes -----------------------------------------------------------------------------------
 
 
 class InvalidActionError(EnvhubError, TypeError):
     """An action that is not a message the environment can take."""
+
+    code = "invalid_action"
+    status = 422
+    fields = ("env",)
 
     def __init__(self, env: str, reason: str) -> None:
         self.env = env
@@ -204,6 +253,10 @@ class InvalidActionError(EnvhubError, TypeError):
 class EpisodeEndedError(EnvhubError, RuntimeError):
     """``step`` called after the episode terminated or was truncated, or before ``reset``."""
 
+    code = "episode_ended"
+    status = 409
+    fields = ("env",)
+
     def __init__(self, env: str, reason: str = "the episode has ended") -> None:
         self.env = env
         super().__init__(f"environment `{env}`: {reason}", hint="call `reset()` to start a new episode")
@@ -211,6 +264,10 @@ class EpisodeEndedError(EnvhubError, RuntimeError):
 
 class TaskNotFoundError(EnvhubError, LookupError):
     """``reset(options={"task_id": ...})`` with an id the environment does not have."""
+
+    code = "task_not_found"
+    status = 404
+    fields = ("env", "task_id", "suggestions")
 
     def __init__(self, env: str, task_id: str, available: Iterable[str] = ()) -> None:
         self.env = env
@@ -222,6 +279,10 @@ class TaskNotFoundError(EnvhubError, LookupError):
 class EnvironmentFailure(EnvhubError, RuntimeError):
     """The environment's own code raised while answering; the episode cannot go on."""
 
+    code = "environment_failure"
+    status = 500
+    fields = ("env", "where")
+
     def __init__(self, env: str, where: str, reason: str) -> None:
         self.env = env
         self.where = where
@@ -230,6 +291,10 @@ class EnvironmentFailure(EnvhubError, RuntimeError):
 
 class CriterionError(EnvhubError, ValueError):
     """A rubric criterion that raised or returned something other than a score in [0, 1]."""
+
+    code = "criterion_error"
+    status = 500
+    fields = ("criterion", "reason", "env")
 
     def __init__(self, criterion: str, reason: str, *, env: str | None = None) -> None:
         self.criterion = criterion
@@ -242,8 +307,23 @@ class CriterionError(EnvhubError, ValueError):
         )
 
 
+class Unscored(EnvhubError, RuntimeError):
+    """A criterion that cannot score *by design right now* (e.g. no judge configured).
+
+    A signal to the rubric more than an error: it records the criterion with ``score=None`` and the
+    reason, leaves it out of the total and lists it under ``unscored``; it never invents a score.
+    """
+
+    code = "unscored"
+    status = 503
+
+
 class JudgeError(EnvhubError, RuntimeError):
     """An LLM judge that could not produce a valid score. Never turned into a made-up score."""
+
+    code = "judge_error"
+    status = 502
+    fields = ("criterion",)
 
     def __init__(self, criterion: str, reason: str, *, hint: str | None = None) -> None:
         self.criterion = criterion
@@ -252,6 +332,10 @@ class JudgeError(EnvhubError, RuntimeError):
 
 class ValidationFailed(EnvhubError, AssertionError):
     """``envhub validate`` found contract violations; ``failures`` lists them."""
+
+    code = "validation_failed"
+    status = 422
+    fields = ("env", "failures")
 
     def __init__(self, env: str, failures: Sequence[str]) -> None:
         self.env = env
@@ -265,6 +349,10 @@ class ValidationFailed(EnvhubError, AssertionError):
 class InvalidOptionError(EnvhubError, ValueError):
     """A ``reset`` option or constructor argument the environment does not accept."""
 
+    code = "invalid_option"
+    status = 422
+    fields = ("env", "option")
+
     def __init__(self, env: str, option: str, reason: str) -> None:
         self.env = env
         self.option = option
@@ -276,6 +364,10 @@ class InvalidOptionError(EnvhubError, ValueError):
 
 class LockfileError(EnvhubError, ValueError):
     """An ``envhub.lock`` that is unreadable, or that disagrees with what was asked or installed."""
+
+    code = "lockfile_error"
+    status = 409
+    fields = ("path", "reason")
 
     def __init__(self, path: str, reason: str, *, hint: str | None = None) -> None:
         self.path = path
@@ -289,6 +381,10 @@ class LockfileError(EnvhubError, ValueError):
 class AuthenticationError(EnvhubError, PermissionError):
     """No token, or a token that is unknown, expired or revoked (HTTP 401)."""
 
+    code = "unauthenticated"
+    status = 401
+    fields = ("registry",)
+
     def __init__(self, message: str, *, registry: str | None = None) -> None:
         self.registry = registry
         where = f" {registry}" if registry else " URL"
@@ -297,6 +393,10 @@ class AuthenticationError(EnvhubError, PermissionError):
 
 class PermissionDeniedError(EnvhubError, PermissionError):
     """A valid token that may not do this (HTTP 403). ``pack`` names the pack to ask for, when one grants it."""
+
+    code = "forbidden"
+    status = 403
+    fields = ("pack",)
 
     def __init__(self, message: str, *, pack: str | None = None) -> None:
         self.pack = pack
@@ -308,8 +408,26 @@ class PermissionDeniedError(EnvhubError, PermissionError):
         super().__init__(message, hint=hint)
 
 
+class NotFoundError(EnvhubError, LookupError):
+    """Something other than an environment or a version that does not exist: a route, a pack, a user, a token."""
+
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(EnvhubError, ValueError):
+    """A name that is taken or not valid (a user, an organisation), or a pack version with other contents."""
+
+    code = "conflict"
+    status = 409
+
+
 class SignatureError(EnvhubError, ValueError):
     """A pack whose ed25519 signature is missing, malformed or does not verify."""
+
+    code = "invalid_signature"
+    status = 400
+    fields = ("pack",)
 
     def __init__(self, pack: str, reason: str) -> None:
         self.pack = pack
@@ -321,6 +439,10 @@ class SignatureError(EnvhubError, ValueError):
 
 class PayloadTooLargeError(ArtifactError):
     """An upload larger than the registry accepts (HTTP 413)."""
+
+    code = "payload_too_large"
+    status = 413
+    fields = ("size", "limit")
 
     def __init__(self, size: int | None, limit: int) -> None:
         self.size = size
@@ -338,6 +460,10 @@ class PayloadTooLargeError(ArtifactError):
 class StepTimeoutError(EnvironmentFailure, TimeoutError):
     """A ``reset`` or ``step`` that ran past the environment's step timeout; its episode has ended."""
 
+    code = "step_timeout"
+    status = 504
+    fields = ("env", "where", "timeout_s")
+
     def __init__(self, env: str, where: str, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         EnvhubError.__init__(
@@ -352,6 +478,10 @@ class StepTimeoutError(EnvironmentFailure, TimeoutError):
 class RuntimeDiedError(EnvironmentFailure, ConnectionError):
     """The process or container serving the environment exited, was killed or stopped answering."""
 
+    code = "runtime_died"
+    status = 502
+    fields = ("env", "where", "reason")
+
     def __init__(self, env: str, reason: str) -> None:
         self.reason = reason
         EnvhubError.__init__(
@@ -363,8 +493,50 @@ class RuntimeDiedError(EnvironmentFailure, ConnectionError):
         self.where = "runtime"
 
 
+class BadRequestError(EnvhubError, ValueError):
+    """A request whose body is not what the route expects (HTTP 400)."""
+
+    code = "bad_request"
+    status = 400
+
+
+class InvalidRequestError(BadRequestError):
+    """A hub request whose path, query or body fails the API's schema; ``problems`` names each (HTTP 422)."""
+
+    code = "invalid_request"
+    status = 422
+    fields = ("problems",)
+
+    def __init__(self, problems: Sequence[str], *, hint: str | None = "see /docs for the request shapes") -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems)[:2000], hint=hint)
+
+
+class MethodNotAllowedError(EnvhubError, ValueError):
+    """A route that does not take the request's method (HTTP 405)."""
+
+    code = "method_not_allowed"
+    status = 405
+
+
+class SessionBusyError(EnvhubError, RuntimeError):
+    """A call on a session that is still running its previous call; calls on one session are sequential."""
+
+    code = "session_busy"
+    status = 409
+    fields = ("session",)
+
+    def __init__(self, session: str) -> None:
+        self.session = session
+        super().__init__(f"session {session!r} is still running a previous call; calls on one session are sequential")
+
+
 class SessionNotFoundError(EnvhubError, LookupError):
     """A session id the server does not hold: never created, closed, or reaped after being idle."""
+
+    code = "unknown_session"
+    status = 404
+    fields = ("session",)
 
     def __init__(self, session: str, *, reason: str = "unknown, closed or reaped after being idle") -> None:
         self.session = session
@@ -373,6 +545,10 @@ class SessionNotFoundError(EnvhubError, LookupError):
 
 class CapacityError(EnvhubError, RuntimeError):
     """The server holds as many sessions as it may (HTTP 503)."""
+
+    code = "capacity"
+    status = 503
+    fields = ("limit",)
 
     def __init__(self, limit: int, *, where: str = "the server") -> None:
         self.limit = limit
@@ -385,6 +561,10 @@ class CapacityError(EnvhubError, RuntimeError):
 class BodyTooLargeError(EnvhubError, ValueError):
     """A request body over the server's size limit (HTTP 413)."""
 
+    code = "body_too_large"
+    status = 413
+    fields = ("limit", "size")
+
     def __init__(self, limit: int, *, size: int | None = None) -> None:
         self.limit = limit
         self.size = size
@@ -396,16 +576,27 @@ class BodyTooLargeError(EnvhubError, ValueError):
 
 
 class RemoteError(EnvhubError, RuntimeError):
-    """An error answered by an environment server that has no class of its own on this side."""
+    """An error answered by a server (an environment server, the hub) that has no class on this side.
+
+    ``code`` and ``status`` are the ones it answered; a body that is no envhub error has ``bad_response``.
+    """
+
+    code = "remote_error"
+    status = 502
 
     def __init__(self, code: str, message: str, *, status: int | None = None, hint: str | None = None) -> None:
+        # The code and status the server answered, which this side has no class for.
         self.code = code
-        self.status = status
+        self.status = status if status is not None else type(self).status
         super().__init__(f"{message} [{code}]", hint=hint)
 
 
 class DockerUnavailableError(EnvhubError, OSError):
     """No Docker engine answers, or the docker SDK is not installed."""
+
+    code = "docker_unavailable"
+    status = 503
+    fields = ("reason",)
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -418,6 +609,10 @@ class DockerUnavailableError(EnvhubError, OSError):
 class ImageBuildError(EnvhubError, RuntimeError):
     """``envhub build`` could not build the environment's image; ``log`` holds the build's last lines."""
 
+    code = "image_build_failed"
+    status = 500
+    fields = ("env", "log")
+
     def __init__(self, env: str, reason: str, *, log: str = "") -> None:
         self.env = env
         self.log = log
@@ -427,16 +622,21 @@ class ImageBuildError(EnvhubError, RuntimeError):
         )
 
 
+
 # --- evaluation, judges, model serving, audits ---------------------------------------------------
 
 
 class EndpointError(EnvhubError, ConnectionError):
     """An OpenAI-compatible endpoint that failed after every retry (timeouts, 429, 5xx, bad JSON)."""
 
+    code = "endpoint_error"
+    status = 502
+    fields = ("url", "reason", "upstream_status", "attempts")
+
     def __init__(self, url: str, reason: str, *, status: int | None = None, attempts: int = 1) -> None:
         self.url = url
         self.reason = reason
-        self.status = status
+        self.upstream_status = status  # the endpoint's last HTTP status; `status` is this error's own
         self.attempts = attempts
         super().__init__(
             f"endpoint {url} failed after {attempts} attempt(s): {reason}",
@@ -446,6 +646,10 @@ class EndpointError(EnvhubError, ConnectionError):
 
 class AdapterMismatchError(EnvhubError, ValueError):
     """A LoRA adapter folder that is not an adapter, or was trained on another base model."""
+
+    code = "adapter_mismatch"
+    status = 400
+    fields = ("adapter", "base", "reason")
 
     def __init__(self, adapter: str, base: str, reason: str) -> None:
         self.adapter = adapter
@@ -461,6 +665,10 @@ class AdapterMismatchError(EnvhubError, ValueError):
 class EvalRunError(EnvhubError, ValueError):
     """An evaluation output folder that cannot be resumed, read or compared as asked."""
 
+    code = "eval_run_error"
+    status = 400
+    fields = ("run_dir", "reason")
+
     def __init__(self, run_dir: str, reason: str, *, hint: str | None = None) -> None:
         self.run_dir = run_dir
         self.reason = reason
@@ -469,6 +677,10 @@ class EvalRunError(EnvhubError, ValueError):
 
 class AuditFailed(EnvhubError, AssertionError):
     """Reward-hacking probes earned more than the audit's threshold; ``failures`` names them."""
+
+    code = "audit_failed"
+    status = 422
+    fields = ("env", "failures")
 
     def __init__(self, env: str, failures: Sequence[str]) -> None:
         self.env = env
@@ -481,6 +693,10 @@ class AuditFailed(EnvhubError, AssertionError):
 
 class ModelLoadError(EnvhubError, OSError):
     """A local model (or its libraries) that cannot be loaded for evaluation or serving."""
+
+    code = "model_load_error"
+    status = 500
+    fields = ("model", "reason")
 
     def __init__(self, model: str, reason: str, *, hint: str | None = None) -> None:
         self.model = model

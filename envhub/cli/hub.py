@@ -66,7 +66,7 @@ def adduser(
     """Create a user directly in the hub's database and print its first (write) token, once."""
     from envhub.hub import build_hub
     from envhub.hub.models import OrgMember, User
-    from envhub.registry.wire import ConflictError
+    from envhub.errors import ConflictError
     from sqlalchemy import select
 
     hub = build_hub(_settings(data, database_url))

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from envhub.errors import EndpointError, JudgeError
-from envhub.env.rubric import Criterion, Score, ScoreLike, Unscored
+from envhub.errors import EndpointError, JudgeError, Unscored
+from envhub.env.rubric import Criterion, Score, ScoreLike
 
 if TYPE_CHECKING:
     from envhub.env.core import Episode
@@ -316,7 +316,7 @@ class JudgeClient:
                 try:
                     result = chat_sync(client, self.base_url, body, api_key=self.api_key, retry=self.retry)
                 except EndpointError as exc:
-                    if exc.status in (400, 422) and "response_format" in body:
+                    if exc.upstream_status in (400, 422) and "response_format" in body:
                         body.pop("response_format")  # a server without structured output: ask plainly
                         last_error = f"the endpoint rejected response_format: {exc.reason}"
                         continue
@@ -367,7 +367,7 @@ class GroupJudge:
 
     ``GroupJudge(prompt)(episodes)`` returns one :class:`~envhub.env.rubric.Score` per episode, in order.
     Endpoint and model default to ``$ENVHUB_JUDGE_BASE_URL`` and ``$ENVHUB_JUDGE_MODEL``; without them
-    it raises :class:`~envhub.env.rubric.Unscored` rather than inventing rewards. A trainer can use the
+    it raises :class:`~envhub.errors.Unscored` rather than inventing rewards. A trainer can use the
     scores directly as rewards, or mix them with the environment's verifiable rubric.
     """
 

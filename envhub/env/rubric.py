@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
-from envhub.errors import CriterionError, EnvhubError, JudgeError
+from envhub.errors import CriterionError, JudgeError, Unscored
 
 if TYPE_CHECKING:
     from envhub.env.core import Episode
@@ -64,14 +64,6 @@ class RubricResult:
         if self.unscored:
             out["unscored"] = list(self.unscored)
         return out
-
-
-class Unscored(EnvhubError):
-    """Raised by a criterion that cannot score *by design right now* (e.g. no judge configured).
-
-    The rubric records the criterion with ``score=None`` and the reason, leaves it out of the total,
-    and lists it under ``unscored``: it never invents a score for it.
-    """
 
 
 def _coerce(name: str, value: Any) -> Score:

@@ -1,8 +1,9 @@
 """The hub server's ASGI app (FastAPI): the HTTP face of :class:`envhub.hub.service.Hub`.
 
-Every error is JSON ``{"error": {"code", "message", "hint", "fields"}}`` with its status: 401
-without a (valid) token, 403 without the right or an entitlement (naming the pack to ask for),
-404 with near matches, 409 on version conflicts, 413 on oversize uploads, 422 on bad input.
+Every error is JSON ``{"error": {"code", "message", "hint", "fields"}}`` with its status, written by
+:func:`envhub.wire.to_body`: 401 without a (valid) token, 403 without the right or an entitlement
+(naming the pack to ask for), 404 with near matches, 409 on version conflicts, 413 on oversize
+uploads, 422 on bad input.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures, some of which use local aliases.
@@ -18,13 +19,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from envhub.errors import EnvhubError, PayloadTooLargeError
+from envhub.errors import EnvhubError, InvalidRequestError, PayloadTooLargeError
 from envhub.hub.db import make_engine, migrate, sessions, sqlite_url
 from envhub.hub.page import render_index_page
 from envhub.hub.service import Hub, Principal
 from envhub.hub.storage import LocalDiskStorage, Storage
 from envhub.registry.http import HUB_SERVICE
-from envhub.registry.wire import to_payload
+from envhub.wire import to_body
 
 NAME = r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$"
 SEMVER = r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})(?:-[0-9A-Za-z.-]{1,40})?(?:\+[0-9A-Za-z.-]{1,40})?$"
@@ -103,14 +104,14 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
 
     @app.exception_handler(EnvhubError)
     async def _envhub_error(_request: Request, exc: EnvhubError) -> JSONResponse:
-        status, body = to_payload(exc)
+        status, body = to_body(exc)
         return JSONResponse(body, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        body = {"error": {"code": "invalid_request", "message": "; ".join(problems)[:2000], "hint": "see /docs for the request shapes", "fields": {}}}
-        return JSONResponse(body, status_code=422)
+        status, body = to_body(InvalidRequestError(problems))
+        return JSONResponse(body, status_code=status)
 
     def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal | None:
         return hub.authenticate(credentials.credentials if credentials else None)

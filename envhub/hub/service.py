@@ -1,6 +1,6 @@
 """The hub's rules, apart from HTTP: who may do what, publishing, pulling, packs, entitlements and
 the audit log. Routes in :mod:`envhub.hub.app` only translate requests into these calls; every
-refusal is an :mod:`envhub.errors` class that the wire module maps to its status code.
+refusal is an :mod:`envhub.errors` class, which carries its own code and HTTP status.
 """
 
 from __future__ import annotations
@@ -22,10 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from envhub.identity.artifact import sha256_digest, unpack
 from envhub.errors import (
     AuthenticationError,
+    BadRequestError,
+    ConflictError,
     DigestMismatchError,
     EnvNotFoundError,
     ManifestError,
+    NotFoundError,
     PermissionDeniedError,
+    RegistryError,
     VersionConflictError,
     VersionNotFoundError,
 )
@@ -37,7 +41,6 @@ from envhub.identity.index import EnvEntry, Index, PackEntry, VersionEntry, sort
 from envhub.identity.manifest import load_manifest
 from envhub.registry.base import search_index
 from envhub.registry.packs import validate_pack
-from envhub.registry.wire import ConflictError, NotFoundError
 
 TOKEN_PREFIX = "ehub_"
 MAX_ENTRIES = 20_000  # files and folders in one uploaded artifact
@@ -414,7 +417,10 @@ class Hub:
     def publish_pack(self, who: Principal | None, namespace: str, name: str, version: str, pack: dict[str, Any]) -> tuple[PackEntry, bool]:
         who = self._need_write(who)
         self._need_owner(who, namespace)
-        pack = validate_pack({**pack, "namespace": namespace, "name": name, "version": version})
+        try:
+            pack = validate_pack({**pack, "namespace": namespace, "name": name, "version": version})
+        except RegistryError as exc:  # a pack that is not one: the caller's mistake, answered 400
+            raise BadRequestError(str(exc), hint=exc.hint) from None
         with self.sessions() as s:
             for item in pack["environments"]:  # each must exist with that digest; private ones must be the publisher's
                 env_ns, _, rest = item["ref"].partition("/")

@@ -14,11 +14,11 @@ from urllib.parse import quote
 import httpx
 
 from envhub.identity.artifact import sha256_digest
-from envhub.errors import DigestMismatchError, RegistryError
+from envhub.errors import DigestMismatchError, RegistryError, RemoteError
 from envhub.identity.ids import EnvId, parse_env_id
 from envhub.identity.index import EnvEntry, Index, PackEntry, VersionEntry
 from envhub.registry.base import Registry
-from envhub.registry.wire import from_payload
+from envhub.wire import from_body
 
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 API = "/api/v1"
@@ -134,7 +134,10 @@ class HubRegistry(Registry):
                 body = response.json()
             except ValueError:
                 body = {"detail": response.text}
-            raise from_payload(response.status_code, body, registry=self.url)
+            error = from_body(body, response.status_code, defaults={"registry": self.url})
+            if isinstance(error, RemoteError):  # an answer with no class here: what is known is who gave it
+                raise RegistryError(f"{self.url}: {error}", hint=error.hint)
+            raise error
         return response
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:

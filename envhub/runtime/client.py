@@ -44,8 +44,9 @@ from envhub.errors import (
     StepTimeoutError,
 )
 from envhub.identity.manifest import EnvIdentity, Manifest
-from envhub.runtime.server.protocol import PROTOCOL_VERSION, error_from_body
+from envhub.runtime.server.protocol import PROTOCOL_VERSION
 from envhub.env.spaces import Conversation, FrozenMessage, Message
+from envhub.wire import from_body
 
 Msg = dict[str, str]
 UDS_BASE_URL = "http://envhub.local"
@@ -254,7 +255,7 @@ class _RemoteBase:
                 payload = _json.loads(content)
             except ValueError:
                 payload = None
-        return error_from_body(status, payload, env=self.env_name)
+        return from_body(payload, status, defaults={"env": self.env_name})
 
     def _transport_failure(self, exc: BaseException, where: str, *, death: str | None = None) -> EnvhubError:
         """A request that got no answer: the server hung past its own timeout, or died.

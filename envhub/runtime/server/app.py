@@ -34,18 +34,23 @@ from starlette.routing import Route
 from envhub import _json
 from envhub.env.core import ChatEnv
 from envhub.errors import (
+    BadRequestError,
     BodyTooLargeError,
     CapacityError,
     EntrypointError,
     EnvhubError,
     EnvironmentFailure,
     EpisodeEndedError,
+    MethodNotAllowedError,
+    NotFoundError,
+    SessionBusyError,
     SessionNotFoundError,
     StepTimeoutError,
 )
 from envhub.runtime.loading import attach_manifest, load_factory
 from envhub.identity.manifest import EnvIdentity, load_manifest
-from envhub.runtime.server.protocol import CODES, PROTOCOL_VERSION, error_body, error_to_body
+from envhub.runtime.server.protocol import PROTOCOL_VERSION
+from envhub.wire import to_body
 
 log = logging.getLogger("envhub.runtime.server")
 
@@ -189,7 +194,7 @@ class SessionServer:
         if session is None:
             raise SessionNotFoundError(session_id)
         if session.busy:
-            raise _Busy(session_id)
+            raise SessionBusyError(session_id)
         session.last_used = time.monotonic()
         return session
 
@@ -295,16 +300,16 @@ class SessionServer:
         """One ``reset`` or ``step`` of a batch, answered as (HTTP status, body) like its own route."""
         try:
             if not isinstance(call, dict) or not isinstance(call.get("session"), str):
-                raise _BadRequest("each call needs `op` (reset or step) and `session`")
+                raise BadRequestError("each call needs `op` (reset or step) and `session`")
             op = call.get("op")
             if op == "step":
                 if "action" not in call:
-                    raise _BadRequest("a step call needs `action`: the assistant's message text")
+                    raise BadRequestError("a step call needs `action`: the assistant's message text")
                 return 200, await self.step(call["session"], call["action"])
             if op == "reset":
                 seed, options = _reset_args(call)
                 return 200, await self.reset(call["session"], seed, options)
-            raise _BadRequest(f"unknown op {op!r}: use reset or step")
+            raise BadRequestError(f"unknown op {op!r}: use reset or step")
         except Exception as exc:  # every failure becomes this call's answer; the others go on
             return answer_error(exc)
 
@@ -385,9 +390,9 @@ class SessionServer:
         try:
             body = _json.loads(raw)
         except ValueError as exc:
-            raise _BadRequest(f"the body is not valid JSON: {exc}") from None
+            raise BadRequestError(f"the body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
-            raise _BadRequest(f"the body must be a JSON object, got {type(body).__name__}")
+            raise BadRequestError(f"the body must be a JSON object, got {type(body).__name__}")
         return body
 
     def _make_app(self) -> Starlette:
@@ -418,7 +423,7 @@ class SessionServer:
             body = await server._body(request)
             kwargs = body.get("kwargs") or {}
             if not isinstance(kwargs, dict):
-                raise _BadRequest("`kwargs` must be an object of keyword arguments for the environment's factory")
+                raise BadRequestError("`kwargs` must be an object of keyword arguments for the environment's factory")
             return json_response(await server.open(kwargs), 201)
 
         async def reset(request: Request) -> Response:
@@ -429,16 +434,16 @@ class SessionServer:
         async def step(request: Request) -> Response:
             body = await server._body(request)
             if "action" not in body:
-                raise _BadRequest("the body needs `action`: the assistant's message text")
+                raise BadRequestError("the body needs `action`: the assistant's message text")
             return json_response(await server.step(request.path_params["sid"], body["action"]))
 
         async def batch(request: Request) -> Response:
             body = await server._body(request, scale=BATCH_BODY_SCALE)
             calls = body.get("calls")
             if not isinstance(calls, list) or not calls:
-                raise _BadRequest("the body needs `calls`: a non-empty list of reset and step calls")
+                raise BadRequestError("the body needs `calls`: a non-empty list of reset and step calls")
             if len(calls) > server.config.max_sessions:
-                raise _BadRequest(f"at most {server.config.max_sessions} calls per batch")
+                raise BadRequestError(f"at most {server.config.max_sessions} calls per batch")
 
             if len(calls) == 1:  # nothing to stream: one line, sent whole
                 line = _answer_line(0, *await server.call(calls[0]))
@@ -494,9 +499,16 @@ class SessionServer:
             return Response(status_code=204)
 
         async def http_error(request: Request, exc: Exception) -> Response:
-            status = getattr(exc, "status_code", 500)
-            code = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
-            return json_response(error_body(code, f"{request.method} {request.url.path}: {CODES[code][1]}"), status)
+            where = f"{request.method} {request.url.path}"
+            error: EnvhubError
+            if getattr(exc, "status_code", None) == 404:
+                error = NotFoundError(f"{where}: no such route")
+            elif getattr(exc, "status_code", None) == 405:
+                error = MethodNotAllowedError(f"{where}: the route does not take this method")
+            else:
+                error = BadRequestError(f"{where}: the body is not the JSON the route expects")
+            status, body = to_body(error)
+            return json_response(body, status)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette):
@@ -535,24 +547,18 @@ def _answer_line(i: int, status: int, answer: dict[str, Any]) -> bytes:
 
 def answer_error(exc: BaseException, *, where: str = "batch call") -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) for an exception raised while answering a call."""
-    if isinstance(exc, _Busy):
-        return 409, error_body("session_busy", str(exc), session=exc.session)
-    if isinstance(exc, _BadRequest):
-        return 400, error_body("bad_request", str(exc))
-    status, body = error_to_body(exc)
     if not isinstance(exc, EnvhubError):  # a bug here or a non-envhub error escaping the env
         log.error("internal error on %s", where, exc_info=exc)
-        body["error"]["message"] = f"{type(exc).__name__}: {exc}"
-    return status, body
+    return to_body(exc)
 
 
 def _reset_args(body: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None]:
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise _BadRequest(f"`seed` must be an integer or null, got {seed!r}")
+        raise BadRequestError(f"`seed` must be an integer or null, got {seed!r}")
     options = body.get("options")
     if options is not None and not isinstance(options, dict):
-        raise _BadRequest("`options` must be an object or null")
+        raise BadRequestError("`options` must be an object or null")
     return seed, options
 
 
@@ -696,16 +702,6 @@ class _Dispatcher:
             working = len(self._runners) - server._hung  # runners stuck past a timeout do not count
             if self._queue and len(busy) == len(self._runners) and working < server.config.threads:
                 self._start_runner()
-
-
-class _Busy(Exception):
-    def __init__(self, session: str) -> None:
-        self.session = session
-        super().__init__(f"session {session!r} is still running a previous call; calls on one session are sequential")
-
-
-class _BadRequest(Exception):
-    pass
 
 
 def _rubric_info(env: ChatEnv) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from envhub.runtime.server.protocol import CODES, PROTOCOL_VERSION
+from envhub import errors as E
+from envhub.runtime.server.protocol import CODES, PROTOCOL_VERSION, meaning
 
 _MESSAGE = {
     "type": "object",
@@ -34,13 +35,14 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*codes: str) -> dict[str, Any]:
-    by_status: dict[int, list[str]] = {}
-    for code in codes:
-        by_status.setdefault(CODES[code][0], []).append(code)
+def _errors(*classes: type[E.EnvhubError]) -> dict[str, Any]:
+    """The error answers of a route, one per status, each naming its codes (read off their classes)."""
+    by_status: dict[int, list[type[E.EnvhubError]]] = {}
+    for cls in classes:
+        by_status.setdefault(cls.status, []).append(cls)
     return {
-        str(status): _json({"$ref": "#/components/schemas/Error"}, "; ".join(f"`{c}`: {CODES[c][1]}" for c in names))
-        for status, names in sorted(by_status.items())
+        str(status): _json({"$ref": "#/components/schemas/Error"}, "; ".join(f"`{c.code}`: {meaning(c)}" for c in kinds))
+        for status, kinds in sorted(by_status.items())
     }
 
 
@@ -53,7 +55,7 @@ def _body(properties: dict[str, Any], required: list[str] | None = None) -> dict
 
 def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
     sid = [{"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}}]
-    common = ("bad_request", "body_too_large", "unknown_session", "session_busy", "internal")
+    common = (E.BadRequestError, E.BodyTooLargeError, E.SessionNotFoundError, E.SessionBusyError, E.EnvhubError)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -86,7 +88,7 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
                             },
                             "the session",
                         ),
-                        **_errors("capacity", "entrypoint_error", "step_timeout", *common),
+                        **_errors(E.CapacityError, E.EntrypointError, E.StepTimeoutError, *common),
                     },
                 }
             },
@@ -100,7 +102,7 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
                             {"type": "object", "properties": {"observation": _CONVERSATION, "info": {"type": "object"}}},
                             "the first messages",
                         ),
-                        **_errors("invalid_option", "task_not_found", "environment_failure", "step_timeout", *common),
+                        **_errors(E.InvalidOptionError, E.TaskNotFoundError, E.EnvironmentFailure, E.StepTimeoutError, *common),
                     },
                 }
             },
@@ -126,7 +128,7 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
                             },
                             "the step's outcome",
                         ),
-                        **_errors("invalid_action", "episode_ended", "environment_failure", "criterion_error", "step_timeout", *common),
+                        **_errors(E.InvalidActionError, E.EpisodeEndedError, E.EnvironmentFailure, E.CriterionError, E.StepTimeoutError, *common),
                     },
                 }
             },
@@ -159,12 +161,12 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
                             '"body": that route\'s body or error}',
                             "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                         },
-                        **_errors("bad_request", "body_too_large"),
+                        **_errors(E.BadRequestError, E.BodyTooLargeError),
                     },
                 }
             },
             "/v1/sessions/{sid}": {
-                "delete": {"summary": "Close the session", "parameters": sid, "responses": {"204": {"description": "closed"}, **_errors("unknown_session")}}
+                "delete": {"summary": "Close the session", "parameters": sid, "responses": {"204": {"description": "closed"}, **_errors(E.SessionNotFoundError)}}
             },
         },
         "components": {"schemas": {"Message": _MESSAGE, "Error": _ERROR}},

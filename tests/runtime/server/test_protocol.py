@@ -1,4 +1,4 @@
-"""Every error the server answers comes back as the same class, with its typed fields."""
+"""Every error the session server answers comes back as the same class, with its typed fields."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 
 from envhub import errors as E
 from envhub.runtime.server.openapi import openapi_document
-from envhub.runtime.server.protocol import CODES, error_from_body, error_to_body
+from envhub.runtime.server.protocol import CODES, ERRORS
+from envhub.wire import from_body, to_body
 
 ENV = "tests/faulty@1.0.0"
 
@@ -27,9 +28,9 @@ CASES = [
 
 @pytest.mark.parametrize(("error", "code", "fields"), CASES, ids=[c[1] for c in CASES])
 def test_error_round_trip(error, code, fields):
-    status, body = error_to_body(error)
+    status, body = to_body(error)
     assert body["error"]["code"] == code and status == CODES[code][0]
-    back = error_from_body(status, body, env="somewhere")
+    back = from_body(body, status, defaults={"env": "somewhere"})
     assert type(back) is type(error)
     assert str(back) == str(error)
     assert back.hint == error.hint
@@ -38,10 +39,35 @@ def test_error_round_trip(error, code, fields):
 
 
 def test_unknown_codes_and_garbage_become_remote_errors():
-    other = error_from_body(418, {"error": {"code": "teapot", "message": "short and stout"}}, env=ENV)
+    other = from_body({"error": {"code": "teapot", "message": "short and stout"}}, 418, defaults={"env": ENV})
     assert isinstance(other, E.RemoteError) and other.code == "teapot" and other.status == 418
-    garbage = error_from_body(502, "<html>bad gateway</html>", env=ENV)
+    garbage = from_body("<html>bad gateway</html>", 502, defaults={"env": ENV})
     assert isinstance(garbage, E.RemoteError) and "502" in str(garbage)
+
+
+def test_a_bug_is_answered_internal_and_comes_back_as_a_remote_error():
+    status, body = to_body(KeyError("task"))
+    assert (status, body["error"]["code"], body["error"]["fields"]) == (500, "internal", {"type": "KeyError"})
+    back = from_body(body, status)
+    assert isinstance(back, E.RemoteError) and back.code == "internal" and back.status == 500
+    assert str(back) == "KeyError: 'task'"
+
+
+def test_fields_left_out_take_the_clients_defaults():
+    status, body = to_body(E.CriterionError("correct", "returned 2.0"))  # raised with no env
+    back = from_body(body, status, defaults={"env": ENV})
+    assert isinstance(back, E.CriterionError) and back.env == ENV and back.criterion == "correct"
+
+
+def test_codes_and_statuses_of_the_protocol():
+    # The README's table: every code the session protocol answers, with its status.
+    assert {code: status for code, (status, _) in CODES.items()} == {
+        "bad_request": 400, "invalid_action": 422, "invalid_option": 422, "task_not_found": 404,
+        "unknown_session": 404, "not_found": 404, "method_not_allowed": 405, "episode_ended": 409,
+        "session_busy": 409, "body_too_large": 413, "environment_failure": 500, "criterion_error": 500,
+        "entrypoint_error": 500, "internal": 500, "capacity": 503, "step_timeout": 504,
+    }  # fmt: skip
+    assert all(CODES[cls.code][0] == cls.status and CODES[cls.code][1] for cls in ERRORS)
 
 
 def test_runtime_errors_are_environment_failures():
