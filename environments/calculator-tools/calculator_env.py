@@ -241,6 +241,22 @@ def efficiency(episode) -> Score:
 class CalculatorTools(ChatEnv):
     max_turns = 6
     rubric = Rubric([correct, tool_use, efficiency], name="calculator-tools")
+    #: The tool, as JSON Schema, for callers that list tools (OpenEnv's MCP tools/list on `envhub
+    #: serve`, TRL's environment_factory). A call is the message ``tool_call_template`` with
+    #: ``{call}`` replaced by ``{"name": ..., "arguments": ...}`` as JSON.
+    tools = [
+        {
+            "name": "calculator",
+            "description": "Evaluate an arithmetic expression: numbers, + - * / // % **, parentheses, "
+            "sqrt, abs, round, min, max. Returns the result, or an error saying what is wrong.",
+            "parameters": {
+                "type": "object",
+                "properties": {"expression": {"type": "string", "description": "the expression, e.g. 12*(3+4)"}},
+                "required": ["expression"],
+            },
+        }
+    ]
+    tool_call_template = "<tool>{call}</tool>"
 
     def sample_task(self, rng: np.random.Generator, split: str) -> dict:
         while True:
