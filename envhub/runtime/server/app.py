@@ -49,6 +49,7 @@ from envhub.errors import (
 )
 from envhub.runtime.loading import attach_manifest, load_factory
 from envhub.identity.manifest import EnvIdentity, load_manifest
+from envhub.runtime.server.openenv import openenv_routes
 from envhub.runtime.server.protocol import PROTOCOL_VERSION
 from envhub.wire import to_body
 
@@ -532,6 +533,7 @@ class SessionServer:
             Route("/v1/sessions/{sid}/step", handler(step), methods=["POST"]),
             Route("/v1/sessions/{sid}", handler(delete), methods=["DELETE"]),
             Route("/v1/batch", handler(batch), methods=["POST"]),
+            *openenv_routes(server),  # OpenEnv's protocol beside envhub's (openenv.py)
         ]
         return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
 

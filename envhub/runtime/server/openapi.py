@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from envhub import errors as E
+from envhub.runtime.server.openenv import openapi_paths
 from envhub.runtime.server.protocol import CODES, PROTOCOL_VERSION, meaning
 
 _MESSAGE = {
@@ -168,6 +169,7 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
             "/v1/sessions/{sid}": {
                 "delete": {"summary": "Close the session", "parameters": sid, "responses": {"204": {"description": "closed"}, **_errors(E.SessionNotFoundError)}}
             },
+            **openapi_paths(),  # OpenEnv's protocol, served beside this one (openenv.py)
         },
         "components": {"schemas": {"Message": _MESSAGE, "Error": _ERROR}},
     }

@@ -81,4 +81,6 @@ def test_openapi_lists_every_route():
     assert set(paths) == {
         "/healthz", "/v1/info", "/v1/sessions", "/v1/sessions/{sid}/reset", "/v1/sessions/{sid}/step",
         "/v1/sessions/{sid}", "/v1/batch",
+        # OpenEnv's protocol, beside envhub's (envhub/runtime/server/openenv.py)
+        "/health", "/metadata", "/schema", "/reset", "/step", "/state", "/mcp",
     }  # fmt: skip
