@@ -3,7 +3,7 @@
 Every error is JSON ``{"error": {"code", "message", "hint", "fields"}}`` with its status, written by
 :func:`envhub.wire.to_body`: 401 without a (valid) token, 403 without the right or an entitlement
 (naming the pack to ask for), 404 with near matches, 409 on version conflicts, 413 on oversize
-uploads, 422 on bad input.
+uploads, 422 on bad input. Names and versions follow :mod:`envhub.identity.ids`, as in the SDK.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures, some of which use local aliases.
@@ -17,20 +17,27 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from envhub.errors import EnvhubError, InvalidRequestError, PayloadTooLargeError
 from envhub.hub.db import make_engine, migrate, sessions, sqlite_url
 from envhub.hub.page import render_index_page
 from envhub.hub.service import Hub, Principal
 from envhub.hub.storage import LocalDiskStorage, Storage
+from envhub.identity.ids import MAX_VERSION_LENGTH, NAME_PATTERN, VERSION_PATTERN, Version
 from envhub.registry.http import HUB_SERVICE
 from envhub.wire import to_body
 
-NAME = r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$"
-SEMVER = r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})(?:-[0-9A-Za-z.-]{1,40})?(?:\+[0-9A-Za-z.-]{1,40})?$"
-NameParam = Annotated[str, PathParam(pattern=NAME, max_length=64)]
-VersionParam = Annotated[str, PathParam(pattern=SEMVER, max_length=100)]
+
+def _version(text: str) -> str:
+    Version.parse(text)  # the SDK's parser: its ValueError says what is wrong (build metadata, length...)
+    return text
+
+
+NameParam = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64)]
+VersionParam = Annotated[
+    str, PathParam(max_length=MAX_VERSION_LENGTH, json_schema_extra={"pattern": VERSION_PATTERN}), AfterValidator(_version)
+]
 
 
 @dataclass
@@ -53,16 +60,16 @@ class TokenRequest(BaseModel):
 
 
 class UserRequest(BaseModel):
-    name: str = Field(pattern=NAME, max_length=64)
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
     is_admin: bool = False
 
 
 class NameRequest(BaseModel):
-    name: str = Field(pattern=NAME, max_length=64)
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
 
 
 class UserRef(BaseModel):
-    user: str = Field(pattern=NAME, max_length=64)
+    user: str = Field(pattern=NAME_PATTERN, max_length=64)
 
 
 class VisibilityRequest(BaseModel):
@@ -255,7 +262,7 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
 
     @app.get("/api/v1/audit", summary="Pulls, publishes and grants in a namespace, newest first (owner only)")
     def audit(
-        namespace: Annotated[str, Query(pattern=NAME, max_length=64)], who: Who,
+        namespace: Annotated[str, Query(pattern=NAME_PATTERN, max_length=64)], who: Who,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> dict:
         return {"events": hub.audit_log(who, namespace, limit=limit)}

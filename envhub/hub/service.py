@@ -1,6 +1,7 @@
 """The hub's rules, apart from HTTP: who may do what, publishing, pulling, packs, entitlements and
 the audit log. Routes in :mod:`envhub.hub.app` only translate requests into these calls; every
-refusal is an :mod:`envhub.errors` class, which carries its own code and HTTP status.
+refusal is an :mod:`envhub.errors` class, which carries its own code and HTTP status. Versions are
+those of :mod:`envhub.identity.ids`; a stored row outside that grammar is never served.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +38,7 @@ from envhub.errors import (
 from envhub.errors import suggest as near_matches
 from envhub.hub.models import AuditEvent, Entitlement, Environment, EnvVersion, OrgMember, Pack, PackVersion, Token, User, utcnow
 from envhub.hub.storage import Storage, artifact_key
-from envhub.identity.ids import NAME_RE
+from envhub.identity.ids import NAME_RE, is_version
 from envhub.identity.index import EnvEntry, Index, PackEntry, VersionEntry, sort_versions
 from envhub.identity.manifest import load_manifest
 from envhub.registry.base import search_index
@@ -65,6 +67,11 @@ class Principal:
 def hash_token(raw: str) -> str:
     # Tokens are 256 random bits: a plain sha256 is enough (no dictionary to attack), and lookups stay O(1).
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _listed(versions: Iterable[str]) -> list[str]:
+    """``versions`` in order, leaving out any an older hub stored outside the grammar (``0.3.0+build1``)."""
+    return sort_versions(v for v in versions if is_version(v))
 
 
 def _valid_name(value: str, what: str) -> str:
@@ -260,7 +267,7 @@ class Hub:
     def _env_entry(self, env: Environment, versions: list[EnvVersion]) -> EnvEntry:
         return EnvEntry(
             namespace=env.namespace, name=env.name, description=env.description, tags=json.loads(env.tags),
-            private=env.private, versions={v.version: self._version_entry(env, v) for v in versions},
+            private=env.private, versions={v.version: self._version_entry(env, v) for v in versions if is_version(v.version)},
         )
 
     def env_entry(self, who: Principal | None, namespace: str, name: str) -> EnvEntry:
@@ -283,6 +290,8 @@ class Hub:
                     continue
                 index.environments[f"{env.namespace}/{env.name}"] = self._env_entry(env, visible)
             for pack, pv in s.execute(select(Pack, PackVersion).join(PackVersion, PackVersion.pack_id == Pack.id)):
+                if not is_version(pv.version):
+                    continue
                 index.packs.setdefault(f"{pack.namespace}/{pack.name}", {})[pv.version] = self._pack_entry(pack, pv)
             return index
 
@@ -392,7 +401,7 @@ class Hub:
             versions = list(s.scalars(select(EnvVersion).where(EnvVersion.env_id == env.id)))
             row = next((v for v in versions if v.version == version), None)
             if row is None:
-                raise VersionNotFoundError(f"{namespace}/{name}", version, sort_versions([v.version for v in versions]))
+                raise VersionNotFoundError(f"{namespace}/{name}", version, _listed(v.version for v in versions))
             if row not in self._visible_versions(s, who, env, [row]):  # raises 401/403 when refused
                 raise PermissionDeniedError(f"no access to {namespace}/{name}@{version}")
             data = self.storage.get(row.storage_key)
@@ -429,7 +438,7 @@ class Hub:
                 row = s.scalar(select(EnvVersion).where(EnvVersion.env_id == env.id, EnvVersion.version == env_version))
                 if row is None:
                     versions = [v for (v,) in s.execute(select(EnvVersion.version).where(EnvVersion.env_id == env.id))]
-                    raise VersionNotFoundError(f"{env_ns}/{env_name}", env_version, sort_versions(versions))
+                    raise VersionNotFoundError(f"{env_ns}/{env_name}", env_version, _listed(versions))
                 if row.digest != item["digest"]:
                     raise DigestMismatchError(f"pack entry {item['ref']}", item["digest"], row.digest)
                 if env.private and not self.owns(who, env_ns):
@@ -464,7 +473,8 @@ class Hub:
     def pack_versions(self, namespace: str, name: str) -> dict[str, PackEntry]:
         with self.sessions() as s:
             pack = self._pack(s, namespace, name)
-            return {pv.version: self._pack_entry(pack, pv) for pv in s.scalars(select(PackVersion).where(PackVersion.pack_id == pack.id))}
+            rows = s.scalars(select(PackVersion).where(PackVersion.pack_id == pack.id))
+            return {pv.version: self._pack_entry(pack, pv) for pv in rows if is_version(pv.version)}
 
     def _pack(self, s: Session, namespace: str, name: str) -> Pack:
         pack = s.scalar(select(Pack).where(Pack.namespace == namespace, Pack.name == name))
