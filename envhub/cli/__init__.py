@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "evaluate",  # eval, audit, serve-model
     "demo",  # quickstart: the main job
     "export",  # export openenv, export dataset
+    "importing",  # import: reasoning-gym, TextArena (envhub.authoring.importers)
 )
 
 err_console = Console(stderr=True)

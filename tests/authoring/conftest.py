@@ -1,0 +1,15 @@
+"""The import tests run environments in the process and docker runtimes: they share the runtime
+tests' fixtures (the docker engine, and closing the pooled servers after each test)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("_runtime_fixtures", Path(__file__).parents[1] / "runtime" / "conftest.py")
+assert _spec is not None and _spec.loader is not None
+_runtime = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_runtime)
+
+docker_engine = _runtime.docker_engine
+_close_pools = _runtime._close_pools
