@@ -64,6 +64,7 @@ from envhub.errors import (
     EnvironmentFailure,
     EpisodeEndedError,
     InvalidActionError,
+    InvalidOptionError,
     SessionNotFoundError,
 )
 from envhub.wire import to_body
@@ -116,7 +117,7 @@ def _ws_code(exc: BaseException) -> str:
         return "FACTORY_ERROR"
     if isinstance(exc, SessionNotFoundError):
         return "SESSION_ERROR"
-    if isinstance(exc, (BadRequestError, InvalidActionError, BodyTooLargeError)) or getattr(exc, "code", None) == "invalid_option":
+    if isinstance(exc, (BadRequestError, InvalidActionError, InvalidOptionError, BodyTooLargeError)):
         return "VALIDATION_ERROR"
     return "EXECUTION_ERROR"
 
