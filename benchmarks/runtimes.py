@@ -14,7 +14,9 @@ server each. Each session runs episodes of 32 steps (reset between them, not tim
 ``--seconds`` seconds; steps/s counts completed steps, latencies are per step, seen by the client.
 Client and server share this machine's cores. Each measurement runs in a fresh Python process, and
 everything is measured ``--rounds`` times in turn (the machine's speed drifts by tens of percent);
-each cell reports its median round. Results go to ``benchmarks/runtimes.md``.
+each cell reports its median round. CPU time per step is counted over the timed steps, for the
+client process and, where its process is on this machine (process, openenv), the server's: on a
+busy machine it moves far less than steps/s. Results go to ``benchmarks/runtimes.md``.
 
     python benchmarks/runtimes.py                       # everything, 3 rounds: about 6-8 minutes
     python benchmarks/runtimes.py --runtimes process,openenv --concurrency 1,64 --seconds 2 --rounds 1
@@ -29,6 +31,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -58,10 +61,16 @@ class Result:
     note: str = ""
     #: Percentiles (ms) measured in a worker process, which sends these instead of every latency.
     percentiles: dict[int, float] | None = None
+    #: CPU seconds (user + system) over the timed steps: the client's, and the server's where known.
+    client_cpu_s: float | None = None
+    server_cpu_s: float | None = None
 
     @property
     def steps_per_s(self) -> float:
         return self.steps / self.seconds if self.seconds else 0.0
+
+    def us_per_step(self, cpu_s: float | None) -> str:
+        return f"{cpu_s / self.steps * 1e6:.0f}" if cpu_s is not None and self.steps else "-"
 
     def pct(self, q: int) -> float:
         if self.percentiles is not None:
@@ -70,6 +79,15 @@ class Result:
 
 
 # --- drivers ----------------------------------------------------------------------------------------
+
+
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process, or by process ``pid`` (from /proc)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def run_inprocess(n: int, seconds: float) -> Result:
@@ -84,7 +102,7 @@ def run_inprocess(n: int, seconds: float) -> Result:
     latencies: list[float] = []
     steps = 0
     end = time.perf_counter() + seconds
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_s()
     while time.perf_counter() < end:
         for i, env in enumerate(envs):
             t = time.perf_counter()
@@ -95,16 +113,17 @@ def run_inprocess(n: int, seconds: float) -> Result:
             if turns[i] == EPISODE_STEPS:
                 env.reset()
                 turns[i] = 0
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, cpu_s() - cpu
     for env in envs:
         env.close()
-    return Result("inprocess", n, steps, elapsed, latencies, setup)
+    return Result("inprocess", n, steps, elapsed, latencies, setup, client_cpu_s=cpu)
 
 
-async def _drive(n: int, seconds: float, open_one, step_one, reset_one, close_one) -> tuple[int, float, list[float], float]:
+async def _drive(n: int, seconds: float, open_one, step_one, reset_one, close_one, *, server_pid=None) -> tuple:
     """Run ``n`` sessions concurrently for ``seconds``; each is a coroutine loop of timed steps.
 
-    Returns (steps, elapsed seconds, step latencies, seconds spent opening and resetting sessions).
+    Returns (steps, elapsed seconds, step latencies, seconds spent opening and resetting sessions,
+    client CPU seconds, server CPU seconds or None); ``server_pid(clients)`` names the server's process.
     """
     t0 = time.perf_counter()
     clients = list(await asyncio.gather(*(open_one(i) for i in range(n))))
@@ -128,11 +147,13 @@ async def _drive(n: int, seconds: float, open_one, step_one, reset_one, close_on
                 await reset_one(client)
                 turn = 0
 
-    start = time.perf_counter()
+    pid = server_pid(clients) if server_pid else None
+    start, client_cpu, server_cpu = time.perf_counter(), cpu_s(), cpu_s(pid) if pid else None
     await asyncio.gather(*(loop(c) for c in clients))
-    elapsed = time.perf_counter() - start
+    elapsed, client_cpu = time.perf_counter() - start, cpu_s() - client_cpu
+    server_cpu = cpu_s(pid) - server_cpu if pid else None
     await asyncio.gather(*(close_one(c) for c in clients), return_exceptions=True)
-    return counts[0], elapsed, latencies, setup
+    return counts[0], elapsed, latencies, setup, client_cpu, server_cpu
 
 
 def run_envhub_remote(runtime: str, n: int, seconds: float) -> Result:
@@ -152,11 +173,13 @@ def run_envhub_remote(runtime: str, n: int, seconds: float) -> Result:
             lambda env: env.step(ACTION),
             lambda env: env.reset(),
             lambda env: env.close(),
+            # a container's pid is its own namespace's: only the process runtime's is this machine's
+            server_pid=(lambda envs: envs[0].server_info["server"]["pid"]) if runtime == "process" else None,
         )
 
     start_server = time.perf_counter() - t0
-    steps, elapsed, latencies, setup = asyncio.run(main())
-    return Result(runtime, n, steps, elapsed, latencies, start_server + setup)
+    steps, elapsed, latencies, setup, client_cpu, server_cpu = asyncio.run(main())
+    return Result(runtime, n, steps, elapsed, latencies, start_server + setup, client_cpu_s=client_cpu, server_cpu_s=server_cpu)
 
 
 def _free_port() -> int:
@@ -186,7 +209,7 @@ def openenv_server(max_sessions: int):
             if time.monotonic() > deadline:
                 raise RuntimeError("openenv server did not start in 60 s")
             time.sleep(0.1)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -197,7 +220,7 @@ def run_openenv(n: int, seconds: float) -> Result:
     from runtimes_openenv import EchoAction, EchoClient
 
     t0 = time.perf_counter()
-    with openenv_server(max(n, 1)) as port:
+    with openenv_server(max(n, 1)) as (port, pid):
         action = EchoAction(message=ACTION)
 
         async def open_one(i):
@@ -210,11 +233,12 @@ def run_openenv(n: int, seconds: float) -> Result:
             assert result.observation.message == ACTION
 
         async def main():
-            return await _drive(n, seconds, open_one, step_one, lambda c: c.reset(), lambda c: c.disconnect())
+            return await _drive(n, seconds, open_one, step_one, lambda c: c.reset(), lambda c: c.disconnect(),
+                                server_pid=lambda clients: pid)  # fmt: skip
 
         start_server = time.perf_counter() - t0
-        steps, elapsed, latencies, setup = asyncio.run(main())
-    return Result("openenv", n, steps, elapsed, latencies, start_server + setup)
+        steps, elapsed, latencies, setup, client_cpu, server_cpu = asyncio.run(main())
+    return Result("openenv", n, steps, elapsed, latencies, start_server + setup, client_cpu_s=client_cpu, server_cpu_s=server_cpu)
 
 
 def measure_startup(runtime: str, repeats: int = 3) -> tuple[float, float]:
@@ -227,10 +251,7 @@ def measure_startup(runtime: str, repeats: int = 3) -> tuple[float, float]:
 
     cold, warm = [], []
     for _ in range(repeats):
-        close_all_pools()
-        from envhub import runtimes
-
-        runtimes._pools.clear()
+        close_all_pools()  # pool_for then starts a new pool, with no server running
         t = time.perf_counter()
         env = envhub.make(ECHO, runtime=runtime, runtime_options={"warm": 1, "idle_ttl_s": 60})
         env.reset()
@@ -283,12 +304,13 @@ def write_report(
         f"- versions: {versions()}",
         f"- run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| runtime | sessions | steps/s | p50 ms | p99 ms | setup s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| runtime | sessions | steps/s | p50 ms | p99 ms | setup s | client CPU µs/step | server CPU µs/step |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
-            f"| {r.runtime} | {r.sessions} | {r.steps_per_s:,.0f} | {r.pct(50):.2f} | {r.pct(99):.2f} | {r.setup_s:.1f} |"
+            f"| {r.runtime} | {r.sessions} | {r.steps_per_s:,.0f} | {r.pct(50):.2f} | {r.pct(99):.2f} | {r.setup_s:.1f} "
+            f"| {r.us_per_step(r.client_cpu_s)} | {r.us_per_step(r.server_cpu_s)} |"
         )
     by = {(r.runtime, r.sessions): r for r in results}
     base = by.get(("openenv", 64))
@@ -341,7 +363,10 @@ def write_report(
         "build in the base image, and this machine's (a pyenv build configured without `--enable-optimizations`).",
         "",
     ]
-    path.write_text("\n".join(lines))
+    # Sections written by hand below the report (notes, dated side-by-side runs) are kept.
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index("\n## ") + 1 :] if "\n## " in old else ""
+    path.write_text("\n".join(lines) + kept)
 
 
 def measure(runtime: str, n: int, seconds: float) -> Result:
@@ -360,7 +385,8 @@ def measure_in_fresh_process(runtime: str, n: int, seconds: float) -> Result:
     cmd = [sys.executable, __file__, "--one", runtime, str(n), "--seconds", str(seconds)]
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
     data = json.loads(out.strip().splitlines()[-1])
-    return Result(runtime, n, data["steps"], data["seconds"], [], data["setup_s"], percentiles={50: data["p50"], 99: data["p99"]})
+    return Result(runtime, n, data["steps"], data["seconds"], [], data["setup_s"], percentiles={50: data["p50"], 99: data["p99"]},
+                  client_cpu_s=data["client_cpu_s"], server_cpu_s=data["server_cpu_s"])  # fmt: skip
 
 
 def main() -> None:
@@ -378,7 +404,8 @@ def main() -> None:
             from envhub.runtime.remote import close_all_pools
 
             close_all_pools()
-        print(json.dumps({"steps": r.steps, "seconds": r.seconds, "setup_s": r.setup_s, "p50": r.pct(50), "p99": r.pct(99)}))
+        print(json.dumps({"steps": r.steps, "seconds": r.seconds, "setup_s": r.setup_s, "p50": r.pct(50), "p99": r.pct(99),
+                          "client_cpu_s": r.client_cpu_s, "server_cpu_s": r.server_cpu_s}))  # fmt: skip
         return
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -404,7 +431,8 @@ def main() -> None:
                 print(f"round {round_no} {runtime:>9} x {n:<5}", end=" ", flush=True)
                 r = measure_in_fresh_process(runtime, n, args.seconds)
                 rounds.setdefault((runtime, n), []).append(r)
-                print(f"{r.steps_per_s:9,.0f} steps/s  p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms  setup {r.setup_s:.1f} s")
+                print(f"{r.steps_per_s:9,.0f} steps/s  p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms  setup {r.setup_s:.1f} s  "
+                      f"CPU µs/step client {r.us_per_step(r.client_cpu_s)} server {r.us_per_step(r.server_cpu_s)}")  # fmt: skip
     for runs in rounds.values():
         results.append(sorted(runs, key=lambda r: r.steps_per_s)[len(runs) // 2])
     startup = {}
