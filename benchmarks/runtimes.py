@@ -20,6 +20,7 @@ busy machine it moves far less than steps/s. Results go to ``benchmarks/runtimes
 
     python benchmarks/runtimes.py                       # everything, 3 rounds: about 6-8 minutes
     python benchmarks/runtimes.py --runtimes process,openenv --concurrency 1,64 --seconds 2 --rounds 1
+    python benchmarks/runtimes.py --openenv-protocol    # envhub serve's OpenEnv routes vs OpenEnv's server
 """
 
 from __future__ import annotations
@@ -389,6 +390,160 @@ def measure_in_fresh_process(runtime: str, n: int, seconds: float) -> Result:
                   client_cpu_s=data["client_cpu_s"], server_cpu_s=data["server_cpu_s"])  # fmt: skip
 
 
+# --- OpenEnv's protocol: envhub serve beside OpenEnv's own server (--openenv-protocol) ------------
+#
+# Both servers run the echo logic (tests/fixtures/echo; its OpenEnv twin in runtimes_openenv.py) in a
+# child process on loopback TCP, and both are driven by OpenEnv's own async client (GenericEnvClient,
+# the same class for both, one WebSocket per session) with the same action, {"message": ACTION}.
+
+OPENENV_PROTOCOL = {
+    # name: (what serves, how the echoed text is read from an observation)
+    "envhub-openenv": ("envhub serve (its OpenEnv routes)", lambda obs: obs["messages"][0]["content"]),
+    "openenv-server": ("OpenEnv's own server (FastAPI)", lambda obs: obs["message"]),
+}
+
+
+@contextlib.contextmanager
+def openenv_protocol_server(runtime: str, max_sessions: int):
+    """The server of ``runtime`` in a child process; yields (port, pid) once its /health answers."""
+    port = _free_port()
+    if runtime == "envhub-openenv":  # what `envhub serve` and the docker runtime's images run
+        cmd = [sys.executable, "-m", "envhub.runtime.server", str(ECHO), "--host", "127.0.0.1", "--port", str(port),
+               "--max-sessions", str(max_sessions)]  # fmt: skip
+    else:
+        cmd = [sys.executable, str(Path(__file__).with_name("runtimes_openenv.py")), str(port), str(max_sessions)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError(f"{runtime} server exited: " + proc.stderr.read().decode()[-2000:])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{runtime} server did not start in 60 s")
+            time.sleep(0.1)
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
+def run_openenv_protocol(runtime: str, n: int, seconds: float) -> Result:
+    """``n`` sessions of OpenEnv's async client against the server of ``runtime``."""
+    from openenv.core import GenericEnvClient
+
+    _, echoed = OPENENV_PROTOCOL[runtime]
+    action = {"message": ACTION}
+    t0 = time.perf_counter()
+    with openenv_protocol_server(runtime, max(n, 1)) as (port, pid):
+
+        async def open_one(i):
+            client = GenericEnvClient(base_url=f"http://127.0.0.1:{port}", message_timeout_s=120)
+            await client.connect()
+            return client
+
+        async def step_one(client):
+            result = await client.step(action)
+            assert echoed(result.observation) == ACTION, result.observation
+
+        async def main():
+            return await _drive(n, seconds, open_one, step_one, lambda c: c.reset(), lambda c: c.close(),
+                                server_pid=lambda clients: pid)  # fmt: skip
+
+        start_server = time.perf_counter() - t0
+        steps, elapsed, latencies, setup, client_cpu, server_cpu = asyncio.run(main())
+    return Result(runtime, n, steps, elapsed, latencies, start_server + setup, client_cpu_s=client_cpu, server_cpu_s=server_cpu)
+
+
+def measure_openenv_protocol_in_fresh_process(runtime: str, n: int, seconds: float) -> Result:
+    cmd = [sys.executable, __file__, "--one-openenv-protocol", runtime, str(n), "--seconds", str(seconds)]
+    data = json.loads(subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout.strip().splitlines()[-1])
+    return Result(runtime, n, data["steps"], data["seconds"], [], data["setup_s"], percentiles={50: data["p50"], 99: data["p99"]},
+                  client_cpu_s=data["client_cpu_s"], server_cpu_s=data["server_cpu_s"])  # fmt: skip
+
+
+def compare_openenv_protocol(args: argparse.Namespace, levels: list[int]) -> None:
+    """Rounds in turn (each measurement in a fresh process), medians, and a dated section of runtimes.md."""
+    load_before = os.getloadavg()
+    rounds: dict[tuple[str, int], list[Result]] = {}
+    for round_no in range(1, args.rounds + 1):
+        for runtime in OPENENV_PROTOCOL:
+            for n in levels:
+                print(f"round {round_no} {runtime:>14} x {n:<4}", end=" ", flush=True)
+                r = measure_openenv_protocol_in_fresh_process(runtime, n, args.seconds)
+                rounds.setdefault((runtime, n), []).append(r)
+                print(f"{r.steps_per_s:9,.0f} steps/s  p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms")
+    write_openenv_protocol_section(rounds, levels, args, (load_before, os.getloadavg()), args.out)
+    print(f"wrote the OpenEnv-protocol section of {args.out}")
+
+
+OPENENV_SECTION = "## OpenEnv's protocol: envhub serve beside OpenEnv's own server"
+
+
+def write_openenv_protocol_section(rounds, levels, args, load, path: Path) -> None:
+    """Replace (or add) the OpenEnv-protocol section at the end of ``path``; the rest is kept."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def median(runs: list[Result]) -> Result:
+        return sorted(runs, key=lambda r: r.steps_per_s)[len(runs) // 2]
+
+    names = []
+    for name in ("envhub", "openenv", "uvicorn", "starlette", "fastapi", "websockets", "orjson", "uvloop"):
+        with contextlib.suppress(PackageNotFoundError):
+            names.append(f"{name} {version(name)}")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        f"{OPENENV_SECTION} ({when})",
+        "",
+        "Written by `python benchmarks/runtimes.py --openenv-protocol`. The same echo logic behind each server,",
+        "each in a child process on loopback TCP; both driven by OpenEnv's own async client",
+        f"(`GenericEnvClient`, one WebSocket per session, `{{\"message\": ...}}` actions), {EPISODE_STEPS}-step episodes",
+        f"for {args.seconds:g} s per measurement. Each cell is the median-throughput one of {args.rounds} rounds, the",
+        "servers measured in turn within each round, each measurement in a fresh Python process.",
+        "CPU is per step, user + system, of the client's process and of the server's.",
+        "",
+        f"- machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load[0])} "
+        f"before, {', '.join(f'{x:.2f}' for x in load[1])} after (client and server share these cores)",
+        f"- versions: {', '.join(names)}",
+        "",
+        "| server | sessions | steps/s | p50 ms | p99 ms | client CPU µs/step | server CPU µs/step | steps/s, every round |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for runtime, (label, _) in OPENENV_PROTOCOL.items():
+        for n in levels:
+            runs = rounds.get((runtime, n))
+            if not runs:
+                continue
+            r = median(runs)
+            every = ", ".join(f"{x.steps_per_s:,.0f}" for x in runs)
+            lines.append(f"| {label} | {n} | {r.steps_per_s:,.0f} | {r.pct(50):.2f} | {r.pct(99):.2f} | "
+                         f"{r.us_per_step(r.client_cpu_s)} | {r.us_per_step(r.server_cpu_s)} | {every} |")  # fmt: skip
+    lines += ["", "Against the issue's goal (envhub's OpenEnv endpoint at least as fast as OpenEnv's own server):", ""]
+    for n in levels:
+        mine, theirs = rounds.get(("envhub-openenv", n)), rounds.get(("openenv-server", n))
+        if not mine or not theirs:
+            continue
+        ratio = median(mine).steps_per_s / median(theirs).steps_per_s
+        per_round = ", ".join(f"{a.steps_per_s / b.steps_per_s:.2f}x" for a, b in zip(mine, theirs))
+        verdict = "met" if ratio >= 1 else "NOT met"
+        lines.append(f"- {n} session(s): {ratio:.2f}x OpenEnv's throughput ({verdict}; round by round {per_round}); "
+                     f"p99 {median(mine).pct(99):.2f} ms against {median(theirs).pct(99):.2f} ms")  # fmt: skip
+    lines += [
+        "",
+        "envhub's steps run the environment in the server's worker threads under the step timeout, as on",
+        "its own protocol; OpenEnv's server runs each session's steps on that session's own thread.",
+        "",
+    ]
+    text = path.read_text() if path.is_file() else ""
+    if OPENENV_SECTION in text:
+        text = text[: text.index(OPENENV_SECTION)]
+    path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runtimes", default="inprocess,process,docker,openenv")
@@ -397,7 +552,19 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("runtimes.md"))
     p.add_argument("--rounds", type=int, default=3, help="measure everything this many times, in turn; report the median")
     p.add_argument("--one", nargs=2, metavar=("RUNTIME", "SESSIONS"), help=argparse.SUPPRESS)  # a worker's measurement
+    p.add_argument("--openenv-protocol", action="store_true",
+                   help="instead: envhub serve's OpenEnv routes beside OpenEnv's own server, at 1 and 64 sessions")
+    p.add_argument("--one-openenv-protocol", nargs=2, metavar=("SERVER", "SESSIONS"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.one_openenv_protocol:
+        r = run_openenv_protocol(args.one_openenv_protocol[0], int(args.one_openenv_protocol[1]), args.seconds)
+        print(json.dumps({"steps": r.steps, "seconds": r.seconds, "setup_s": r.setup_s, "p50": r.pct(50), "p99": r.pct(99),
+                          "client_cpu_s": r.client_cpu_s, "server_cpu_s": r.server_cpu_s}))  # fmt: skip
+        return
+    if args.openenv_protocol:
+        given = args.concurrency != p.get_default("concurrency")
+        compare_openenv_protocol(args, [int(c) for c in args.concurrency.split(",")] if given else [1, 64])
+        return
     if args.one:
         r = measure(args.one[0], int(args.one[1]), args.seconds)
         if args.one[0] in ("process", "docker"):
