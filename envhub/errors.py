@@ -622,6 +622,25 @@ class ImageBuildError(EnvhubError, RuntimeError):
         )
 
 
+class UntrustedCodeError(EnvhubError, PermissionError):
+    """Code from a namespace the user has not trusted, asked to run on this machine (not in a container)."""
+
+    code = "untrusted_code"
+    status = 403
+    fields = ("env", "namespace", "runtime")
+
+    def __init__(self, env: str, namespace: str, runtime: str, *, source: str = "") -> None:
+        self.env = env
+        self.namespace = namespace
+        self.runtime = runtime
+        where = f" was pulled from {source} and" if source else ""
+        super().__init__(
+            f"`{env}`{where} is from namespace `{namespace}`, which you have not trusted, so its code does not run "
+            f'on this machine (runtime "{runtime}"): use runtime="docker" (--runtime docker), or `envhub trust {namespace}`',
+            hint=f"`envhub trust {namespace}` lets its code run here; runtime=\"docker\" keeps it in a locked-down container",
+        )
+
+
 
 # --- evaluation, judges, model serving, audits ---------------------------------------------------
 

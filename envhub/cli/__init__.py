@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "authoring",  # init, validate, play, archive, index
     "registry",  # publish, pull, list, info, versions, search, lock, login, pack create/publish/grant/revoke/pull, audit-log
     "runtime",  # serve, build
+    "trust",  # trust, untrust
     "hub",  # hub serve, hub adduser, hub token
     "train",  # train
     "evaluate",  # eval, audit, serve-model

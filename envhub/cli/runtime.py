@@ -24,8 +24,10 @@ def serve(
     from envhub.runtime.locate import locate
     from envhub.runtime.server import ServerConfig
     from envhub.runtime.server import serve as run_server
+    from envhub.runtime.trust import require_trusted
 
     located = locate(env_id)
+    require_trusted(located, "inprocess")  # the server imports the environment into this process
     config = ServerConfig(
         max_sessions=max_sessions,
         idle_timeout_s=idle_timeout or None,

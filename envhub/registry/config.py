@@ -7,6 +7,9 @@ environment variable, or ``registry = "..."`` in ``$ENVHUB_HOME/config.toml``. A
 
 Tokens live in ``$ENVHUB_HOME/credentials.json``, readable by the user only (mode 0600), one per
 registry URL; ``ENVHUB_TOKEN`` overrides them.
+
+The namespaces whose pulled code the user trusts to run on this machine (``envhub trust NS``) are
+``trusted_namespaces = [...]`` in the same config file (see :mod:`envhub.runtime.trust`).
 """
 
 from __future__ import annotations
@@ -47,13 +50,43 @@ def read_config() -> dict[str, object]:
         raise RegistryError(f"config file {path} is unreadable: {exc}", hint=f"fix or delete {path}") from exc
 
 
-def write_config(values: dict[str, str]) -> Path:
-    """Merge flat string ``values`` into the config file."""
-    config = {k: v for k, v in read_config().items() if isinstance(v, str)}
+def _is_string_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def write_config(values: dict[str, str | list[str]]) -> Path:
+    """Merge top-level ``values`` (strings, or lists of strings) into the config file."""
+    config = {k: v for k, v in read_config().items() if isinstance(v, str) or _is_string_list(v)}
     config.update(values)
+    # JSON's strings and arrays of strings are also TOML's.
     text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in sorted(config.items()))
     write_atomic(config_path(), text.encode())
     return config_path()
+
+
+# --- trusted namespaces --------------------------------------------------------------------------
+
+TRUSTED_KEY = "trusted_namespaces"
+
+
+def trusted_namespaces() -> list[str]:
+    """The namespaces recorded by ``envhub trust``, sorted."""
+    value = read_config().get(TRUSTED_KEY, [])
+    if not _is_string_list(value):
+        raise RegistryError(
+            f"`{TRUSTED_KEY}` in {config_path()} is not a list of namespaces",
+            hint=f'write it as {TRUSTED_KEY} = ["acme"], or delete the line and use `envhub trust NS`',
+        )
+    return sorted(set(value))
+
+
+def set_trusted(namespace: str, trusted: bool) -> bool:
+    """Add ``namespace`` to the trusted ones (or remove it); False when nothing changed."""
+    now = set(trusted_namespaces())
+    if (namespace in now) == trusted:
+        return False
+    write_config({TRUSTED_KEY: sorted((now | {namespace}) if trusted else (now - {namespace}))})
+    return True
 
 
 def configured_registry(flag: str | None = None) -> str | None:

@@ -4,7 +4,13 @@
 installed, from the folder just unpacked from the artifact whose digest was checked::
 
     {"format": 1, "ref": "acme/sql@1.2.0", "digest": "sha256:...",
+     "origin": "pulled", "source": "http://hub.example:8080",
      "files": {"envhub.toml": "sha256:...", "sql_env.py": "sha256:..."}}
+
+``origin`` says whose code it is (see :mod:`envhub.runtime.trust`): ``published`` from a folder on
+this machine (the user's own, ``source`` is the folder), ``bundled`` pulled from the environments
+that ship with envhub, ``pulled`` from any other registry (``source`` names it), or ``unknown``
+(installed before origins were recorded).
 
 Loading a version compares its folder with ``files`` (:func:`changed_files`): a file changed,
 added or removed since the install means the folder no longer is the artifact it claims to be.
@@ -27,6 +33,9 @@ from envhub.identity.artifact import file_digest, write_atomic
 
 RECORD_FORMAT = 1
 BYTECODE_DIR = "__pycache__"
+PUBLISHED, BUNDLED, PULLED, UNKNOWN = "published", "bundled", "pulled", "unknown"
+#: Origins whose code is trusted whatever its namespace: the user's own, and envhub's.
+OWN_ORIGINS = frozenset({PUBLISHED, BUNDLED})
 
 _hashes: dict[str, tuple[tuple[int, int, int, int], str]] = {}
 _hashes_lock = threading.Lock()
@@ -37,9 +46,12 @@ class InstallRecord:
     ref: str
     digest: str
     files: dict[str, str] = field(default_factory=dict)
+    origin: str = UNKNOWN
+    source: str = ""
 
     def to_json(self) -> str:
-        data = {"format": RECORD_FORMAT, "ref": self.ref, "digest": self.digest, "files": self.files}
+        data = {"format": RECORD_FORMAT, "ref": self.ref, "digest": self.digest, "origin": self.origin,
+                "source": self.source, "files": self.files}
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     def write(self, path: Path) -> None:
@@ -50,7 +62,13 @@ def read_record(path: Path) -> InstallRecord | None:
     """The record at ``path``; None when there is none or it cannot be read (it is then rebuilt)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return InstallRecord(ref=str(data["ref"]), digest=str(data["digest"]), files=dict(data["files"]))
+        return InstallRecord(
+            ref=str(data["ref"]),
+            digest=str(data["digest"]),
+            files=dict(data["files"]),
+            origin=str(data.get("origin") or UNKNOWN),
+            source=str(data.get("source") or ""),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

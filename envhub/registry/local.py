@@ -10,7 +10,7 @@ Layout::
 Writes take an exclusive file lock, and every file is written to a temporary path and renamed,
 so a crash never leaves a half-written version visible: a version exists once the index says so,
 and the index is only updated after its artifact, folder and install record are complete. A folder
-is checked against its record each time it is located (:meth:`LocalRegistry.verified_folder`).
+is checked against its record each time it is located (:meth:`LocalRegistry.verify_installed`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import fcntl
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from envhub.identity.artifact import MAX_UNPACKED_BYTES, pack_bytes, sha256_digest, unpack, write_atomic
@@ -34,7 +35,15 @@ from envhub.identity.index import EnvEntry, Index, VersionEntry, read_index
 from envhub.identity.manifest import MANIFEST_FILE, Manifest, load_manifest
 from envhub.paths import envhub_home
 from envhub.registry.base import Registry
-from envhub.registry.installed import InstallRecord, changed_files, read_record, tree_hashes
+from envhub.registry.installed import (
+    OWN_ORIGINS,
+    PUBLISHED,
+    UNKNOWN,
+    InstallRecord,
+    changed_files,
+    read_record,
+    tree_hashes,
+)
 
 
 class LocalRegistry(Registry):
@@ -59,11 +68,12 @@ class LocalRegistry(Registry):
     def record_path(self, entry: EnvEntry, version: VersionEntry) -> Path:
         return self.home / "installed" / entry.namespace / entry.name / f"{version.version}.json"
 
-    def verified_folder(self, entry: EnvEntry, version: VersionEntry) -> Path:
-        """The version's folder, once it matches its install record file for file.
+    def verify_installed(self, entry: EnvEntry, version: VersionEntry) -> InstallRecord:
+        """The version's install record, once its folder matches it file for file.
 
         Raises :class:`InstalledTreeChangedError` naming what was changed, added or removed since
-        the install. A version installed before records existed gets one from its checked artifact.
+        the install. A version installed before records existed gets one from its checked artifact
+        (its origin then is ``unknown``).
         """
         folder = self.folder(entry, version)
         path = self.record_path(entry, version)
@@ -74,7 +84,7 @@ class LocalRegistry(Registry):
         changed = changed_files(folder, record)
         if changed:
             raise InstalledTreeChangedError(record.ref, str(folder), changed, expected=version.digest)
-        return folder
+        return record
 
     def _record_from_artifact(self, entry: EnvEntry, version: VersionEntry) -> InstallRecord:
         data = self.fetch(entry, version)  # checked against the digest
@@ -109,15 +119,23 @@ class LocalRegistry(Registry):
         """Publish an environment folder; returns (entry, created). The same content again is a no-op."""
         load_manifest(folder)  # named errors for a bad manifest before anything else
         data = pack_bytes(folder)
-        return self.install(data)
+        return self.install(data, origin=PUBLISHED, origin_source=str(Path(folder).resolve()))
 
     def install(
-        self, data: bytes, *, expected_digest: str | None = None, expected_ref: str | None = None, source: str = ""
+        self,
+        data: bytes,
+        *,
+        expected_digest: str | None = None,
+        expected_ref: str | None = None,
+        source: str = "",
+        origin: str = UNKNOWN,
+        origin_source: str = "",
     ) -> tuple[VersionEntry, bool]:
         """Add an artifact to the registry; its manifest says which version it is.
 
         Refuses different content under an existing version (:class:`VersionConflictError`), and an
-        artifact whose manifest is not the ``namespace/name@version`` it was fetched as.
+        artifact whose manifest is not the ``namespace/name@version`` it was fetched as. ``origin``
+        and ``origin_source`` go into the install record (``source`` names the artifact in errors).
         """
         digest = sha256_digest(data)
         if expected_digest is not None and digest != expected_digest:
@@ -135,7 +153,7 @@ class LocalRegistry(Registry):
                         f"{source or 'artifact'}: its manifest says {manifest.ref}, but it was published as {expected_ref}",
                         hint="the registry entry is wrong or was tampered with; tell its owner",
                     )
-                record = InstallRecord(manifest.ref, digest, tree_hashes(scratch))
+                record = InstallRecord(manifest.ref, digest, tree_hashes(scratch), origin=origin, source=origin_source)
                 index = self.index()
                 key = manifest.full_name
                 existing = index.environments.get(key)
@@ -171,14 +189,22 @@ class LocalRegistry(Registry):
                 shutil.rmtree(scratch, ignore_errors=True)
 
     def _restore(self, entry: EnvEntry, version: VersionEntry, unpacked: Path, record: InstallRecord) -> None:
-        """Make an installed version's folder and record those of its artifact, unpacked at ``unpacked``."""
+        """Make an installed version's folder and record those of its artifact, unpacked at ``unpacked``.
+
+        The origin recorded first is kept, unless this install makes the code the user's own or
+        envhub's (publishing a folder of the same content vouches for it; pulling never takes that away).
+        """
         target = self.folder(entry, version)
         if changed_files(target, record):
             shutil.rmtree(target, ignore_errors=True)
             target.parent.mkdir(parents=True, exist_ok=True)
             unpacked.rename(target)
-        if read_record(self.record_path(entry, version)) != record:
-            record.write(self.record_path(entry, version))
+        path = self.record_path(entry, version)
+        old = read_record(path)
+        if old is not None and old.digest == record.digest and record.origin not in OWN_ORIGINS:
+            record = replace(record, origin=old.origin, source=old.source)
+        if old != record:
+            record.write(path)
 
     def manifest_of(self, entry: EnvEntry, version: VersionEntry) -> Manifest:
         folder = self.folder(entry, version)

@@ -29,6 +29,8 @@ class Located:
     manifest: Manifest
     digest: str | None  # None for a plain folder: computed lazily from its contents
     registry: str  # "folder", "local" or "bundled"
+    origin: str = ""  # for "local": the install record's origin (published, bundled, pulled, unknown)
+    source: str = ""  # for "local": the folder it was published from, or the registry it was pulled from
 
 
 def _looks_like_path(text: str) -> bool:
@@ -59,13 +61,16 @@ def locate(id_or_path: str | os.PathLike) -> Located:
         except (EnvNotFoundError, VersionNotFoundError) as exc:
             errors.append(exc)
             continue
-        # An installed folder must still be its artifact, so the digest reported with it is true.
-        folder = registry.verified_folder(entry, version) if registry is local else registry.folder(entry, version)
+        origin = source = ""
+        if registry is local:  # an installed folder must still be its artifact, so its digest is true
+            record = local.verify_installed(entry, version)
+            origin, source = record.origin, record.source
+        folder = registry.folder(entry, version)
         if folder is None:  # a bundled index that points at archives, not folders
             raise EnvNotFoundError(str(env_id), where=registry.description)
         if lock is not None:
             check_installed(registry, entry, version, lock[1], lock[0])
-        return Located(folder, load_manifest(folder), version.digest, label)
+        return Located(folder, load_manifest(folder), version.digest, label, origin, source)
     raise _most_specific(env_id, errors)
 
 

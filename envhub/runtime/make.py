@@ -2,7 +2,8 @@
 
 ``runtime`` picks where the environment's code runs: ``inprocess`` imports it here; ``process`` and
 ``docker`` run it behind the session protocol (:mod:`envhub.runtime.remote`). Whatever the runtime,
-the caller gets an ``Env`` of the same contract.
+the caller gets an ``Env`` of the same contract. Only trusted code runs on this machine (in process
+or as a child process): see :mod:`envhub.runtime.trust`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import gymnasium
 
 from envhub.errors import EnvNotFoundError, InstalledTreeChangedError, InvalidOptionError, VersionNotFoundError
 from envhub.identity.index import EnvEntry, VersionEntry
-from envhub.registry import LocalRegistry, Registry, bundled_registry
+from envhub.registry import LocalRegistry, Registry, StaticRegistry, bundled_registry
+from envhub.registry.installed import BUNDLED, PULLED
 from envhub.runtime.loading import load_folder
 from envhub.runtime.locate import Located, locate
+from envhub.runtime.trust import require_trusted
 
 __all__ = ["RUNTIMES", "Located", "locate", "make", "pull"]
 
@@ -31,10 +34,11 @@ def make(id_or_path: str | os.PathLike, *, runtime: str = "inprocess", **kwargs:
     >>> obs, info = env.reset(seed=0)
     """
     located = locate(id_or_path)
-    if runtime == "inprocess":
-        return load_folder(located.folder, digest=located.digest, **kwargs)
     if runtime not in RUNTIMES:
         raise InvalidOptionError(located.manifest.ref, "runtime", f"{runtime!r} is not one of {sorted(RUNTIMES)}")
+    require_trusted(located, runtime)  # untrusted code runs in docker only
+    if runtime == "inprocess":
+        return load_folder(located.folder, digest=located.digest, **kwargs)
     from envhub.runtime.remote import make_remote  # the session client and pools load only when used
 
     return make_remote(runtime, located, **kwargs)
@@ -51,15 +55,28 @@ def pull(env_id: str, *, source: Registry | None = None, local: LocalRegistry | 
         raise EnvNotFoundError(env_id, where="any registry (no bundled environments in this install)")
     local = local or LocalRegistry()
     entry, version = source.resolve(env_id)
+    origin = BUNDLED if _is_bundled(source) else PULLED
     try:
         have_entry, have = local.resolve(f"{entry.full_name}@{version.version}")
         if have.digest == version.digest:
             local.fetch(have_entry, have)  # the cached artifact still hashes to its digest
-            local.verified_folder(have_entry, have)
+            local.verify_installed(have_entry, have)
             return have_entry, have, False
     except (EnvNotFoundError, VersionNotFoundError, InstalledTreeChangedError):
         pass  # absent, or its folder was changed: installed (put back) below
     data = source.fetch(entry, version)
     ref = f"{entry.full_name}@{version.version}"
-    installed, created = local.install(data, expected_digest=version.digest, expected_ref=ref, source=ref)
+    installed, created = local.install(
+        data, expected_digest=version.digest, expected_ref=ref, source=ref, origin=origin, origin_source=source.description
+    )
     return local.index().environments[entry.full_name], installed, created
+
+
+def _is_bundled(source: Registry) -> bool:
+    """Whether ``source`` is the registry of the environments that ship with envhub."""
+    bundled = bundled_registry()
+    return (
+        bundled is not None
+        and isinstance(source, StaticRegistry)
+        and source.root.resolve() == bundled.root.resolve()
+    )

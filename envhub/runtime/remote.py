@@ -20,6 +20,7 @@ from typing import Any
 from envhub.runtime.client import AsyncRemoteEnv, RemoteEnv
 from envhub.errors import InvalidOptionError
 from envhub.runtime.locate import Located, locate
+from envhub.runtime.trust import require_trusted
 from envhub.runtime.pool import (
     Lease,
     ManagedServer,
@@ -54,6 +55,7 @@ def pool_for(runtime: str, located: Located, runtime_options: dict[str, Any] | N
 
     Options apply when the pool is created; later calls share it as it is.
     """
+    require_trusted(located, runtime)  # asked on every call: `envhub untrust` applies to the next one
     digest = _digest_of(located)
     key = (runtime, str(Path(located.folder).resolve()), digest)
     with _pools_lock:

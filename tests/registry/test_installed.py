@@ -7,8 +7,9 @@ import json
 import pytest
 
 import envhub
-from envhub.errors import DigestMismatchError, InstalledTreeChangedError
+from envhub.errors import DigestMismatchError, InstalledTreeChangedError, UntrustedCodeError
 from envhub.registry import LocalRegistry, StaticRegistry, export_static
+from envhub.registry.config import set_trusted
 from envhub.runtime.make import pull
 
 
@@ -76,8 +77,12 @@ def test_publishing_or_pulling_again_restores_a_changed_folder(home, env_factory
 def test_a_version_installed_without_a_record_gets_one_from_its_artifact(home, env_factory):
     reg, entry, version = _installed(home, env_factory)
     reg.record_path(entry, version).unlink()  # as installed by an earlier envhub
+    with pytest.raises(UntrustedCodeError):  # nothing says where it came from: not trusted by default
+        envhub.make("acme/adder")
+    record = json.loads(reg.record_path(entry, version).read_text())
+    assert record["digest"] == version.digest and record["origin"] == "unknown"
+    set_trusted("acme", True)
     assert envhub.make("acme/adder").identity.digest == version.digest
-    assert json.loads(reg.record_path(entry, version).read_text())["digest"] == version.digest
     (reg.folder(entry, version) / "envhub.toml").write_text((reg.folder(entry, version) / "envhub.toml").read_text() + "\n")
     reg.record_path(entry, version).write_text("{not json")  # a damaged record is rebuilt, not trusted
     with pytest.raises(InstalledTreeChangedError, match=r"envhub\.toml \(changed\)"):
