@@ -88,7 +88,8 @@ class RubricSummary(BaseModel):
 
 
 class Limits(BaseModel):
-    """Runtime limits, enforced by the process and docker runtimes."""
+    """Runtime limits. The docker runtime enforces all of them; the process runtime the step timeout,
+    memory as address space, and pids and cpus only where it can make a cgroup (:mod:`envhub.runtime.process`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -172,3 +174,49 @@ def test_the_child_stops_on_close_and_at_exit():
     close_all_pools()  # what runs at interpreter exit
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def _faulty_copy(tmp_path: Path, **limits) -> Path:
+    """The faulty environment with other ``[limits]``."""
+    folder = tmp_path / "faulty"
+    shutil.copytree(FAULTY, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    toml = (folder / "envhub.toml").read_text()
+    for key, value in limits.items():
+        toml = re.sub(rf"^{key} = .*$", f"{key} = {value}", toml, flags=re.M)
+    (folder / "envhub.toml").write_text(toml)
+    return folder
+
+
+def test_shared_memory_counts_against_the_memory_limit(tmp_path):
+    # 2 GiB of shared anonymous memory, every page written, past a 256 MiB cap: RLIMIT_DATA alone
+    # let it through (in about 3 s here, so the step timeout is raised to see it finish).
+    folder = _faulty_copy(tmp_path, memory_mb=256, step_timeout_s=60)
+    env = envhub.make(folder, runtime="process", runtime_options={"sessions_per_server": 1})
+    env.reset(seed=0)
+    with pytest.raises((EnvironmentFailure, RuntimeDiedError)) as exc:
+        env.step("shm:2048")
+    assert not isinstance(exc.value, StepTimeoutError), str(exc.value)
+    env.reset(seed=0)  # the same server, or a new one after the old was killed
+    assert env.step("alloc:16")[0][-1]["content"] == "allocated 16 MB"
+    env.close()
+
+
+def test_process_count_is_capped_where_a_cgroup_can_be_made():
+    env = envhub.make(FAULTY, runtime="process", runtime_options={"sessions_per_server": 1})
+    env.reset(seed=0)
+    (server,) = pool_for("process", envhub.locate(FAULTY)).servers
+    limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+    assert f"{server.enforced['address_space_bytes']}" in next(line for line in limits.splitlines() if "address space" in line)
+    if "pids" not in server.enforced:
+        env.close()
+        pytest.skip("no writable cgroup here: [limits] pids and cpus are not enforced (README, runtimes)")
+    assert all(str(server.proc.pid) in path.read_text().split() for path in server.cgroup.procs_files())
+    # [limits] pids = 64, threads included: 100 more processes at once are refused; 10 are fine.
+    with pytest.raises(EnvironmentFailure, match="BlockingIOError|Resource temporarily unavailable"):
+        env.step("spawn:100")
+    env.reset(seed=0)
+    assert env.step("spawn:10")[0][-1]["content"] == "spawned 10 processes"
+    folders = set(server.cgroup.dirs.values())
+    env.close()
+    pool_for("process", envhub.locate(FAULTY)).close()
+    assert not any(folder.exists() for folder in folders), "the cgroup is removed with its server"
