@@ -49,8 +49,9 @@ def test_the_folder_pins_the_source_and_says_what_it_is(folder):
     for expected in ("reasoning-gym 0.1.25", "envhub import reasoning-gym reasoning-gym==0.1.25", "--task-config letter_counting.max_words=6",
                      "score_answer", "`letter_counting`: max_words=6", "held_out.json"):  # fmt: skip
         assert expected in readme, expected
-    held_out = json.loads((folder / HELD_OUT_FILE).read_text())
-    assert sorted(held_out) == sorted(TASKS.split(",")) and all(0 < len(v) <= 40 for v in held_out.values())
+    held_out = json.loads((folder / HELD_OUT_FILE).read_text())["tasks"]
+    assert sorted(held_out) == sorted(TASKS.split(",")) and all(0 < len(v["digests"]) <= 40 for v in held_out.values())
+    assert held_out["letter_counting"]["config"] == {"max_words": 6} and held_out["word_sorting"]["test_size"] == 40
 
 
 def test_validate_and_audit_pass(folder):
@@ -71,7 +72,7 @@ def test_the_folders_own_tests_pass(folder):
 
 def test_splits_never_share_a_problem_and_difficulty_passes_through(folder):
     env = envhub.make(folder)
-    held_out = {d for digests in json.loads((folder / HELD_OUT_FILE).read_text()).values() for d in digests}
+    held_out = {d for task in json.loads((folder / HELD_OUT_FILE).read_text())["tasks"].values() for d in task["digests"]}
     train, test = set(), set()
     for seed in range(150):
         for split, seen in (("train", train), ("test", test)):
@@ -84,6 +85,11 @@ def test_splits_never_share_a_problem_and_difficulty_passes_through(folder):
     assert train and test and not train & test
     obs, info = env.reset(options={"split": "test", "task_id": "word_sorting/3"})
     assert info["task_id"] == "word_sorting/3" and env.episode.task["index"] == 3
+    # other settings than the import's (here a smaller test split) hold out their own test problems
+    other = envhub.make(folder, test_size=5)
+    test = {other.reset(seed=s, options={"split": "test"})[0][-1]["content"] for s in range(40)}
+    train = {other.reset(seed=s, options={"split": "train"})[0][-1]["content"] for s in range(300)}
+    assert len(test) <= 15 and not test & train
 
 
 def _play(env, answer_of, seed=3, task=None):

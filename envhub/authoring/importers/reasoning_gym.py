@@ -86,7 +86,7 @@ def build(source: Source, options: dict[str, Any]) -> Generated:
     }  # fmt: skip
     try:
         env = ReasoningGymEnv(**settings)
-        held_out = {task: env.held_out_digests(task) for task in tasks}  # generates every test problem once
+        held_out = {"tasks": {task: env.held_out_record(task, env.held_out_digests(task)) for task in tasks}}
     except InvalidOptionError as exc:
         raise ImportSourceError("reasoning-gym", source.text, str(exc)) from exc
     except Exception as exc:  # a task whose generator raises
@@ -101,7 +101,7 @@ def build(source: Source, options: dict[str, Any]) -> Generated:
         runtime_module="envhub.authoring.importers.reasoning_gym_runtime",
         settings=settings,
         pass_folder=True,
-        files={HELD_OUT_FILE: json.dumps(held_out, indent=0, sort_keys=True) + "\n"},
+        files={HELD_OUT_FILE: json.dumps(held_out, indent=1, sort_keys=True) + "\n"},
         max_turns=1,
         rubric_summary="correct: reasoning-gym's score_answer on the one <answer> (0.9); answer_format: exactly one non-empty <answer> tag (0.1)",
         tags=["reasoning-gym", "imported", "single-turn", "verifiable", *categories],

@@ -127,8 +127,9 @@ class ReasoningGymEnv(ChatEnv):
         train_size: problems per task the train split draws from (generated when drawn).
         test_size: problems per task in the test split.
         package_version: the reasoning-gym version the folder was imported from (recorded in the rubric's hash).
-        held_out: per task, the digests of the test split's questions; read from the folder's
-            ``held_out.json`` when not given.
+        folder: the environment's folder: its ``held_out.json`` (written by the import) holds the
+            test split's question digests of each task; a task whose digests it lacks, or that were
+            taken with another seed, test size or configuration, has them computed on first use.
     """
 
     max_turns = 1
@@ -142,7 +143,6 @@ class ReasoningGymEnv(ChatEnv):
         train_size: int = 100_000,
         test_size: int = 100,
         package_version: str | None = None,
-        held_out: Mapping[str, Sequence[str]] | None = None,
         folder: str | Path | None = None,
         max_turns: int | None = None,
         render_mode: str | None = None,
@@ -174,9 +174,13 @@ class ReasoningGymEnv(ChatEnv):
         for task in names:  # build them now: a bad difficulty option is an error here, not at the first reset
             for split in self.splits:
                 self.dataset(task, split)
-        if held_out is None and folder is not None and (Path(folder) / HELD_OUT_FILE).is_file():
-            held_out = json.loads((Path(folder) / HELD_OUT_FILE).read_text())
-        self._held_out: dict[str, frozenset[str]] = {t: frozenset((held_out or {}).get(t, ())) for t in names}
+        self._held_out: dict[str, frozenset[str]] = {}
+        recorded = Path(folder) / HELD_OUT_FILE if folder is not None else None
+        if recorded is not None and recorded.is_file():
+            saved = json.loads(recorded.read_text())
+            for task, entry in saved.get("tasks", {}).items():
+                if task in self.config and entry == self.held_out_record(task, entry["digests"]):
+                    self._held_out[task] = frozenset(entry["digests"])
         self.rubric = Rubric([SourceScore(self, weight=0.9), FunctionCriterion(_answer_format, name="answer_format", weight=0.1)])
 
     # --- the datasets ----------------------------------------------------------------------------
@@ -200,9 +204,13 @@ class ReasoningGymEnv(ChatEnv):
         return type(self.dataset(task, "test")).score_answer is self._default_score
 
     def held_out_digests(self, task: str) -> list[str]:
-        """The digests of the test split's questions of ``task`` (what the import writes)."""
+        """The digests of the test split's questions of ``task`` (generates every test problem once)."""
         dataset = self.dataset(task, "test")
         return sorted({question_digest(dataset[i]["question"]) for i in range(self.test_size)})
+
+    def held_out_record(self, task: str, digests: Sequence[str]) -> dict[str, Any]:
+        """What ``held_out.json`` keeps of one task: its digests and the settings they were taken with."""
+        return {"seed": self.seed, "test_size": self.test_size, "config": self.config[task], "digests": list(digests)}
 
     def _entry(self, task: str, index: int, split: str) -> Task:
         try:
@@ -212,7 +220,10 @@ class ReasoningGymEnv(ChatEnv):
         return {"id": f"{task}/{index}", "task": task, "index": index, "question": entry["question"], "entry": entry}
 
     def _is_held_out(self, task: Task) -> bool:
-        return question_digest(task["question"]) in self._held_out[task["task"]]
+        name = task["task"]
+        if name not in self._held_out:
+            self._held_out[name] = frozenset(self.held_out_digests(name))
+        return question_digest(task["question"]) in self._held_out[name]
 
     # --- the contract ----------------------------------------------------------------------------
 
