@@ -42,7 +42,7 @@ OPTIONS = (
     Option("task-config", "a task's configuration field (difficulty), TASK.FIELD=VALUE; repeatable",
            parse=_task_config, repeat=True),  # fmt: skip
     Option("seed", "seed fixing every task's train and test problems", parse=int, default=0),
-    Option("train-size", "problems per task the train split draws from", parse=int, default=100_000),
+    Option("train-size", "problems per task the train split draws from", parse=int, default=10_000),
     Option("test-size", "problems per task in the test split (held out from train)", parse=int, default=100),
 )
 
@@ -143,7 +143,7 @@ def _readme(source: Source, tasks: list[str], config: dict, settings: dict, no_r
         "default scorer's credit for an answer that merely contains the expected one is not given.",
     ]
     if no_reference:
-        lines += ["", f"Tasks with no single expected answer (their scorer checks the answer itself, and the",
+        lines += ["", "Tasks with no single expected answer (their scorer checks the answer itself, and the",
                   f"environment has no reference answer for them): {', '.join(no_reference)}."]  # fmt: skip
     return "\n".join(lines)
 

@@ -140,7 +140,7 @@ class ReasoningGymEnv(ChatEnv):
         tasks: Sequence[str],
         config: Mapping[str, Mapping[str, Any]] | None = None,
         seed: int = 0,
-        train_size: int = 100_000,
+        train_size: int = 10_000,
         test_size: int = 100,
         package_version: str | None = None,
         folder: str | Path | None = None,
@@ -197,7 +197,7 @@ class ReasoningGymEnv(ChatEnv):
             try:
                 self._datasets[key] = self._factory.create_dataset(task, seed=split_seed(self.seed, task, split), size=size, **fields)
             except (TypeError, ValueError, AssertionError) as exc:
-                raise InvalidOptionError(self.env_name, f"config.{task}", f"reasoning-gym refuses it: {type(exc).__name__}: {exc}") from exc
+                raise InvalidOptionError(self.env_name, f"config.{task}", f"reasoning-gym refuses it for the {split} split of {size} problems: {type(exc).__name__}: {exc}") from exc
         return self._datasets[key]
 
     def uses_default_scorer(self, task: str) -> bool:
