@@ -24,6 +24,7 @@ default folder is new for every run (:func:`default_out_dir`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -51,6 +52,7 @@ from envhub.evaluation.results import (
     read_results,
     summarise,
 )
+from envhub.runtime.env_pool import EnvPool
 
 __all__ = ["EvalConfig", "default_out_dir", "evaluate", "run_eval"]
 
@@ -146,47 +148,6 @@ class EvalConfig:
         return {k: data[k] for k in _IDENTITY_FIELDS}
 
 
-class _EnvPool:
-    """Environment instances, one per episode in flight, reused across episodes."""
-
-    def __init__(self, config: EvalConfig) -> None:
-        self.config = config
-        self.free: list[Any] = []
-        self.all: list[Any] = []
-        self.identity: Any = None  # of the first instance: every instance is the same version
-        self.threaded = False
-
-    def take(self) -> Any:
-        if self.free:
-            return self.free.pop()
-        from envhub.runtime.make import make
-
-        env = make(self.config.env, runtime=self.config.runtime, **self.config.env_kwargs)
-        if self.identity is None:
-            self.identity = env.identity.to_dict()  # computes the digest once, not per instance
-            self.identity["ref"] = env.identity.ref
-            self.threaded = _needs_thread(env, self.config.runtime)
-        self.all.append(env)
-        return env
-
-    def give(self, env: Any) -> None:
-        self.free.append(env)
-
-    def discard(self, env: Any) -> None:
-        self.all.remove(env)
-        try:
-            env.close()
-        except Exception:
-            pass
-
-    def close(self) -> None:
-        for env in self.all:
-            try:
-                env.close()
-            except Exception:
-                pass
-
-
 def _needs_thread(env: Any, runtime: str) -> bool:
     """Whether env calls may block (a remote runtime, or a judge criterion calling an endpoint)."""
     if runtime != "inprocess":
@@ -208,10 +169,20 @@ class _Run:
         self.policy = policy
         self.writer = writer
         self.progress = progress
-        self.pool = _EnvPool(config)
+        self.pool = EnvPool(config.env, runtime=config.runtime, kwargs=config.env_kwargs)
         self.executor = ThreadPoolExecutor(max_workers=max(1, config.concurrency), thread_name_prefix="envhub-eval")
         self.model_info = policy.describe()
         self.sampling = config.sampling.to_dict()
+
+    @functools.cached_property
+    def env_identity(self) -> dict[str, Any]:
+        """Of the pool's first instance (every instance is the same version); the digest is computed once."""
+        identity = self.pool.first.identity
+        return {**identity.to_dict(), "ref": identity.ref}
+
+    @functools.cached_property
+    def threaded(self) -> bool:
+        return _needs_thread(self.pool.first, self.config.runtime)
 
     async def _env_call(self, env: Any, threaded: bool, fn, *args, **kwargs):
         if not threaded:
@@ -243,8 +214,8 @@ class _Run:
         env = None
         try:
             env = self.pool.take()
-            threaded = self.pool.threaded
-            record["env"] = self.pool.identity
+            threaded = self.threaded
+            record["env"] = self.env_identity
             record["rubric_hash"] = getattr(getattr(env, "rubric", None), "hash", None)
             where = "reset"
             t = time.perf_counter()
