@@ -32,7 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainers.grpo import DEMO_SETTINGS, evaluate, make_config, train  # noqa: E402
+from trainers.config import DEMO_SETTINGS, make_config  # noqa: E402
+from trainers.grpo import train  # noqa: E402
+from trainers.rollout import heldout_rollouts  # noqa: E402
 from envhub.models.loading import load_policy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +57,7 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 def evaluate_on_test(model, tokenizer, episodes: int) -> dict:
     """Greedy rewards on the fixed test tasks, the format criterion per episode, and a few outputs."""
     t = time.perf_counter()
-    results = evaluate(model, tokenizer, ENV, episodes=episodes, split="test", temperature=0.0, max_new_tokens=64, batch_size=episodes)
+    results = heldout_rollouts(model, tokenizer, ENV, episodes=episodes, split="test", temperature=0.0, max_new_tokens=64, batch_size=episodes)
     return {
         "rewards": [ep.reward if ep.error is None else 0.0 for ep in results],  # an error scores 0
         "answer_format": [ep.criteria.get("answer_format", 0.0) for ep in results],
@@ -220,7 +222,7 @@ def write(report: dict) -> None:
         "",
         "![reward per step](trainer_learning.png)",
         "",
-        "Training settings (plus each objective's paper preset, see `trainers/grpo.py` ALGO_PRESETS):",
+        "Training settings (plus each objective's paper preset, see `trainers/config.py` ALGO_PRESETS):",
         "",
         "```json",
         json.dumps(report["settings"], indent=1),

@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainers.grpo import _plan_groups, make_config, train  # noqa: E402
+from trainers.config import make_config  # noqa: E402
+from trainers.grpo import plan_groups, train  # noqa: E402
 from envhub.models.loading import default_model_path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +84,7 @@ def trl_prompts(args) -> list[dict]:
     env = envhub.make("arithmetic", level="easy")
     rows = []
     for step in range(args.steps):
-        for _g, _e, seed in _plan_groups(config, step, 0, args.prompts, 0)[:: args.group]:
+        for _g, _e, seed in plan_groups(config, step, 0, args.prompts, 0)[:: args.group]:
             obs, info = env.reset(seed=seed, options={"split": "train"})
             rows.append({"prompt": obs, "task_id": info["task_id"]})
     env.close()

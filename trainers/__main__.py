@@ -1,5 +1,5 @@
 """``python -m trainers ENV... --algo cispo ...``: the same as ``envhub train``."""
 
-from trainers.grpo import cli_main
+from trainers.cli import main
 
-raise SystemExit(cli_main())
+main()

@@ -30,7 +30,8 @@ def quickstart(
     from envhub.runtime.make import pull
     from envhub.evaluation import compare_runs, evaluate
     from envhub.evaluation.compare import comparison_table
-    from trainers.grpo import DEMO_SETTINGS, EnvSpec, make_config, train
+    from trainers.config import DEMO_SETTINGS, EnvSpec, make_config
+    from trainers.grpo import train
 
     console.rule("[bold]1. pull")
     entry, version, created = pull(env)

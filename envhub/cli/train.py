@@ -1,23 +1,15 @@
-"""``envhub train ENV... --algo grpo|dapo|cispo``: the reference trainer (see trainers/grpo.py)."""
+"""``envhub train ENV... --algo grpo|dapo|cispo``: the reference trainer.
+
+The command and its options live with the trainer (:mod:`trainers.cli`), generated from
+``TrainConfig``'s fields and their docstrings; this module mounts it.
+"""
 
 from __future__ import annotations
 
 import typer
 
 
-def train(ctx: typer.Context) -> None:
-    """Train a LoRA adapter with GRPO, DAPO or CISPO on one environment or a weighted mix.
-
-    ENV is NAME[?key=value&...][*WEIGHT], e.g. `arithmetic?level=easy*2`. Options: --algo,
-    --config FILE.toml, and --FIELD VALUE for any TrainConfig field (listed in trainers/grpo.py).
-    """
-    from trainers.grpo import cli_main
-
-    code = cli_main(list(ctx.args))
-    if code:
-        raise typer.Exit(code)
-
-
 def register(app: typer.Typer) -> None:
-    # The trainer parses its own arguments (every config field is a flag), so pass them all through.
-    app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})(train)
+    from trainers.cli import register as register_train
+
+    register_train(app)

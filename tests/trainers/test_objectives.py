@@ -17,15 +17,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainers.grpo import (  # noqa: E402
-    EnvSpec,
-    TrainConfig,
-    group_advantages,
-    make_config,
-    overlong_penalty,
-    parse_args,
-    policy_loss,
-)
+from trainers.cli import parse_args  # noqa: E402
+from trainers.config import EnvSpec, TrainConfig, make_config  # noqa: E402
+from trainers.grpo import group_advantages, overlong_penalty, policy_loss  # noqa: E402
 
 P_NEW = [[0.5, 0.25, 0.1], [0.2, 0.65, 0.3]]
 P_OLD = [[0.4, 0.5, 0.1], [0.4, 0.5, 0.3]]

@@ -17,17 +17,11 @@ pytest.importorskip("peft")
 envhub = pytest.importorskip("envhub")
 
 from trainers.generation import TransformersBackend  # noqa: E402
-from trainers.grpo import (  # noqa: E402
-    EnvPool,
-    EnvSpec,
-    _pack,
-    bridge_tokens,
-    make_config,
-    rollout,
-    sampled_logprobs,
-    train,
-)
 from envhub.models.loading import load_policy, load_tokenizer  # noqa: E402
+from envhub.runtime.env_pool import EnvPool  # noqa: E402
+from trainers.config import make_config  # noqa: E402
+from trainers.grpo import train  # noqa: E402
+from trainers.rollout import bridge_tokens, pack, rollout, sampled_logprobs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +54,9 @@ def test_bridge_tokens_extend_the_sampled_ids_like_the_chat_template():
 def test_multi_turn_rollout_masks_environment_tokens(policy):
     model, tokenizer = policy
     backend = TransformersBackend(model, tokenizer, temperature=1.0, max_new_tokens=12)
-    pool = EnvPool([EnvSpec("guess-number", kwargs={"level": "easy"})])
+    pool = EnvPool("guess-number", kwargs={"level": "easy"})
     plan = [(0, 0, 7), (0, 0, 7), (1, 0, 8)]
-    episodes = rollout(backend, tokenizer, pool, plan, split="train", max_new_tokens=12, max_episode_tokens=400, seed=1)
+    episodes = rollout(backend, tokenizer, [pool], plan, split="train", max_new_tokens=12, max_episode_tokens=400, seed=1)
     pool.close()
     assert all(ep.error is None for ep in episodes)
     multi = [ep for ep in episodes if ep.turns >= 2]
@@ -100,10 +94,10 @@ def test_multi_turn_rollout_masks_environment_tokens(policy):
 def test_sampler_and_loss_use_the_same_distribution(policy):
     model, tokenizer = policy
     backend = TransformersBackend(model, tokenizer, temperature=0.7, top_p=0.9, max_new_tokens=16)
-    pool = EnvPool([EnvSpec("arithmetic", kwargs={"level": "easy"})])
-    episodes = rollout(backend, tokenizer, pool, [(0, 0, 3)] * 3 + [(1, 0, 4)], split="train", max_new_tokens=16, max_episode_tokens=400, seed=5)
+    pool = EnvPool("arithmetic", kwargs={"level": "easy"})
+    episodes = rollout(backend, tokenizer, [pool], [(0, 0, 3)] * 3 + [(1, 0, 4)], split="train", max_new_tokens=16, max_episode_tokens=400, seed=5)
     pool.close()
-    batch = _pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
+    batch = pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
     with torch.no_grad():
         logp, mask = sampled_logprobs(model, batch, 0.7, 0.9)
     assert mask.sum() == sum(ep.completion_tokens for ep in episodes)
@@ -116,8 +110,8 @@ def test_shared_prompt_forward_matches_full_sequences_values_and_gradients(polic
 
     base, tokenizer = policy
     backend = TransformersBackend(base, tokenizer, temperature=1.0, max_new_tokens=10)
-    pool = EnvPool([EnvSpec("arithmetic", kwargs={"level": "easy"})])
-    episodes = rollout(backend, tokenizer, pool, [(0, 0, 11)] * 3 + [(1, 0, 12)] * 2, split="train", max_new_tokens=10, max_episode_tokens=400, seed=2)
+    pool = EnvPool("arithmetic", kwargs={"level": "easy"})
+    episodes = rollout(backend, tokenizer, [pool], [(0, 0, 11)] * 3 + [(1, 0, 12)] * 2, split="train", max_new_tokens=10, max_episode_tokens=400, seed=2)
     pool.close()
     torch.manual_seed(0)
     model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
@@ -125,7 +119,7 @@ def test_shared_prompt_forward_matches_full_sequences_values_and_gradients(polic
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
-    batch = _pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
+    batch = pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
     assert batch["prefix_ids"].shape[0] == 2  # two distinct prompts for five episodes
     logp, mask = sampled_logprobs(model, batch, 1.0, 1.0)
     (logp * mask).sum().backward()
@@ -179,6 +173,7 @@ def test_tiny_training_run_produces_a_loadable_adapter_and_resumes_exactly(tmp_p
     assert provenance["model"]["source_digest"].startswith("sha256:")
     assert provenance["config"]["algo"] == "cispo" and provenance["config"]["cispo_max_ratio"] == 5.0
     assert "git" in provenance and (full.output_dir / "metrics.jsonl").read_text().count("\n") == 2
+    assert provenance["trainer"] == train.__module__ == "trainers.grpo"  # a module that exists
 
     base, _ = load_policy(device="cpu")
     tuned = PeftModel.from_pretrained(base, str(full.adapter_dir))
