@@ -13,7 +13,8 @@ re-scoring the same episode with the same judge costs nothing and gives the same
 
 :class:`GroupJudge` scores all episodes of a group in one call, relative to each other (the way
 RULER does): the judge sees every answer at once and ranks them on one scale, which is what a
-group-relative trainer (GRPO) needs from a reward.
+group-relative trainer (GRPO) needs from a reward. The reference trainer uses it as a reward with
+``envhub train --judge-prompt RUBRIC`` (``TrainConfig.judge_prompt``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 
@@ -38,6 +39,7 @@ __all__ = [
     "JUDGE_API_KEY_ENV",
     "JUDGE_BASE_URL_ENV",
     "JUDGE_MODEL_ENV",
+    "Attempt",
     "GroupJudge",
     "JudgeClient",
     "JudgeCriterion",
@@ -168,7 +170,14 @@ def render_judge_prompt(rubric_text: str, episode: Episode) -> str:
     return f"# Rubric\n{rubric_text}\n\n# Conversation\n{_transcript(episode.messages)}\n\nGrade the assistant now."
 
 
-def render_group_prompt(rubric_text: str, episodes: Sequence[Episode]) -> str:
+class Attempt(Protocol):
+    """What a group judge reads of an episode: its conversation (an :class:`Episode`, a trainer's rollout)."""
+
+    @property
+    def messages(self) -> Sequence[dict[str, str]]: ...
+
+
+def render_group_prompt(rubric_text: str, episodes: Sequence[Attempt]) -> str:
     """The user message a group judge sees: the rubric, then every attempt, numbered from 1."""
     parts = [f"# Rubric\n{rubric_text}\n"]
     for i, episode in enumerate(episodes, 1):
@@ -340,7 +349,7 @@ class JudgeClient:
         """Score one episode against ``rubric_text``."""
         return self.ask(JUDGE_SYSTEM, render_judge_prompt(rubric_text, episode), parse_judge_answer, SCORE_SCHEMA)
 
-    def score_group(self, rubric_text: str, episodes: Sequence[Episode]) -> list[Score]:
+    def score_group(self, rubric_text: str, episodes: Sequence[Attempt]) -> list[Score]:
         """Score ``episodes`` together, relative to each other, in one call."""
         n = len(episodes)
         if n == 0:
@@ -367,8 +376,8 @@ class GroupJudge:
 
     ``GroupJudge(prompt)(episodes)`` returns one :class:`~envhub.env.rubric.Score` per episode, in order.
     Endpoint and model default to ``$ENVHUB_JUDGE_BASE_URL`` and ``$ENVHUB_JUDGE_MODEL``; without them
-    it raises :class:`~envhub.errors.Unscored` rather than inventing rewards. A trainer can use the
-    scores directly as rewards, or mix them with the environment's verifiable rubric.
+    it raises :class:`~envhub.errors.Unscored` rather than inventing rewards. The reference trainer
+    adds the scores, weighted, to the environment's reward (``TrainConfig.judge_prompt``).
     """
 
     def __init__(
@@ -408,5 +417,5 @@ class GroupJudge:
             name="group-judge",
         )
 
-    def __call__(self, episodes: Sequence[Episode]) -> list[Score]:
+    def __call__(self, episodes: Sequence[Attempt]) -> list[Score]:
         return self.client().score_group(self.prompt, episodes)
