@@ -54,3 +54,19 @@ def hub_registry(flag: str | None):
             hint="pass --registry http://HOST:PORT of an `envhub hub serve`, or set ENVHUB_REGISTRY",
         )
     return registry
+
+
+def parse_env_args(pairs: list[str], *, flag: str = "--env-arg") -> dict:
+    """``KEY=VALUE`` pairs as environment kwargs; a value is read as JSON where it is JSON (3, true)."""
+    import json
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE (e.g. {flag} level=hard)", param_hint=flag)
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
