@@ -641,7 +641,6 @@ class UntrustedCodeError(EnvhubError, PermissionError):
         )
 
 
-
 # --- evaluation, judges, model serving, audits ---------------------------------------------------
 
 

@@ -4,9 +4,11 @@
     summary = evaluate("arithmetic", episodes=16, out_dir="runs/base")
     print(summary.reward["mean"], summary.pass_at_k)
 
-Modules: :mod:`~envhub.evaluation.runner` (the loop, resume), :mod:`~envhub.evaluation.policies`
+Modules: :mod:`~envhub.evaluation.runner` (the loop, resume, when a run fails),
+:mod:`~envhub.evaluation.preflight` (the checks before the first episode), :mod:`~envhub.evaluation.policies`
 (endpoint, local model, local model + LoRA adapter), :mod:`~envhub.evaluation.results` (the output
-folder and the summary), :mod:`~envhub.evaluation.report` (report.html and terminal tables),
+folder and the summary), :mod:`~envhub.evaluation.stats` (intervals that stay in [0, 1]),
+:mod:`~envhub.evaluation.report` (report.html, terminal tables, the comparison page),
 :mod:`~envhub.evaluation.compare` (two runs side by side), :mod:`~envhub.http.chat` (retries,
 backoff, rate limits). Importing this package is cheap: torch loads only with a local model.
 """

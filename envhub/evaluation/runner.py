@@ -471,11 +471,13 @@ def _run_with_progress(config: EvalConfig, policy: Policy, writer: ResultsWriter
         Progress,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
     )
 
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
-    ) as bar:
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), transient=False,
+    ) as bar:  # fmt: skip
         task = bar.add_task(f"eval {config.env}", total=already + len(todo), completed=already)
         errors = 0
 
