@@ -27,8 +27,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import httpx
-
 from envhub.errors import EndpointError, JudgeError, Unscored
 from envhub.env.rubric import Criterion, Score, ScoreLike
 
@@ -302,8 +300,9 @@ class JudgeClient:
 
     def ask(self, system_prompt: str, prompt: str, parse: Callable[[str], T], schema: dict[str, Any]) -> T:
         """Send (system, prompt) and return ``parse(answer)``; cached by (prompt, model)."""
-        from envhub.identity.artifact import write_atomic
         from envhub.http.chat import chat_sync
+        from envhub.http.transport import ConnectionPool, run_blocking
+        from envhub.identity.artifact import write_atomic
 
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
         path = self._cache_path(messages, schema)
@@ -319,11 +318,15 @@ class JudgeClient:
                 "json_schema": {"name": "grade", "schema": schema, "strict": True},
             }
         last_error = "no attempt made"
-        with httpx.Client() as client:
+        try:
+            pool = ConnectionPool.for_url(self.base_url)
+        except ValueError as exc:
+            raise JudgeError(self.name, str(exc), hint="give the judge an http(s)://HOST:PORT/v1 base URL") from None
+        try:
             for _ in range(self.max_retries + 1):
                 self.requests_sent += 1
                 try:
-                    result = chat_sync(client, self.base_url, body, api_key=self.api_key, retry=self.retry)
+                    result = chat_sync(pool, self.base_url, body, api_key=self.api_key, retry=self.retry)
                 except EndpointError as exc:
                     if exc.upstream_status in (400, 422) and "response_format" in body:
                         body.pop("response_format")  # a server without structured output: ask plainly
@@ -339,6 +342,8 @@ class JudgeClient:
                     record = {"model": self.model, "answer": result.text}
                     write_atomic(path, json.dumps(record).encode())
                 return value
+        finally:
+            run_blocking(pool.aclose())  # its connections belong to the I/O thread
         raise JudgeError(
             self.name,
             f"no valid answer after {self.max_retries + 1} attempt(s); last: {last_error}",

@@ -4,8 +4,8 @@ Every policy has one coroutine, ``complete(messages, seed=...) -> Completion``, 
 episodes at once:
 
 - :class:`EndpointPolicy`: any OpenAI-compatible chat endpoint (retries with backoff on timeouts,
-  429 and 5xx, an optional rate limit, the API key from the environment); plain-http endpoints go
-  through envhub's own HTTP client (:mod:`~envhub.http.transport`), https ones through httpx;
+  429 and 5xx, an optional rate limit, the API key from the environment), through envhub's HTTP
+  client (:mod:`~envhub.http.transport`);
 - :class:`LocalPolicy`: a local transformers model, optionally with a LoRA adapter folder; the
   concurrent requests are gathered into batches, so that N episodes cost one batched generation
   per turn rather than N.
@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from envhub.http.chat import (
     RateLimiter,
     RetryPolicy,
     api_key_from_env,
     chat_async,
 )
-from envhub.http.transport import ConnectionPool, supports
+from envhub.http.transport import ConnectionPool
 from envhub.evaluation.local_model import Batcher, LocalModel, Sampling
 
 __all__ = ["Completion", "EndpointPolicy", "LocalPolicy", "Policy", "make_policy", "training_run"]
@@ -72,7 +70,6 @@ class EndpointPolicy(Policy):
         retry: RetryPolicy | None = None,
         rate_limit: float | None = None,
         max_connections: int = 256,
-        lean_http: bool = True,
     ) -> None:
         self.base_url = base_url
         self.model = model
@@ -80,7 +77,6 @@ class EndpointPolicy(Policy):
         self.api_key = api_key if api_key is not None else api_key_from_env(api_key_env)
         self.retry = retry or RetryPolicy()
         self.limiter = RateLimiter(rate_limit) if rate_limit else None
-        self._lean = lean_http and supports(base_url)
         self._max_connections = max_connections
         self._client: Any = None  # made in the running loop, on first use
 
@@ -95,11 +91,7 @@ class EndpointPolicy(Policy):
         if seed is not None:
             body["seed"] = seed
         if self._client is None:
-            if self._lean:
-                self._client = ConnectionPool.for_url(self.base_url, max_connections=self._max_connections)
-            else:
-                limits = httpx.Limits(max_connections=self._max_connections, max_keepalive_connections=self._max_connections)
-                self._client = httpx.AsyncClient(limits=limits)
+            self._client = ConnectionPool.for_url(self.base_url, max_connections=self._max_connections)
         result = await chat_async(
             self._client, self.base_url, body, api_key=self.api_key, retry=self.retry, limiter=self.limiter
         )

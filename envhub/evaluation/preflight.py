@@ -12,11 +12,11 @@ Each raises :class:`~envhub.errors.EvalRunError` naming what is wrong, chained t
 from __future__ import annotations
 
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from envhub.errors import EndpointError, EntrypointError, EnvhubError, EvalRunError
 from envhub.http.chat import RETRYABLE_STATUS, RetryPolicy, chat_sync
+from envhub.http.transport import ConnectionPool, Response, run_blocking
 
 __all__ = ["check_endpoint", "check_environment"]
 
@@ -71,7 +71,7 @@ def check_environment(
                 pass  # closing a probe must not hide what it found
 
 
-def _listed_models(response: httpx.Response) -> list[str] | None:
+def _listed_models(response: Response) -> list[str] | None:
     """Model ids of a ``GET /models`` answer, or None when it is not an OpenAI model list."""
     if response.status_code != 200:
         return None
@@ -91,43 +91,55 @@ def check_endpoint(
     timeout_s: float = PROBE_TIMEOUT_S,
 ) -> None:
     """The endpoint at ``base_url`` answers and serves ``model``; EvalRunError saying what is wrong."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    models_url = base_url.rstrip("/") + "/models"
     start_hint = (
         f"start the server at {base_url} (`envhub serve-model --port 8000` serves the local model at "
         "http://127.0.0.1:8000/v1), or fix --base-url"
     )
-    with httpx.Client(timeout=timeout_s) as client:
-        try:
-            response = client.get(models_url, headers=headers)
-        except httpx.HTTPError as exc:  # refused, unreachable, timed out, not a URL
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise EvalRunError(run_dir, f"the endpoint {base_url} does not answer ({reason})", hint=start_hint) from exc
-        if response.status_code in (401, 403):
+    try:
+        pool = ConnectionPool.for_url(base_url)
+    except ValueError:
+        raise EvalRunError(run_dir, f"--base-url {base_url!r} is not an http(s) URL", hint=start_hint) from None
+    try:
+        _probe(pool, base_url, model, api_key=api_key, run_dir=run_dir, timeout_s=timeout_s, start_hint=start_hint)
+    finally:
+        run_blocking(pool.aclose())
+
+
+def _probe(
+    pool: ConnectionPool, base_url: str, model: str, *, api_key: str | None, run_dir: str, timeout_s: float, start_hint: str
+) -> None:
+    models_url = base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = run_blocking(pool.request("GET", urlsplit(models_url).path, headers=headers, timeout=timeout_s))
+    except (OSError, TimeoutError) as exc:  # refused, unreachable, timed out
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise EvalRunError(run_dir, f"the endpoint {base_url} does not answer ({reason})", hint=start_hint) from exc
+    if response.status_code in (401, 403):
+        raise EvalRunError(
+            run_dir, f"the endpoint {base_url} refuses the API key (HTTP {response.status_code} for GET /models)",
+            hint="set ENVHUB_API_KEY (or the variable named by --api-key-env) to a key it accepts",
+        )  # fmt: skip
+    listed = _listed_models(response)
+    if listed is not None and model in listed:
+        return
+    body = {"model": model, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
+    try:
+        chat_sync(pool, base_url, body, api_key=api_key, retry=RetryPolicy(max_retries=0, timeout_s=timeout_s))
+    except EndpointError as exc:
+        # the endpoint's own status (``status`` itself is being moved to the error's wire status)
+        status = getattr(exc, "upstream_status", exc.status)
+        if status is None:
+            raise EvalRunError(run_dir, f"the endpoint {base_url} does not answer ({exc.reason})", hint=start_hint) from exc
+        if status < 400 or status in RETRYABLE_STATUS or status >= 500:
+            return  # busy, briefly failing, or an odd answer to one token: the run's retries are for that
+        if status == 404 and listed is None:
             raise EvalRunError(
-                run_dir, f"the endpoint {base_url} refuses the API key (HTTP {response.status_code} for GET /models)",
-                hint="set ENVHUB_API_KEY (or the variable named by --api-key-env) to a key it accepts",
-            )  # fmt: skip
-        listed = _listed_models(response)
-        if listed is not None and model in listed:
-            return
-        body = {"model": model, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
-        try:
-            chat_sync(client, base_url, body, api_key=api_key, retry=RetryPolicy(max_retries=0, timeout_s=timeout_s))
-        except EndpointError as exc:
-            # the endpoint's own status (``status`` itself is being moved to the error's wire status)
-            status = getattr(exc, "upstream_status", exc.status)
-            if status is None:
-                raise EvalRunError(run_dir, f"the endpoint {base_url} does not answer ({exc.reason})", hint=start_hint) from exc
-            if status < 400 or status in RETRYABLE_STATUS or status >= 500:
-                return  # busy, briefly failing, or an odd answer to one token: the run's retries are for that
-            if status == 404 and listed is None:
-                raise EvalRunError(
-                    run_dir, f"no OpenAI-compatible API at {base_url} (HTTP 404 for /models and /chat/completions)",
-                    hint="--base-url is the API root, usually ending in /v1 (e.g. http://127.0.0.1:8000/v1)",
-                ) from exc  # fmt: skip
-            served = f"; it lists {', '.join(listed)}" if listed else ""
-            raise EvalRunError(
-                run_dir, f"the endpoint {base_url} refuses model {model!r}: {_first_line(exc.reason)}{served}",
-                hint=f"pass a model it serves with --model (GET {models_url} lists them)",
+                run_dir, f"no OpenAI-compatible API at {base_url} (HTTP 404 for /models and /chat/completions)",
+                hint="--base-url is the API root, usually ending in /v1 (e.g. http://127.0.0.1:8000/v1)",
             ) from exc  # fmt: skip
+        served = f"; it lists {', '.join(listed)}" if listed else ""
+        raise EvalRunError(
+            run_dir, f"the endpoint {base_url} refuses model {model!r}: {_first_line(exc.reason)}{served}",
+            hint=f"pass a model it serves with --model (GET {models_url} lists them)",
+        ) from exc  # fmt: skip

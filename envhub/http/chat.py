@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from envhub import _json
 from envhub.errors import EndpointError
-from envhub.http.transport import ConnectionPool
+from envhub.http.transport import ConnectionPool, Response, run_blocking
 
 #: Statuses worth asking again.
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -51,7 +49,7 @@ class RetryPolicy:
     timeout_s: float = 120.0
     """Per-request timeout (connect, read and write)."""
 
-    def delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+    def delay(self, attempt: int, response: Response | None = None) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
         if response is not None:
             after = response.headers.get("retry-after")
@@ -135,7 +133,7 @@ class _Attempt:
         self.last_reason = "no attempt made"
         self.last_status: int | None = None
 
-    def outcome(self, response: httpx.Response | None, exc: Exception | None, attempt: int, started: float):
+    def outcome(self, response: Response | None, exc: Exception | None, attempt: int, started: float):
         """(result or None, delay before the next try or None to give up now)."""
         if exc is not None:
             self.last_reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -160,7 +158,7 @@ class _Attempt:
 
 
 def chat_sync(
-    client: httpx.Client,
+    pool: ConnectionPool,
     base_url: str,
     body: dict[str, Any],
     *,
@@ -168,29 +166,13 @@ def chat_sync(
     retry: RetryPolicy | None = None,
     limiter: RateLimiter | None = None,
 ) -> ChatResult:
-    """POST one chat completion, retrying as the module docstring says; EndpointError when it never comes."""
-    retry = retry or RetryPolicy()
-    url = chat_url(base_url)
-    state = _Attempt(url, retry)
-    for attempt in range(retry.max_retries + 1):
-        if limiter is not None:
-            time.sleep(limiter.reserve())
-        started = time.perf_counter()
-        try:
-            response = client.post(url, json=body, headers=_headers(api_key), timeout=retry.timeout_s)
-            result, delay = state.outcome(response, None, attempt, started)
-        except httpx.TransportError as exc:
-            result, delay = state.outcome(None, exc, attempt, started)
-        if result is not None:
-            return result
-        if delay is None or attempt == retry.max_retries:
-            raise state.error(attempt + 1)
-        time.sleep(delay)
-    raise state.error(retry.max_retries + 1)
+    """:func:`chat_async` for blocking callers (a judge inside a rubric): the request runs on
+    envhub's I/O thread (:func:`~envhub.http.transport.run_blocking`) while this thread waits."""
+    return run_blocking(chat_async(pool, base_url, body, api_key=api_key, retry=retry, limiter=limiter))
 
 
 async def chat_async(
-    client: httpx.AsyncClient | ConnectionPool,
+    pool: ConnectionPool,
     base_url: str,
     body: dict[str, Any],
     *,
@@ -198,8 +180,8 @@ async def chat_async(
     retry: RetryPolicy | None = None,
     limiter: RateLimiter | None = None,
 ) -> ChatResult:
-    """The async twin of :func:`chat_sync`; ``client`` is an httpx client, or a pool of envhub's own
-    connections to the endpoint's origin (:mod:`envhub.http.transport`, for plain http)."""
+    """POST one chat completion through ``pool`` (connections to the endpoint's origin), retrying
+    as the module docstring says; EndpointError when it never comes."""
     retry = retry or RetryPolicy()
     url = chat_url(base_url)
     path, data, headers = urlsplit(url).path, _json.dumps(body), {"accept": "application/json", **_headers(api_key)}
@@ -211,13 +193,9 @@ async def chat_async(
                 await asyncio.sleep(wait)
         started = time.perf_counter()
         try:
-            if isinstance(client, ConnectionPool):
-                async with client.connection() as conn:
-                    response = await conn.request("POST", path, data, headers=headers, timeout=retry.timeout_s)
-            else:
-                response = await client.post(url, json=body, headers=_headers(api_key), timeout=retry.timeout_s)
+            response = await pool.request("POST", path, data, headers=headers, timeout=retry.timeout_s)
             result, delay = state.outcome(response, None, attempt, started)
-        except (httpx.TransportError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
             result, delay = state.outcome(None, exc, attempt, started)
         if result is not None:
             return result

@@ -1,19 +1,23 @@
-"""envhub's own HTTP/1.1 client on asyncio streams, for plain-http origins and Unix sockets.
+"""envhub's one HTTP/1.1 client, on asyncio streams: ``http``, ``https`` and Unix sockets.
 
-The session client (:mod:`envhub.runtime.client`: single calls and the ``/v1/batch`` stream) and
-chat calls to plain-http endpoints (:mod:`envhub.http.chat`) go through it. Their measured cost is
-mostly the HTTP client's: httpx spends 1 to 2 ms of CPU per request in its layers (httpcore, anyio,
-h11), more than the rest of an episode step; this client about 0.1 ms (``benchmarks/eval.md``). It
-does only what JSON over a keep-alive HTTP/1.1 connection needs: one request at a time per
-connection, ``Content-Length``, chunked or close-delimited bodies, a connection that the server
-closed while idle reopened once, and a pool of idle connections. ``https`` and blocking callers use
-httpx.
+The session client (:mod:`envhub.runtime.client`: single calls and the ``/v1/batch`` stream), chat
+calls to model endpoints and judges (:mod:`envhub.http.chat`), evaluation's pre-checks and the
+runtimes' health checks all go through it. Why not httpx: its layers (httpcore, anyio, h11) cost 1
+to 2 ms of CPU per request, more than the rest of an episode step; this client about 0.1 ms
+(``benchmarks/eval.md``). It does only what JSON over a keep-alive HTTP/1.1 connection needs: one
+request at a time per connection, ``Content-Length``, chunked or close-delimited bodies, a
+connection that the server closed while idle reopened once, and a pool of idle connections. TLS
+uses the system's CA store (``SSL_CERT_FILE`` names another). Proxy variables are not read. The hub
+client (:mod:`envhub.registry.http`) streams artifacts to files with httpx: it is not on a hot path.
 
-- :class:`Origin`: where requests go (``http://host:port``, or a Unix socket);
+- :class:`Origin`: where requests go (``http(s)://host:port``, or a Unix socket);
 - :class:`Connection`: one keep-alive connection; ``request`` reads the whole answer,
   ``stream_lines`` hands each line of it to a callback as it arrives;
 - :class:`ConnectionPool`: idle connections to one origin, lent for an ``async with``, at most
-  ``max_connections`` at once.
+  ``max_connections`` at once;
+- :func:`run_blocking`: for blocking callers (gymnasium's sync ``Env``, a judge inside a rubric),
+  runs a request on envhub's one I/O thread and waits for it; :func:`run_soon` starts one there
+  without waiting.
 
 Every failure on the wire is a :class:`~envhub.errors.TransportError` (an ``OSError``); a
 timeout is ``TimeoutError`` and leaves the connection closed.
@@ -22,8 +26,13 @@ timeout is ``TimeoutError`` and leaves the connection closed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
+import os
 import re
-from collections.abc import Awaitable, Callable, Mapping
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -31,7 +40,7 @@ from urllib.parse import urlsplit
 from envhub import _json
 from envhub.errors import TransportError
 
-__all__ = ["Connection", "ConnectionPool", "Origin", "Response", "supports", "within"]
+__all__ = ["Connection", "ConnectionPool", "Origin", "Response", "run_blocking", "run_soon", "supports", "within"]
 
 T = TypeVar("T")
 #: Longest head or chunk-size line the reader takes (the session protocol's lines are far shorter).
@@ -50,7 +59,13 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
 def supports(url: str, *, uds: str | None = None) -> bool:
     """Whether requests to ``url`` (or to the Unix socket ``uds``) can go through this client."""
     parts = urlsplit(url)
-    return bool(uds) or (parts.scheme == "http" and bool(parts.hostname))
+    return bool(uds) or (parts.scheme in ("http", "https") and bool(parts.hostname))
+
+
+@functools.lru_cache(maxsize=4)
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """One TLS context per CA store: loading one costs ~0.1 s, once, not per connection."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 @dataclass(frozen=True)
@@ -61,16 +76,19 @@ class Origin:
     port: int
     uds: str | None
     netloc: str
+    tls: bool = False
 
     @classmethod
     def from_url(cls, url: str, *, uds: str | None = None) -> Origin:
         if not supports(url, uds=uds):
-            raise ValueError(f"envhub's HTTP client speaks plain http or a Unix socket, not {url!r}; use httpx for https")
+            raise ValueError(f"envhub's HTTP client speaks http, https or a Unix socket; {url!r} is none of them")
         parts = urlsplit(url)
-        return cls(parts.hostname or "localhost", parts.port or 80, uds, parts.netloc or "localhost")
+        tls = parts.scheme == "https" and not uds
+        port = parts.port or (443 if tls else 80)
+        return cls(parts.hostname or "localhost", port, uds, parts.netloc or "localhost", tls)
 
     def describe(self) -> str:
-        return f"unix:{self.uds}" if self.uds else f"http://{self.netloc}"
+        return f"unix:{self.uds}" if self.uds else f"{'https' if self.tls else 'http'}://{self.netloc}"
 
 
 class Response:
@@ -262,9 +280,14 @@ class Connection:
         try:
             if origin.uds:
                 self._reader, self._writer = await asyncio.open_unix_connection(origin.uds, limit=_LINE_LIMIT)
+            elif origin.tls:
+                context = _ssl_context(os.environ.get("SSL_CERT_FILE") or None)
+                self._reader, self._writer = await asyncio.open_connection(
+                    origin.host, origin.port, limit=_LINE_LIMIT, ssl=context, server_hostname=origin.host
+                )
             else:
                 self._reader, self._writer = await asyncio.open_connection(origin.host, origin.port, limit=_LINE_LIMIT)
-        except OSError as exc:
+        except (OSError, ssl.SSLError) as exc:  # ssl.SSLError is an OSError; named for the reader
             raise self._error("cannot connect", exc) from None
 
     async def _read_body(self, length: int | None, chunked: bool, sink: Callable[[bytes], None]) -> None:
@@ -325,6 +348,11 @@ class ConnectionPool:
         """``async with pool.connection() as conn``: a connection of this pool's, for one exchange or more."""
         return _Borrowed(self)
 
+    async def request(self, method: str, path: str, body: bytes = b"", **options: Any) -> Response:
+        """One exchange on a connection of this pool's (``options``: those of :meth:`Connection.request`)."""
+        async with self.connection() as conn:
+            return await conn.request(method, path, body, **options)
+
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
@@ -355,3 +383,55 @@ class _Borrowed:
             pool._idle.append(conn)
         if pool._slots is not None:
             pool._slots.release()
+
+
+class _IOThread:
+    """One event loop in a daemon thread, where blocking callers' requests run.
+
+    Connections and pools belong to the loop they were used in, so a blocking caller's are only
+    ever touched here. A forked child gets a thread of its own on first use.
+    """
+
+    _lock = threading.Lock()
+    _current: _IOThread | None = None
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="envhub-http", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def get(cls) -> _IOThread:
+        current = cls._current
+        if current is None or current.pid != os.getpid():
+            with cls._lock:
+                current = cls._current
+                if current is None or current.pid != os.getpid():
+                    current = cls._current = cls()
+        return current
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` (requests on this module's connections) on envhub's I/O thread and wait.
+
+    Bound its time inside (``timeout=`` of a request): the wait here has none. An interrupt while
+    waiting (Ctrl-C) cancels the request, which closes its connection.
+    """
+    io = _IOThread.get()
+    if threading.current_thread() is io.thread:
+        coroutine.close()
+        raise RuntimeError("run_blocking() called on envhub's I/O thread itself: await the coroutine instead")
+    future = asyncio.run_coroutine_threadsafe(coroutine, io.loop)
+    try:
+        return future.result()
+    except BaseException:
+        if not future.done():
+            future.cancel()  # the task then closes its connection: wait a moment for that
+            concurrent.futures.wait([future], timeout=5.0)
+        raise
+
+
+def run_soon(coroutine: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
+    """Start ``coroutine`` on envhub's I/O thread without waiting (safe from any thread, that one too)."""
+    return asyncio.run_coroutine_threadsafe(coroutine, _IOThread.get().loop)

@@ -18,22 +18,19 @@ episode can fail in the environment's code or runtime.
 (``await AsyncRemoteEnv.open(...)`` or ``await envhub.make_async(...)``, then
 ``await env.reset()``, ``await env.step(...)``). Each has one keep-alive connection; the resets and
 steps that environments on one server issue in the same event-loop tick share one ``/v1/batch``
-request, whose answers stream back call by call. Both go through envhub's own HTTP client
-(:mod:`envhub.http.transport`); the blocking client and ``https`` servers go through httpx.
+request, whose answers stream back call by call. Both go through envhub's HTTP client
+(:mod:`envhub.http.transport`); the blocking one's requests run on its I/O thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ssl
 import weakref
 from collections.abc import Generator
 from typing import Any, ClassVar, Protocol
 
 import gymnasium
-import httpx
 
 from envhub import _json
 from envhub.errors import (
@@ -46,7 +43,7 @@ from envhub.errors import (
     StepTimeoutError,
     TransportError,
 )
-from envhub.http.transport import Connection, ConnectionPool, Origin, supports, within
+from envhub.http.transport import Connection, ConnectionPool, Origin, run_blocking, run_soon, within
 from envhub.identity.manifest import EnvIdentity, Manifest
 from envhub.runtime.server.protocol import PROTOCOL_VERSION
 from envhub.env.spaces import Conversation, FrozenMessage, Message
@@ -54,7 +51,6 @@ from envhub.wire import from_body
 
 Msg = dict[str, str]
 UDS_BASE_URL = "http://envhub.local"
-_JSON_HEADERS = {"content-type": "application/json"}
 #: Seconds the client waits past the server's own step timeout before it calls the server wedged.
 TIMEOUT_MARGIN_S = 15.0
 
@@ -122,17 +118,6 @@ def _split_target(url: str | None, uds: str | None) -> tuple[str, str | None]:
     if not url:
         raise ValueError("give the server's `url` (http://HOST:PORT or unix:///path.sock) or `uds`")
     return url.rstrip("/"), None
-
-
-@functools.lru_cache(maxsize=1)
-def _ssl_context() -> ssl.SSLContext:
-    """One TLS context for every client: loading the CA store costs ~0.1 s, once, not per environment."""
-    return ssl.create_default_context()
-
-
-def _transport(lease: ServerLease, *, asynchronous: bool) -> httpx.BaseTransport | httpx.AsyncBaseTransport:
-    cls = httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport
-    return cls(uds=lease.uds, retries=2, verify=_ssl_context())
 
 
 class _RemoteBase:
@@ -291,8 +276,7 @@ class _RemoteBase:
 
         ``death`` is the lease's account of why the server stopped, when the caller already asked.
         """
-        timed_out = isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError))
-        if timed_out and not isinstance(exc, httpx.ConnectTimeout):
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             self._dead = f"the server did not answer {where} within {self.step_timeout_s + TIMEOUT_MARGIN_S:g} s"
             self._lease.release(broken=True)
             return StepTimeoutError(self.env_name, where, self.step_timeout_s)
@@ -311,8 +295,9 @@ class _RemoteBase:
             return None
         return text
 
-    def _timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(self.step_timeout_s + TIMEOUT_MARGIN_S, connect=10.0)
+    def _timeout(self) -> float:
+        """Seconds a request may take: the server's own step timeout, and a margin."""
+        return self.step_timeout_s + TIMEOUT_MARGIN_S
 
     def __repr__(self) -> str:
         where = self._lease.uds or self._lease.url
@@ -342,13 +327,23 @@ class _Steps:
             raise StopIteration from None
 
 
-def _finalize_sync(http: httpx.Client, lease: ServerLease, session: list[str | None]) -> None:
-    """Release what a RemoteEnv holds if it is garbage-collected without close()."""
+async def _leave(conn: Connection, session: str | None, *, timeout: float) -> None:
+    """End ``session`` (best effort) and close the connection."""
+    try:
+        if session:
+            with contextlib.suppress(Exception):
+                await conn.request("DELETE", f"/v1/sessions/{session}", timeout=timeout)
+    finally:
+        conn.close()
+
+
+def _finalize_sync(conn: Connection, lease: ServerLease, session: list[str | None]) -> None:
+    """Release what a RemoteEnv holds if it is garbage-collected without close().
+
+    The collection may happen on any thread, the I/O thread too: the goodbye is scheduled there,
+    not waited for."""
     with contextlib.suppress(Exception):
-        if session[0]:
-            http.delete(f"/v1/sessions/{session[0]}", timeout=2.0)
-    with contextlib.suppress(Exception):
-        http.close()
+        run_soon(_leave(conn, session[0], timeout=2.0))
     with contextlib.suppress(Exception):
         lease.release()
 
@@ -376,7 +371,7 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
             lease = _FixedLease(*_split_target(url, uds))
         self._init_state(lease, kwargs, render_mode)
         self._reconnect = reconnect
-        self._http: httpx.Client | None = None
+        self._conn: Connection | None = None
         self._session_box: list[str | None] = [None]
         self._finalizer: weakref.finalize | None = None
         self._connect(lease)
@@ -384,28 +379,27 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
     def _connect(self, lease: ServerLease) -> None:
         self._lease = lease
         self._dead = None
-        self._http = httpx.Client(base_url=lease.url, transport=_transport(lease, asynchronous=False), timeout=self._timeout())
+        self._conn = Connection(Origin.from_url(lease.url, uds=lease.uds))
         try:
             self._take_info(self._call("GET", "/v1/info", where="connect"))
-            self._http.timeout = self._timeout()
             self._open_session()
         except BaseException:
-            self._http.close()
+            self._close_connection()
             lease.release(broken=self._dead is not None)
             raise
         self._session_box = [self._session]
-        self._finalizer = weakref.finalize(self, _finalize_sync, self._http, lease, self._session_box)
+        self._finalizer = weakref.finalize(self, _finalize_sync, self._conn, lease, self._session_box)
 
     def _open_session(self) -> None:
         self._take_session(self._call("POST", "/v1/sessions", {"kwargs": self.kwargs}, where="construction"))
         self._session_box[0] = self._session
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *, where: str) -> Any:
-        assert self._http is not None
+        assert self._conn is not None
         data = self._encode(body)
         try:
-            response = self._http.request(method, path, content=data, headers=_JSON_HEADERS)
-        except httpx.HTTPError as exc:
+            response = run_blocking(self._conn.request(method, path, data, timeout=self._timeout()))
+        except (OSError, TimeoutError) as exc:
             raise self._transport_failure(exc, where) from None
         if response.status_code >= 400:
             raise self._server_error(response.status_code, response.content)
@@ -442,11 +436,16 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
         answer = self._call("POST", f"/v1/sessions/{self._session}/step", {"action": action}, where="step")
         return self._take_step(action, answer)
 
+    def _close_connection(self, *, session: str | None = None) -> None:
+        """End ``session`` (best effort) and close the connection, on the I/O thread it belongs to."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                run_blocking(_leave(self._conn, session, timeout=5.0))
+
     def _drop_connection(self) -> None:
         if self._finalizer is not None:
             self._finalizer.detach()
-        if self._http is not None:
-            self._http.close()
+        self._close_connection()
         self._session = None
 
     def close(self) -> None:
@@ -455,11 +454,7 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
         self._closed = True
         if self._finalizer is not None:
             self._finalizer.detach()
-        if self._http is not None:
-            if self._session and self._dead is None:
-                with contextlib.suppress(Exception):
-                    self._http.delete(f"/v1/sessions/{self._session}", timeout=5.0)
-            self._http.close()
+        self._close_connection(session=self._session if self._dead is None else None)
         if self._dead is None:
             self._lease.release()
         super().close()
@@ -469,16 +464,12 @@ class AsyncRemoteEnv(_RemoteBase):
     """The remote Env contract for asyncio: ``await env.reset()``, ``await env.step(a)``.
 
     Build it with ``await AsyncRemoteEnv.open(url, kwargs=...)``. Each environment has its own
-    keep-alive connection by default; an ``http`` client (``httpx.AsyncClient``) passed in is
-    shared and not closed by ``close()`` (fine for tens of environments; for thousands, let each
-    have its own).
+    keep-alive connection for its single calls; resets and steps go batched over its server's
+    connection pool (see :class:`_Batcher`).
     """
 
-    def __init__(self, lease: ServerLease, *, kwargs: dict[str, Any] | None = None, http: httpx.AsyncClient | None = None,
-                 render_mode: str | None = None) -> None:
+    def __init__(self, lease: ServerLease, *, kwargs: dict[str, Any] | None = None, render_mode: str | None = None) -> None:
         self._init_state(lease, kwargs, render_mode)
-        self._http = http
-        self._own_http = False
         self._conn: Connection | None = None
         self._batch = False
         #: (event loop, lease, batcher) of the last batched call: found once, not on every step.
@@ -489,14 +480,7 @@ class AsyncRemoteEnv(_RemoteBase):
         """Talk to the server behind ``lease`` from now on (when made, and after a reconnect)."""
         self._lease = lease
         self._dead = self._session = None
-        if self._http is not None and not self._own_http:
-            return  # the caller's client, which knows its server
-        if supports(lease.url, uds=lease.uds):
-            self._conn, self._http, self._own_http = Connection(Origin.from_url(lease.url, uds=lease.uds)), None, False
-        else:  # https: httpx does TLS
-            transport = _transport(lease, asynchronous=True)
-            self._conn, self._own_http = None, True
-            self._http = httpx.AsyncClient(base_url=lease.url, transport=transport, timeout=self._timeout())
+        self._conn = Connection(Origin.from_url(lease.url, uds=lease.uds))
 
     @classmethod
     async def open(
@@ -505,7 +489,6 @@ class AsyncRemoteEnv(_RemoteBase):
         *,
         uds: str | None = None,
         kwargs: dict[str, Any] | None = None,
-        http: httpx.AsyncClient | None = None,
         lease: ServerLease | None = None,
         reconnect: Any = None,
         render_mode: str | None = None,
@@ -517,9 +500,9 @@ class AsyncRemoteEnv(_RemoteBase):
         tick, share one request (answers still come back one by one, as each call finishes)."""
         if lease is None:
             lease = _FixedLease(*_split_target(url, uds))
-        env = cls(lease, kwargs=kwargs, http=http, render_mode=render_mode)
+        env = cls(lease, kwargs=kwargs, render_mode=render_mode)
         env._reconnect = reconnect
-        env._batch = batch and env._conn is not None
+        env._batch = batch
         await env._handshake()
         return env
 
@@ -557,17 +540,12 @@ class AsyncRemoteEnv(_RemoteBase):
             fields = dict(body or {})
             return await self._batched(where, fields, where=where)
         data = self._encode(body)
+        assert self._conn is not None
         try:
-            if self._conn is not None:
-                response: Any = await self._conn.request(method, path, data, timeout=self.step_timeout_s + TIMEOUT_MARGIN_S)
-            else:
-                assert self._http is not None
-                response = await self._http.request(method, path, content=data, headers=_JSON_HEADERS, timeout=self._timeout())
-        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+            response = await self._conn.request(method, path, data, timeout=self._timeout())
+        except (OSError, asyncio.TimeoutError) as exc:
             # Asking the lease why may wait a moment for an exit status: not on the event loop.
-            death = None if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)) else (
-                await asyncio.to_thread(self._lease.describe_death)
-            )
+            death = None if isinstance(exc, asyncio.TimeoutError) else await asyncio.to_thread(self._lease.describe_death)
             raise self._transport_failure(exc, where, death=death) from None
         status, content = response.status_code, response.content
         if status >= 400:
@@ -609,12 +587,9 @@ class AsyncRemoteEnv(_RemoteBase):
         if self._closed:
             return
         self._closed = True
-        if self._session and self._dead is None:
+        if self._session and self._dead is None and self._conn is not None:
             with contextlib.suppress(Exception):
-                if self._conn is not None:
-                    await self._conn.request("DELETE", f"/v1/sessions/{self._session}", timeout=5.0)
-                elif self._http is not None:
-                    await self._http.delete(f"/v1/sessions/{self._session}", timeout=5.0)
+                await self._conn.request("DELETE", f"/v1/sessions/{self._session}", timeout=5.0)
         await self._close_transport()
         if self._dead is None:
             self._lease.release()
@@ -622,9 +597,6 @@ class AsyncRemoteEnv(_RemoteBase):
     async def _close_transport(self) -> None:
         if self._conn is not None:
             self._conn.close()
-        if self._own_http and self._http is not None:
-            http, self._http = self._http, None
-            await http.aclose()
 
     async def __aenter__(self) -> AsyncRemoteEnv:
         return self

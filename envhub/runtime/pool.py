@@ -20,10 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from envhub.runtime.client import UDS_BASE_URL
 from envhub.errors import RuntimeDiedError
+from envhub.http.transport import ConnectionPool, run_blocking
+from envhub.runtime.client import UDS_BASE_URL
 
 log = logging.getLogger("envhub.runtime.remote")
 
@@ -99,21 +98,23 @@ class ManagedServer(ABC):
     def wait_healthy(self, timeout_s: float) -> None:
         """Block until ``GET /healthz`` answers; :class:`RuntimeDiedError` if the server exits first."""
         deadline = time.monotonic() + timeout_s
-        transport = httpx.HTTPTransport(uds=self.uds)
-        with httpx.Client(base_url=self.url, transport=transport, timeout=2.0) as http:
+        pool = ConnectionPool.for_url(self.url, uds=self.uds)
+        try:
             delay = 0.02
             while True:
                 reason = self.exit_reason()
                 if reason is not None:
                     raise RuntimeDiedError(self.env_ref, f"it stopped while starting: {reason}")
                 if os.path.exists(self.uds):
-                    with contextlib.suppress(httpx.HTTPError):
-                        if http.get("/healthz").status_code == 200:
+                    with contextlib.suppress(OSError, TimeoutError):
+                        if run_blocking(pool.request("GET", "/healthz", timeout=2.0)).status_code == 200:
                             return
                 if time.monotonic() > deadline:
                     raise RuntimeDiedError(self.env_ref, f"it did not answer its health check within {timeout_s:g} s")
                 time.sleep(delay)
                 delay = min(delay * 1.5, 0.25)
+        finally:
+            run_blocking(pool.aclose())
 
 
 class Lease:

@@ -61,12 +61,14 @@ APP = Starlette(routes=[Route(p, f, methods=["POST", "DELETE"]) for p, f in ROUT
 
 
 def test_origins():
-    assert supports("http://127.0.0.1:8000/v1") and not supports("https://example.org/v1")
-    assert supports("http://envhub.local", uds="/tmp/x.sock")
+    assert supports("http://127.0.0.1:8000/v1") and supports("https://example.org/v1")
+    assert supports("http://envhub.local", uds="/tmp/x.sock") and not supports("ftp://example.org")
     assert Origin.from_url("http://127.0.0.1:8000/v1").describe() == "http://127.0.0.1:8000"
     assert Origin.from_url("http://envhub.local", uds="/tmp/x.sock").describe() == "unix:/tmp/x.sock"
-    with pytest.raises(ValueError, match="use httpx for https"):
-        Origin.from_url("https://example.org/v1")
+    secure = Origin.from_url("https://example.org/v1")
+    assert secure.tls and secure.port == 443 and secure.describe() == "https://example.org"
+    with pytest.raises(ValueError, match="http, https or a Unix socket"):
+        Origin.from_url("127.0.0.1:8000")
 
 
 async def post(pool: ConnectionPool, path: str, body: bytes = b"{}", **options) -> transport.Response:
@@ -237,19 +239,60 @@ def test_the_pool_fails_cleanly_when_the_server_is_gone():
     asyncio.run(main())
 
 
-def test_endpoint_policy_over_httpx_too(tmp_path):
+@pytest.fixture
+def self_signed(tmp_path, monkeypatch) -> tuple[str, str]:
+    """A certificate for 127.0.0.1, trusted through SSL_CERT_FILE as a user would trust their CA."""
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    return str(cert), str(key)
+
+
+def test_https_endpoints_sync_and_async(self_signed, monkeypatch):
     from envhub.evaluation.model_server.scripted import ScriptedEndpoint
+    from envhub.http.chat import RetryPolicy, chat_sync
 
     server = ScriptedEndpoint(lambda messages: "hello")
 
     async def main(url):
-        for lean in (True, False):
-            policy = EndpointPolicy(url, "scripted", sampling=Sampling(0.0, 1.0, 8), lean_http=lean, api_key="k")
-            completion = await policy.complete([{"role": "user", "content": "hi"}], seed=3)
-            assert completion.text == "hello" and completion.finish_reason == "stop"
-            await policy.aclose()
+        policy = EndpointPolicy(url, "scripted", sampling=Sampling(0.0, 1.0, 8), api_key="k")
+        completion = await policy.complete([{"role": "user", "content": "hi"}], seed=3)
+        assert completion.text == "hello" and completion.finish_reason == "stop"
+        await policy.aclose()
 
-    with serve_in_thread(server.app) as url:
+    with serve_in_thread(server.app, tls=self_signed) as url:
+        assert url.startswith("https://")
         asyncio.run(main(url))
-    assert [r["seed"] for r in server.requests] == [3, 3]
-    assert all(json.dumps(r["messages"]) == '[{"role": "user", "content": "hi"}]' for r in server.requests)
+        pool = ConnectionPool.for_url(url)  # the blocking path, as a judge inside a rubric calls it
+        assert chat_sync(pool, url, {"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}).text == "hello"
+        transport.run_blocking(pool.aclose())
+        # a certificate nobody vouches for is refused, and not retried into success
+        monkeypatch.delenv("SSL_CERT_FILE")
+        pool = ConnectionPool.for_url(url)
+        with pytest.raises(EnvhubError, match="CERTIFICATE_VERIFY_FAILED"):
+            chat_sync(pool, url, {"model": "scripted", "messages": []}, retry=RetryPolicy(max_retries=0))
+    assert server.requests[0]["seed"] == 3 and len(server.requests) == 2  # the refused one never arrived
+
+
+def test_blocking_calls_run_on_one_io_thread_and_refuse_to_run_on_it():
+    async def main(url):
+        pool = ConnectionPool.for_url(url)
+        # blocking from inside the I/O thread would deadlock: refused with the way out
+        with pytest.raises(RuntimeError, match="await the coroutine instead"):
+            transport.run_blocking(pool.request("POST", "/echo", b"{}"))
+        return "ok"
+
+    with serve_in_thread(APP) as base:
+        url = base.removesuffix("/v1")
+        pool = ConnectionPool.for_url(url)
+        answers = [transport.run_blocking(pool.request("POST", "/echo", b'{"n": %d}' % i, timeout=5)) for i in range(3)]
+        assert [a.json()["got"] for a in answers] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        assert pool.idle == 1  # one keep-alive connection served all three
+        assert transport.run_blocking(main(url)) == "ok"
+        transport.run_blocking(pool.aclose())

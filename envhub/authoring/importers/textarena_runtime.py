@@ -42,6 +42,7 @@ import numpy as np
 from envhub.env.core import ChatEnv, Episode, Msg, Reply, Task, assistant, system, user
 from envhub.env.rubric import Criterion, Rubric, Score
 from envhub.errors import EnvironmentFailure, InvalidOptionError, TaskNotFoundError, Unscored
+from envhub.http.transport import run_blocking
 
 OPPONENTS = ("greedy", "random", "first-legal", "model")
 #: A line of the game's text that lists the moves of the seat it is shown to.
@@ -275,8 +276,8 @@ class TextArenaEnv(ChatEnv):
         episode.state.pop("game", None)
         for opponent in episode.state.pop("opponents", {}).values():
             client = opponent.get("client")
-            if client is not None:
-                client.close()
+            if client is not None:  # its connections belong to envhub's I/O thread
+                run_blocking(client.aclose())
 
     # --- inside the game ------------------------------------------------------------------------
 
@@ -373,16 +374,15 @@ class TextArenaEnv(ChatEnv):
         return None if refused else copied
 
     def _model_move(self, episode: Episode, seat: int, memory: dict, prompt: str, shown: str) -> str:
-        import httpx
-
         from envhub.http.chat import api_key_from_env, chat_sync
+        from envhub.http.transport import ConnectionPool
 
         messages = memory["messages"]
         if not messages:
             messages.append(system(prompt or f"You are Player {seat} in {self.game}."))
         messages.append(user(shown or "Your move."))
         if memory.get("client") is None:
-            memory["client"] = httpx.Client()
+            memory["client"] = ConnectionPool.for_url(self.opponent_base_url)
         body = {
             "model": self.opponent_model, "messages": messages, "temperature": self.opponent_temperature,
             "max_tokens": 512, "seed": int(episode.rng.integers(2**31)),

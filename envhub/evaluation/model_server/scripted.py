@@ -115,15 +115,19 @@ class ScriptedEndpoint:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, *, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the ``/v1`` base URL."""
+def serve_in_thread(app: Any, *, host: str = "127.0.0.1", tls: tuple[str, str] | None = None) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the ``/v1`` base URL.
+
+    ``tls``: (certificate file, key file) to serve https."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="error", lifespan="on", timeout_keep_alive=30, backlog=2048)
+    certfile, keyfile = tls or (None, None)
+    config = uvicorn.Config(app, log_level="error", lifespan="on", timeout_keep_alive=30, backlog=2048,
+                            ssl_certfile=certfile, ssl_keyfile=keyfile)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -133,7 +137,7 @@ def serve_in_thread(app: Any, *, host: str = "127.0.0.1") -> Iterator[str]:
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://{host}:{port}/v1"
+        yield f"{'https' if tls else 'http'}://{host}:{port}/v1"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

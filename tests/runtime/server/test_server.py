@@ -245,22 +245,20 @@ def test_async_client_many_concurrent_sessions(serve_env):
     _, url = serve_env(ECHO)
 
     async def main() -> list[float]:
-        sock = url.removeprefix("unix://")
-        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=sock), base_url="http://t") as http:
-            envs = await asyncio.gather(*(AsyncRemoteEnv.open(url, http=http) for _ in range(50)))
+        envs = await asyncio.gather(*(AsyncRemoteEnv.open(url) for _ in range(50)))
 
-            async def episode(i: int, env: AsyncRemoteEnv) -> float:
-                await env.reset(seed=i)
-                for turn in range(5):
-                    obs, *_ = await env.step(f"{i}-{turn}")
-                    assert obs[-1]["content"] == f"{i}-{turn}"
-                obs, reward, terminated, truncated, info = await env.step("stop")
-                assert terminated and len(obs) == 12
-                return reward
+        async def episode(i: int, env: AsyncRemoteEnv) -> float:
+            await env.reset(seed=i)
+            for turn in range(5):
+                obs, *_ = await env.step(f"{i}-{turn}")
+                assert obs[-1]["content"] == f"{i}-{turn}"
+            obs, reward, terminated, truncated, info = await env.step("stop")
+            assert terminated and len(obs) == 12
+            return reward
 
-            rewards = await asyncio.gather(*(episode(i, e) for i, e in enumerate(envs)))
-            await asyncio.gather(*(e.close() for e in envs))
-            return rewards
+        rewards = await asyncio.gather(*(episode(i, e) for i, e in enumerate(envs)))
+        await asyncio.gather(*(e.close() for e in envs))
+        return rewards
 
     assert asyncio.run(main()) == [1.0] * 50
 
