@@ -330,20 +330,28 @@ class JudgeError(EnvhubError, RuntimeError):
         super().__init__(f"judge `{criterion}`: {reason}", hint=hint)
 
 
-class ValidationFailed(EnvhubError, AssertionError):
-    """``envhub validate`` found contract violations; ``failures`` lists them."""
+class ChecksFailed(EnvhubError, AssertionError):
+    """An environment failed checks run on it; ``failures`` names each. Subclasses say which checks."""
 
-    code = "validation_failed"
+    code = "checks_failed"
     status = 422
     fields = ("env", "failures")
+    #: The message after the environment's name; ``{n}`` is the number of failures.
+    failing: ClassVar[str] = "fails {n} check(s)"
 
     def __init__(self, env: str, failures: Sequence[str]) -> None:
         self.env = env
         self.failures = list(failures)
-        super().__init__(
-            f"environment `{env}` fails {len(self.failures)} check(s): " + "; ".join(self.failures),
-            hint="fix the checks named above and run `envhub validate FOLDER` again",
-        )
+        what = self.failing.format(n=len(self.failures))
+        super().__init__(f"environment `{env}` {what}: " + "; ".join(self.failures), hint=type(self).hint)
+
+
+class ValidationFailed(ChecksFailed):
+    """``envhub validate`` found contract violations; ``failures`` lists them."""
+
+    code = "validation_failed"
+    status = 422
+    hint = "fix the checks named above and run `envhub validate FOLDER` again"
 
 
 class InvalidOptionError(EnvhubError, ValueError):
@@ -693,20 +701,13 @@ class EvalRunError(EnvhubError, ValueError):
         super().__init__(f"evaluation run {run_dir}: {reason}", hint=hint)
 
 
-class AuditFailed(EnvhubError, AssertionError):
+class AuditFailed(ChecksFailed):
     """Reward-hacking probes earned more than the audit's threshold; ``failures`` names them."""
 
     code = "audit_failed"
     status = 422
-    fields = ("env", "failures")
-
-    def __init__(self, env: str, failures: Sequence[str]) -> None:
-        self.env = env
-        self.failures = list(failures)
-        super().__init__(
-            f"environment `{env}` fails its reward-hacking audit: " + "; ".join(self.failures),
-            hint="tighten the rubric so that these probes earn nothing, then run `envhub audit ENV` again",
-        )
+    failing = "fails its reward-hacking audit"
+    hint = "tighten the rubric so that these probes earn nothing, then run `envhub audit ENV` again"
 
 
 class ModelLoadError(EnvhubError, OSError):

@@ -35,6 +35,7 @@ SAMPLES = {
     "CriterionError": lambda: E.CriterionError("correct", "returned 2.0, outside [0, 1]", env=ENV),
     "Unscored": lambda: E.Unscored("no judge endpoint configured"),
     "JudgeError": lambda: E.JudgeError("helpful", "no score in the answer", hint="check the judge prompt"),
+    "ChecksFailed": lambda: E.ChecksFailed(ENV, ["probe: earns 1.0"]),
     "ValidationFailed": lambda: E.ValidationFailed(ENV, ["seeded: resets differ", "check_env: bad space"]),
     "InvalidOptionError": lambda: E.InvalidOptionError(ENV, "split", "'dev' is not one of ['train', 'test']"),
     "LockfileError": lambda: E.LockfileError("envhub.lock", "pins 1.0.0, installed 1.1.0"),
