@@ -189,57 +189,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def openenv_server(max_sessions: int):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("runtimes_openenv.py")), str(port), str(max_sessions)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError("openenv server exited: " + proc.stderr.read().decode()[-2000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError("openenv server did not start in 60 s")
-            time.sleep(0.1)
-        yield port, proc.pid
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-
-
 def run_openenv(n: int, seconds: float) -> Result:
+    """``n`` sessions of OpenEnv's own typed echo client against OpenEnv's own server."""
     from runtimes_openenv import EchoAction, EchoClient
 
-    t0 = time.perf_counter()
-    with openenv_server(max(n, 1)) as (port, pid):
-        action = EchoAction(message=ACTION)
-
-        async def open_one(i):
-            client = EchoClient(base_url=f"http://127.0.0.1:{port}", message_timeout_s=120)
-            await client.connect()
-            return client
-
-        async def step_one(client):
-            result = await client.step(action)
-            assert result.observation.message == ACTION
-
-        async def main():
-            return await _drive(n, seconds, open_one, step_one, lambda c: c.reset(), lambda c: c.disconnect(),
-                                server_pid=lambda clients: pid)  # fmt: skip
-
-        start_server = time.perf_counter() - t0
-        steps, elapsed, latencies, setup, client_cpu, server_cpu = asyncio.run(main())
-    return Result("openenv", n, steps, elapsed, latencies, start_server + setup, client_cpu_s=client_cpu, server_cpu_s=server_cpu)
+    return _run_openenv_clients(
+        "openenv", "openenv-server", n, seconds, EchoClient, EchoAction(message=ACTION), lambda obs: obs.message
+    )
 
 
 def measure_startup(runtime: str, repeats: int = 3) -> tuple[float, float]:
@@ -432,16 +388,20 @@ def openenv_protocol_server(runtime: str, max_sessions: int):
 
 
 def run_openenv_protocol(runtime: str, n: int, seconds: float) -> Result:
-    """``n`` sessions of OpenEnv's async client against the server of ``runtime``."""
+    """``n`` sessions of OpenEnv's async generic client against the server of ``runtime``."""
     from openenv.core import GenericEnvClient
 
     _, echoed = OPENENV_PROTOCOL[runtime]
-    action = {"message": ACTION}
+    return _run_openenv_clients(runtime, runtime, n, seconds, GenericEnvClient, {"message": ACTION}, echoed)
+
+
+def _run_openenv_clients(name: str, server: str, n: int, seconds: float, client_class, action, echoed) -> Result:
+    """``n`` OpenEnv clients of ``client_class`` stepping ``action`` on the ``server`` of OPENENV_PROTOCOL."""
     t0 = time.perf_counter()
-    with openenv_protocol_server(runtime, max(n, 1)) as (port, pid):
+    with openenv_protocol_server(server, max(n, 1)) as (port, pid):
 
         async def open_one(i):
-            client = GenericEnvClient(base_url=f"http://127.0.0.1:{port}", message_timeout_s=120)
+            client = client_class(base_url=f"http://127.0.0.1:{port}", message_timeout_s=120)
             await client.connect()
             return client
 
@@ -455,7 +415,7 @@ def run_openenv_protocol(runtime: str, n: int, seconds: float) -> Result:
 
         start_server = time.perf_counter() - t0
         steps, elapsed, latencies, setup, client_cpu, server_cpu = asyncio.run(main())
-    return Result(runtime, n, steps, elapsed, latencies, start_server + setup, client_cpu_s=client_cpu, server_cpu_s=server_cpu)
+    return Result(name, n, steps, elapsed, latencies, start_server + setup, client_cpu_s=client_cpu, server_cpu_s=server_cpu)
 
 
 def measure_openenv_protocol_in_fresh_process(runtime: str, n: int, seconds: float) -> Result:

@@ -157,18 +157,11 @@ class _Attempt:
         return EndpointError(self.url, self.last_reason, status=self.last_status, attempts=attempts)
 
 
-def chat_sync(
-    pool: ConnectionPool,
-    base_url: str,
-    body: dict[str, Any],
-    *,
-    api_key: str | None = None,
-    retry: RetryPolicy | None = None,
-    limiter: RateLimiter | None = None,
-) -> ChatResult:
-    """:func:`chat_async` for blocking callers (a judge inside a rubric): the request runs on
-    envhub's I/O thread (:func:`~envhub.http.transport.run_blocking`) while this thread waits."""
-    return run_blocking(chat_async(pool, base_url, body, api_key=api_key, retry=retry, limiter=limiter))
+def chat_sync(pool: ConnectionPool, base_url: str, body: dict[str, Any], **options: Any) -> ChatResult:
+    """:func:`chat_async` (``options``: its keywords) for blocking callers, a judge inside a rubric:
+    the request runs on envhub's I/O thread (:func:`~envhub.http.transport.run_blocking`) while
+    this thread waits."""
+    return run_blocking(chat_async(pool, base_url, body, **options))
 
 
 async def chat_async(
