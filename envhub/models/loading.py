@@ -14,8 +14,10 @@ into a plain safetensors folder, cached under ``$ENVHUB_HOME/models/`` (or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -136,14 +138,25 @@ def default_model_path(*, convert: bool = True) -> Path:
     return target
 
 
+def _quiet_transformers() -> None:
+    """Turn off transformers' per-tensor bars (loading, GGUF conversion): they would land between
+    envhub's own progress lines, and say nothing a user acts on."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantise ``gguf`` with transformers and save it as a normal (trainable) model folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     kwargs = {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    # Its de-quantising bar is a bare tqdm that no transformers setting turns off.
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
     # transformers marks GGUF-loaded models as quantised (config.quantization_config and
     # model.hf_quantizer); the weights are already plain floats, so drop both markers, or
     # save_pretrained records them and every later load refuses to train.
@@ -196,6 +209,7 @@ def load_policy(
     import torch
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)

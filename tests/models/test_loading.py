@@ -52,3 +52,14 @@ def test_default_model_converts_loads_and_generates():
     loss = model(input_ids=out, labels=out).loss
     loss.backward()
     assert model.get_input_embeddings().weight.grad is not None
+
+
+def test_loading_prints_no_progress_bar_of_its_own(capfd):
+    import subprocess
+    import sys
+
+    # A fresh process: in this one, another test may already have turned transformers' bars off.
+    script = "from envhub.models.loading import load_policy; load_policy(device='cpu'); print('loaded')"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "loaded"
+    assert "Loading weights" not in out.stderr and "it/s]" not in out.stderr, out.stderr[-500:]
