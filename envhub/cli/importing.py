@@ -23,14 +23,15 @@ def _kinds_help() -> str:
             + (" (required)" if o.required else "" if o.default is None or o.default is False else f" (default {o.default})")
             for o in module.OPTIONS
         )
-        blocks.append(f"{kind} (SOURCE: {module.PACKAGE} or {module.PACKAGE}==VERSION): {module.SUMMARY}\n\n{options}")
+        source = getattr(module, "SOURCE_HELP", f"{module.PACKAGE} or {module.PACKAGE}==VERSION")
+        blocks.append(f"{kind} (SOURCE: {source}): {module.SUMMARY}\n\n{options}")
     return escape("Kinds and their options:\n\n" + "\n\n".join(blocks))
 
 
 def import_command(
     ctx: typer.Context,
-    kind: str = typer.Argument(..., help="What to import: reasoning-gym or textarena."),
-    source: str = typer.Argument(..., help="The installed package to import from: NAME, or NAME==VERSION to insist on one."),
+    kind: str = typer.Argument(..., help="What to import: reasoning-gym, textarena or openenv."),
+    source: str = typer.Argument(..., help="What to import from: the installed package (NAME, or NAME==VERSION to insist on one), or for openenv a server's URL or a docker image."),
     output: Path = typer.Option(..., "--output", "-o", help="The environment folder to write (new or empty)."),
     name: str = typer.Option(None, "--name", help="NAMESPACE/NAME of the environment (default: local/ and a name from the source)."),
     version: str = typer.Option("0.1.0", "--version", help="The environment's version."),

@@ -31,7 +31,7 @@ from envhub.runtime.images import (
 )
 from envhub.errors import RuntimeDiedError
 from envhub.runtime.locate import Located
-from envhub.identity.manifest import Manifest
+from envhub.identity.manifest import Limits, Manifest
 from envhub.runtime.pool import ManagedServer
 
 log = logging.getLogger("envhub.runtime.remote")
@@ -43,7 +43,11 @@ _sweep_lock = threading.Lock()
 
 def container_options(manifest: Manifest) -> dict[str, Any]:
     """The isolation every envhub container gets (``containers.run`` keyword arguments)."""
-    limits = manifest.limits
+    return isolation_options(manifest.limits)
+
+
+def isolation_options(limits: Limits) -> dict[str, Any]:
+    """:func:`container_options` for ``limits`` (also used for imported OpenEnv images)."""
     memory = f"{limits.memory_mb}m"
     return {
         "network_mode": "none",

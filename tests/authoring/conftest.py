@@ -13,3 +13,24 @@ _spec.loader.exec_module(_runtime)
 
 docker_engine = _runtime.docker_engine
 _close_pools = _runtime._close_pools
+
+
+# --- OpenEnv servers written with openenv's own classes (helpers in openenv_servers.py) -----------
+
+import pytest  # noqa: E402
+
+from openenv_servers import serve_openenv  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def reverse_url():
+    pytest.importorskip("openenv.core", reason="the `interop` extra (openenv) is not installed")
+    with serve_openenv("app") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def sum_url():
+    pytest.importorskip("openenv.core", reason="the `interop` extra (openenv) is not installed")
+    with serve_openenv("sum_app") as url:
+        yield url

@@ -62,3 +62,18 @@ def test_one_training_step_on_an_imported_environment(tmp_path, kind, source, op
         assert metrics["episodes/turns_mean"] > 1  # multi-turn: the game went on past the first move
     assert run["peak_mb"] < PEAK_LIMIT_MB, f"peak {run['peak_mb']:.0f} MB"
     print(f"{kind}: one step, peak {run['peak_mb']:.0f} MB")
+
+
+@pytest.mark.slow
+def test_one_training_step_on_an_imported_openenv_environment(tmp_path, reverse_url):
+    """The trainer plays an OpenEnv server's episodes through the imported folder (multi-turn)."""
+    folder = tmp_path / "env"
+    result = import_environment("openenv", reverse_url, output=folder, options={"max_turns": "2"})
+    run = _train_one_step(folder, tmp_path / "run", 8)
+    metrics = run["metrics"]
+    assert metrics["step"] == 1 and metrics["episodes/errors"] == 0 and metrics["episodes/count"] == 4
+    assert metrics["episodes/turns_mean"] > 1  # a wrong word gets another try: the episode goes on
+    (environment,) = run["environments"]
+    assert environment["ref"] == result.manifest.ref
+    assert run["peak_mb"] < PEAK_LIMIT_MB, f"peak {run['peak_mb']:.0f} MB"
+    print(f"openenv: one step, peak {run['peak_mb']:.0f} MB")

@@ -8,7 +8,9 @@ module defines:
 - ``PACKAGE``: the distribution it imports from (``reasoning-gym``); ``SUPPORTED``: the versions of
   it the adapter is written for (a specifier);
 - ``OPTIONS``: its own command-line options, a tuple of :class:`~envhub.authoring.importers.common.Option`;
-- ``build(source, options) -> Generated``: check the source and the options, and describe the folder.
+- ``build(source, options) -> Generated``: check the source and the options, and describe the folder;
+- optionally ``resolve_source(text) -> Source``, for a kind whose SOURCE is not the package itself (a
+  server's URL, a docker image, a folder), and ``SOURCE_HELP``, what SOURCE is for it.
 
 :func:`import_environment` does the rest the same way for every kind: it checks the installed
 source, writes ``envhub.toml`` (pinning the source's exact version in ``dependencies``), the module,
@@ -27,6 +29,7 @@ from envhub.errors import ImportSourceError, suggest
 KINDS = {
     "reasoning-gym": "reasoning_gym",
     "textarena": "textarena",
+    "openenv": "openenv",
 }
 
 

@@ -54,7 +54,11 @@ def import_environment(
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not force)):
         raise ImportSourceError(kind, source, f"{folder} exists and is not an empty folder",
                                 hint="choose a new folder with -o, or pass --force to write into it")  # fmt: skip
-    installed = installed_source(kind, source, package=module.PACKAGE, module=module.MODULE, supported=module.SUPPORTED)
+    resolve = getattr(module, "resolve_source", None)  # kinds whose source is no package (a URL, an image, a folder)
+    if resolve is not None:
+        installed = resolve(source)
+    else:
+        installed = installed_source(kind, source, package=module.PACKAGE, module=module.MODULE, supported=module.SUPPORTED)
     generated: Generated = module.build(installed, parsed)
     env_name = env_name or generated.name[:MAX_NAME].rstrip("-._")
     command = _command(kind, source, module.OPTIONS, parsed, namespace, env_name, version, folder)
