@@ -1,9 +1,9 @@
 """The hub server's ASGI app (FastAPI): the HTTP face of :class:`envhub.hub.service.Hub`.
 
 Every error is JSON ``{"error": {"code", "message", "hint", "fields"}}`` with its status, written by
-:func:`envhub.wire.to_body`: 401 without a (valid) token, 403 without the right or an entitlement
-(naming the pack to ask for), 404 with near matches, 409 on version conflicts, 413 on oversize
-uploads, 422 on bad input. Names and versions follow :mod:`envhub.identity.ids`, as in the SDK.
+:func:`envhub.wire.to_body`: 401 without a (valid) token, 403 without the right to a namespace, 404
+with near matches (also for a private environment the caller may not see: the same answer as for
+a missing name), 409 on version conflicts, 413 on oversize uploads, 422 on bad input. Names and versions follow :mod:`envhub.identity.ids`, as in the SDK.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures, some of which use local aliases.
@@ -239,8 +239,8 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
     # --- packs, entitlements, audit --------------------------------------------------------------
 
     @app.get("/api/v1/packs/{namespace}/{name}", summary="A pack's versions, licenses, contents and signatures")
-    def pack(namespace: NameParam, name: NameParam) -> dict:
-        versions = hub.pack_versions(namespace, name)
+    def pack(namespace: NameParam, name: NameParam, who: Who) -> dict:
+        versions = hub.pack_versions(who, namespace, name)
         return {"namespace": namespace, "name": name, "versions": {v: p.model_dump(mode="json") for v, p in versions.items()}}
 
     @app.put("/api/v1/packs/{namespace}/{name}/{version}", summary="Publish a pack version", status_code=201)

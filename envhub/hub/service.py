@@ -223,36 +223,37 @@ class Hub:
         )
         return {item["ref"] for text in rows for item in json.loads(text)}
 
-    def _packs_containing(self, s: Session, full_name: str) -> list[str]:
-        rows = s.execute(
-            select(Pack.namespace, Pack.name, PackVersion.environments)
-            .join(PackVersion, PackVersion.pack_id == Pack.id)
-            .where(PackVersion.environments.contains(f'"{full_name}@'))
-        )
-        return sorted({f"{ns}/{name}" for ns, name, text in rows if any(i["ref"].startswith(full_name + "@") for i in json.loads(text))})
-
-    def _visible_versions(self, s: Session, who: Principal | None, env: Environment, versions: list[EnvVersion]) -> list[EnvVersion]:
-        """The versions of ``env`` that ``who`` may see; refuses a private environment with 401/403."""
+    def _access(self, s: Session, who: Principal | None, env: Environment, versions: list[EnvVersion]) -> list[EnvVersion] | None:
+        """The versions of ``env`` that ``who`` may see, or None when ``who`` may not know it exists."""
         if not env.private or self.owns(who, env.namespace):
             return versions
-        full = f"{env.namespace}/{env.name}"
-        if who is None:
-            raise AuthenticationError(f"`{full}` is private: send a token of its owner or of a lab entitled to it", registry=self.url or None)
         refs = self._entitled_refs(s, who)
+        full = f"{env.namespace}/{env.name}"
         allowed = [v for v in versions if f"{full}@{v.version}" in refs]
-        if not allowed:
-            packs = self._packs_containing(s, full)
-            offer = f"; it is sold in pack {', '.join(f'`{p}`' for p in packs)}" if packs else f"; ask `{env.namespace}` for access"
-            raise PermissionDeniedError(f"`{full}` is private and {who.name} has no entitlement to it{offer}", pack=packs[0] if packs else None)
-        return allowed
+        return allowed or None
+
+    def _not_found(self, s: Session, namespace: str, name: str) -> EnvNotFoundError:
+        """The one 404 for a name that is missing or that the caller may not see: near matches come
+        from public names only, so the answer is the same either way."""
+        known = [f"{ns}/{n}" for ns, n in s.execute(select(Environment.namespace, Environment.name).where(Environment.private.is_(False)))]
+        return EnvNotFoundError(f"{namespace}/{name}", where=f"the hub{' at ' + self.url if self.url else ''}", available=known)
+
+    def _visible_env(self, s: Session, who: Principal | None, namespace: str, name: str) -> tuple[Environment, list[EnvVersion]]:
+        """An environment and the versions ``who`` may see; a 404 like a missing name's when none."""
+        env = s.scalar(select(Environment).where(Environment.namespace == namespace, Environment.name == name))
+        if env is not None:
+            versions = self._access(s, who, env, list(s.scalars(select(EnvVersion).where(EnvVersion.env_id == env.id))))
+            if versions is not None:
+                return env, versions
+        raise self._not_found(s, namespace, name)
 
     # --- environments ---------------------------------------------------------------------------
 
     def _env(self, s: Session, namespace: str, name: str) -> Environment:
+        """An environment for its owner's operations (the caller's ownership is checked first)."""
         env = s.scalar(select(Environment).where(Environment.namespace == namespace, Environment.name == name))
         if env is None:
-            known = [f"{ns}/{n}" for ns, n in s.execute(select(Environment.namespace, Environment.name).where(Environment.private.is_(False)))]
-            raise EnvNotFoundError(f"{namespace}/{name}", where=f"the hub{' at ' + self.url if self.url else ''}", available=known)
+            raise self._not_found(s, namespace, name)
         return env
 
     @staticmethod
@@ -272,9 +273,8 @@ class Hub:
 
     def env_entry(self, who: Principal | None, namespace: str, name: str) -> EnvEntry:
         with self.sessions() as s:
-            env = self._env(s, namespace, name)
-            versions = list(s.scalars(select(EnvVersion).where(EnvVersion.env_id == env.id)))
-            return self._env_entry(env, self._visible_versions(s, who, env, versions))
+            env, versions = self._visible_env(s, who, namespace, name)
+            return self._env_entry(env, versions)
 
     def index(self, who: Principal | None) -> Index:
         """Every environment ``who`` can see (public ones, and private ones owned or entitled), and every pack."""
@@ -284,15 +284,12 @@ class Hub:
             for v in s.scalars(select(EnvVersion)):
                 versions.setdefault(v.env_id, []).append(v)
             for env in s.scalars(select(Environment).order_by(Environment.namespace, Environment.name)):
-                try:
-                    visible = self._visible_versions(s, who, env, versions.get(env.id, []))
-                except (AuthenticationError, PermissionDeniedError):
+                visible = self._access(s, who, env, versions.get(env.id, []))
+                if visible is None:
                     continue
                 index.environments[f"{env.namespace}/{env.name}"] = self._env_entry(env, visible)
-            for pack, pv in s.execute(select(Pack, PackVersion).join(PackVersion, PackVersion.pack_id == Pack.id)):
-                if not is_version(pv.version):
-                    continue
-                index.packs.setdefault(f"{pack.namespace}/{pack.name}", {})[pv.version] = self._pack_entry(pack, pv)
+            for entry in self._pack_views(s, who, s.execute(select(Pack, PackVersion).join(PackVersion, PackVersion.pack_id == Pack.id)).all()):
+                index.packs.setdefault(f"{entry.namespace}/{entry.name}", {})[entry.version] = entry
             return index
 
     def check_can_publish(self, who: Principal | None, namespace: str) -> Principal:
@@ -397,13 +394,10 @@ class Hub:
     def artifact(self, who: Principal | None, namespace: str, name: str, version: str, *, client: str | None = None) -> tuple[bytes, str]:
         """The bytes of a version (digest-checked), recording the pull in the audit log."""
         with self.sessions() as s:
-            env = self._env(s, namespace, name)
-            versions = list(s.scalars(select(EnvVersion).where(EnvVersion.env_id == env.id)))
+            env, versions = self._visible_env(s, who, namespace, name)  # access first: a 404 lists only visible versions
             row = next((v for v in versions if v.version == version), None)
             if row is None:
                 raise VersionNotFoundError(f"{namespace}/{name}", version, _listed(v.version for v in versions))
-            if row not in self._visible_versions(s, who, env, [row]):  # raises 401/403 when refused
-                raise PermissionDeniedError(f"no access to {namespace}/{name}@{version}")
             data = self.storage.get(row.storage_key)
             if sha256_digest(data) != row.digest:
                 raise DigestMismatchError(f"stored artifact of {namespace}/{name}@{version}", row.digest, sha256_digest(data))
@@ -423,6 +417,25 @@ class Hub:
             signature=pv.signature, namespace=pack.namespace, description=pv.description, key_id=pv.key_id,
         )
 
+    def _pack_views(self, s: Session, who: Principal | None, rows: Iterable[tuple[Pack, PackVersion]]) -> list[PackEntry]:
+        """Packs as ``who`` may see them. Its owner and entitled labs see everything; anyone else sees
+        the name, version and description, and only the contents that are public: no private
+        reference or its digest, no license and no signature (which covers what they cannot see)."""
+        private = {f"{ns}/{n}" for ns, n in s.execute(select(Environment.namespace, Environment.name).where(Environment.private.is_(True)))}
+        entitled = set()
+        if who is not None:
+            entitled = set(s.scalars(select(Entitlement.pack_id).where(Entitlement.user_id == who.user_id, Entitlement.revoked_at.is_(None))))
+        views = []
+        for pack, pv in rows:
+            if not is_version(pv.version):
+                continue
+            entry = self._pack_entry(pack, pv)
+            if not (self.owns(who, pack.namespace) or pack.id in entitled):
+                public = [i for i in entry.environments if i.get("ref", "").partition("@")[0] not in private]
+                entry = entry.model_copy(update={"environments": public, "license": "", "signature": None, "key_id": None})
+            views.append(entry)
+        return views
+
     def publish_pack(self, who: Principal | None, namespace: str, name: str, version: str, pack: dict[str, Any]) -> tuple[PackEntry, bool]:
         who = self._need_write(who)
         self._need_owner(who, namespace)
@@ -434,12 +447,11 @@ class Hub:
             for item in pack["environments"]:  # each must exist with that digest; private ones must be the publisher's
                 env_ns, _, rest = item["ref"].partition("/")
                 env_name, _, env_version = rest.partition("@")
-                env = self._env(s, env_ns, env_name)
-                row = s.scalar(select(EnvVersion).where(EnvVersion.env_id == env.id, EnvVersion.version == env_version))
+                env, versions = self._visible_env(s, who, env_ns, env_name)  # one the caller may not see: 404, nothing of it told
+                row = next((v for v in versions if v.version == env_version), None)
                 if row is None:
-                    versions = [v for (v,) in s.execute(select(EnvVersion.version).where(EnvVersion.env_id == env.id))]
-                    raise VersionNotFoundError(f"{env_ns}/{env_name}", env_version, _listed(versions))
-                if row.digest != item["digest"]:
+                    raise VersionNotFoundError(f"{env_ns}/{env_name}", env_version, _listed(v.version for v in versions))
+                if row.digest != item["digest"]:  # the caller may see this version, so may see its digest
                     raise DigestMismatchError(f"pack entry {item['ref']}", item["digest"], row.digest)
                 if env.private and not self.owns(who, env_ns):
                     raise PermissionDeniedError(f"pack {namespace}/{name} may not bundle `{env_ns}/{env_name}`: it is private and not yours")
@@ -470,11 +482,11 @@ class Hub:
             s.commit()
             return self._pack_entry(pack_row, pv), True
 
-    def pack_versions(self, namespace: str, name: str) -> dict[str, PackEntry]:
+    def pack_versions(self, who: Principal | None, namespace: str, name: str) -> dict[str, PackEntry]:
         with self.sessions() as s:
             pack = self._pack(s, namespace, name)
-            rows = s.scalars(select(PackVersion).where(PackVersion.pack_id == pack.id))
-            return {pv.version: self._pack_entry(pack, pv) for pv in rows if is_version(pv.version)}
+            rows = [(pack, pv) for pv in s.scalars(select(PackVersion).where(PackVersion.pack_id == pack.id))]
+            return {p.version: p for p in self._pack_views(s, who, rows)}
 
     def _pack(self, s: Session, namespace: str, name: str) -> Pack:
         pack = s.scalar(select(Pack).where(Pack.namespace == namespace, Pack.name == name))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from envhub.identity.artifact import pack_bytes
-from envhub.errors import PermissionDeniedError, VersionConflictError
+from envhub.errors import EnvNotFoundError, VersionConflictError
 from envhub.runtime.make import pull
 
 
@@ -82,7 +82,7 @@ def test_publish_race_and_entitlements_on_postgres(pg_hub, env_folder):
     assert len(winners) == 1 and sum(isinstance(r, VersionConflictError) for r in results) == len(blobs) - 1
 
     alice, bob = pg_hub.client("alice"), pg_hub.client("bob")
-    with pytest.raises(PermissionDeniedError):
+    with pytest.raises(EnvNotFoundError):
         pull("alice/race", source=bob)
     alice.publish_pack({"namespace": "alice", "name": "suite", "version": "1.0.0", "license": "per lab",
                         "environments": [{"ref": "alice/race@1.0.0", "digest": winners[0][0].digest}]})
