@@ -472,6 +472,30 @@ def pack_revoke(
     console.print(f"revoked {pack} from {user}", highlight=False)
 
 
+@pack_app.command("allow")
+def pack_allow(
+    env: str = typer.Argument(..., metavar="NAMESPACE/ENV", help="One of your environments."),
+    namespace: str = typer.Argument(..., help="The namespace whose packs may sell it."),
+    registry: str = RegistryOpt,
+) -> None:
+    """Let another namespace's packs sell one of your environments (withdrawn when you make it private)."""
+    ns, name = _split_pack(env)
+    hub_registry(registry).allow_bundling(f"{ns}/{name}", namespace)
+    console.print(f"packs of {namespace} may now sell {env}", highlight=False)
+
+
+@pack_app.command("disallow")
+def pack_disallow(
+    env: str = typer.Argument(..., metavar="NAMESPACE/ENV"),
+    namespace: str = typer.Argument(...),
+    registry: str = RegistryOpt,
+) -> None:
+    """Stop another namespace's packs selling one of your environments; their grants stop returning it."""
+    ns, name = _split_pack(env)
+    hub_registry(registry).allow_bundling(f"{ns}/{name}", namespace, allowed=False)
+    console.print(f"packs of {namespace} may no longer sell {env}", highlight=False)
+
+
 @pack_app.command("pull")
 def pack_pull(
     ref: str = typer.Argument(..., metavar="NAMESPACE/PACK[@VERSION]"),

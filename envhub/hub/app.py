@@ -163,6 +163,14 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
     def set_visibility(namespace: NameParam, name: NameParam, body: VisibilityRequest, who: Who) -> dict:
         return hub.set_visibility(who, namespace, name, private=body.private).model_dump(mode="json")
 
+    @app.post("/api/v1/envs/{namespace}/{name}/bundlers", summary="Let another namespace's packs sell an environment (owner only)")
+    def allow_bundling(namespace: NameParam, name: NameParam, body: NameRequest, who: Who) -> dict:
+        return hub.allow_bundling(who, namespace, name, body.name)
+
+    @app.delete("/api/v1/envs/{namespace}/{name}/bundlers/{bundler}", summary="Stop another namespace's packs selling an environment")
+    def disallow_bundling(namespace: NameParam, name: NameParam, bundler: NameParam, who: Who) -> dict:
+        return hub.allow_bundling(who, namespace, name, bundler, allowed=False)
+
     @app.put(
         "/api/v1/envs/{namespace}/{name}/{version}",
         summary="Publish an artifact (the tar.gz bytes as the body)",

@@ -135,3 +135,18 @@ class AuditEvent(Base):
     subject: Mapped[str] = mapped_column(String(255))
     digest: Mapped[str | None] = mapped_column(String(71), nullable=True)
     client: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class BundleGrant(Base):
+    """An environment's owner lets the packs of another namespace sell it. Making the environment
+    private withdraws every grant (dated, the row kept); the owner may grant again."""
+
+    __tablename__ = "bundle_grants"
+    __table_args__ = (UniqueConstraint("env_id", "namespace", name="uq_bundle_grant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    env_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"), index=True)
+    namespace: Mapped[str] = mapped_column(String(64))
+    granted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    granted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

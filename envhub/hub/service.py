@@ -36,7 +36,7 @@ from envhub.errors import (
     VersionNotFoundError,
 )
 from envhub.errors import suggest as near_matches
-from envhub.hub.models import AuditEvent, Entitlement, Environment, EnvVersion, OrgMember, Pack, PackVersion, Token, User, utcnow
+from envhub.hub.models import AuditEvent, BundleGrant, Entitlement, Environment, EnvVersion, OrgMember, Pack, PackVersion, Token, User, utcnow
 from envhub.hub.storage import Storage, artifact_key
 from envhub.identity.ids import NAME_RE, is_version
 from envhub.identity.index import EnvEntry, Index, PackEntry, VersionEntry, sort_versions
@@ -213,15 +213,30 @@ class Hub:
             raise PermissionDeniedError(f"{who.name} may not write to namespace `{namespace}`: it belongs to someone else")
 
     def _entitled_refs(self, s: Session, who: Principal | None) -> set[str]:
-        """Every ``ns/name@version`` the user may pull through a pack grant."""
+        """Every ``ns/name@version`` the user may pull through a pack grant. An environment of another
+        namespace than the pack's counts only while its owner lets that namespace bundle it."""
         if who is None:
             return set()
-        rows = s.scalars(
-            select(PackVersion.environments)
-            .join(Entitlement, Entitlement.pack_id == PackVersion.pack_id)
+        rows = s.execute(
+            select(Pack.namespace, PackVersion.environments)
+            .join(PackVersion, PackVersion.pack_id == Pack.id)
+            .join(Entitlement, Entitlement.pack_id == Pack.id)
             .where(Entitlement.user_id == who.user_id, Entitlement.revoked_at.is_(None))
         )
-        return {item["ref"] for text in rows for item in json.loads(text)}
+        refs = {(pack_ns, item["ref"]) for pack_ns, text in rows for item in json.loads(text)}
+        return {ref for pack_ns, ref in refs if ref.partition("/")[0] == pack_ns or self._may_bundle(s, ref.partition("@")[0], pack_ns)}
+
+    @staticmethod
+    def _may_bundle(s: Session, full_name: str, pack_namespace: str) -> bool:
+        """Whether the owner of ``full_name`` lets the packs of ``pack_namespace`` sell it, now."""
+        env_ns, _, env_name = full_name.partition("/")
+        if env_ns == pack_namespace:
+            return True
+        return s.scalar(
+            select(BundleGrant.id).join(Environment, Environment.id == BundleGrant.env_id)
+            .where(Environment.namespace == env_ns, Environment.name == env_name,
+                   BundleGrant.namespace == pack_namespace, BundleGrant.revoked_at.is_(None))
+        ) is not None
 
     def _access(self, s: Session, who: Principal | None, env: Environment, versions: list[EnvVersion]) -> list[EnvVersion] | None:
         """The versions of ``env`` that ``who`` may see, or None when ``who`` may not know it exists."""
@@ -387,9 +402,33 @@ class Hub:
             env = self._env(s, namespace, name)
             env.private = private
             self._audit(s, namespace, who, "private" if private else "public", f"{namespace}/{name}", None)
+            if private:  # other namespaces' packs stop selling it until the owner allows them again
+                for grant in s.scalars(select(BundleGrant).where(BundleGrant.env_id == env.id, BundleGrant.revoked_at.is_(None))):
+                    grant.revoked_at = utcnow()
+                    self._audit(s, namespace, who, "disallow", f"{namespace}/{name} -> {grant.namespace}", None)
             s.commit()
             versions = list(s.scalars(select(EnvVersion).where(EnvVersion.env_id == env.id)))
             return self._env_entry(env, versions)
+
+    def allow_bundling(self, who: Principal | None, namespace: str, name: str, pack_namespace: str, *, allowed: bool = True) -> dict:
+        """Let the packs of ``pack_namespace`` sell ``namespace/name`` (or stop them); its owner only."""
+        who = self._need_write(who)
+        self._need_owner(who, namespace)
+        _valid_name(pack_namespace, "namespace")
+        with self.sessions() as s:
+            env = self._env(s, namespace, name)
+            grant = s.scalar(select(BundleGrant).where(BundleGrant.env_id == env.id, BundleGrant.namespace == pack_namespace))
+            if allowed and grant is None:
+                s.add(BundleGrant(env_id=env.id, namespace=pack_namespace, granted_by=who.user_id))
+            elif allowed:
+                grant.revoked_at, grant.granted_at, grant.granted_by = None, utcnow(), who.user_id
+            elif grant is None or grant.revoked_at is not None:
+                raise NotFoundError(f"`{pack_namespace}` holds no active permission to bundle {namespace}/{name}")
+            else:
+                grant.revoked_at = utcnow()
+            self._audit(s, namespace, who, "allow" if allowed else "disallow", f"{namespace}/{name} -> {pack_namespace}", None)
+            s.commit()
+        return {"env": f"{namespace}/{name}", "namespace": pack_namespace, "allowed": allowed}
 
     def artifact(self, who: Principal | None, namespace: str, name: str, version: str, *, client: str | None = None) -> tuple[bytes, str]:
         """The bytes of a version (digest-checked), recording the pull in the audit log."""
@@ -453,8 +492,12 @@ class Hub:
                     raise VersionNotFoundError(f"{env_ns}/{env_name}", env_version, _listed(v.version for v in versions))
                 if row.digest != item["digest"]:  # the caller may see this version, so may see its digest
                     raise DigestMismatchError(f"pack entry {item['ref']}", item["digest"], row.digest)
-                if env.private and not self.owns(who, env_ns):
-                    raise PermissionDeniedError(f"pack {namespace}/{name} may not bundle `{env_ns}/{env_name}`: it is private and not yours")
+                if not self._may_bundle(s, f"{env_ns}/{env_name}", namespace):
+                    raise PermissionDeniedError(
+                        f"pack {namespace}/{name} may not bundle `{env_ns}/{env_name}`: a pack sells its own namespace's "
+                        f"environments, or those whose owner allows it, and `{env_ns}` has not allowed `{namespace}` "
+                        f"(the owner runs `envhub pack allow {env_ns}/{env_name} {namespace}`)"
+                    )
             pack_row = s.scalar(select(Pack).where(Pack.namespace == namespace, Pack.name == name))
             if pack_row is None:
                 pack_row = Pack(namespace=namespace, name=name)
@@ -510,7 +553,7 @@ class Hub:
                 s.add(Entitlement(pack_id=pack.id, user_id=lab.id, granted_by=who.user_id))
             else:
                 ent.revoked_at, ent.granted_at, ent.granted_by = None, utcnow(), who.user_id
-            self._audit(s, namespace, who, "grant", f"{namespace}/{name} -> {user}", None)
+            self._audit_packed(s, pack, who, "grant", f"{namespace}/{name} -> {user}")
             s.commit()
         return {"pack": f"{namespace}/{name}", "user": user, "active": True}
 
@@ -526,7 +569,7 @@ class Hub:
             if ent is None:
                 raise NotFoundError(f"{user!r} holds no active grant of pack {namespace}/{name}")
             ent.revoked_at = utcnow()
-            self._audit(s, namespace, who, "revoke", f"{namespace}/{name} -> {user}", None)
+            self._audit_packed(s, pack, who, "revoke", f"{namespace}/{name} -> {user}")
             s.commit()
         return {"pack": f"{namespace}/{name}", "user": user, "active": False}
 
@@ -545,6 +588,14 @@ class Hub:
     def _audit(s: Session, namespace: str, who: Principal | None, action: str, subject: str, digest: str | None, client: str | None = None) -> None:
         s.add(AuditEvent(namespace=namespace, user_id=who.user_id if who else None, user_name=who.name if who else None,
                          action=action, subject=subject[:255], digest=digest, client=(client or "")[:255] or None))
+
+    def _audit_packed(self, s: Session, pack: Pack, who: Principal, action: str, subject: str) -> None:
+        """An event of a pack, in the pack's log and in the log of each namespace whose environments it bundles."""
+        namespaces = {pack.namespace}
+        for text in s.scalars(select(PackVersion.environments).where(PackVersion.pack_id == pack.id)):
+            namespaces |= {item["ref"].partition("/")[0] for item in json.loads(text)}
+        for ns in sorted(namespaces):
+            self._audit(s, ns, who, action, subject, None)
 
     def audit_log(self, who: Principal | None, namespace: str, *, limit: int = 100) -> list[dict]:
         if who is None:

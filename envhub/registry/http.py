@@ -202,6 +202,12 @@ class HubRegistry(Registry):
     def revoke(self, namespace: str, pack: str, user: str) -> dict[str, Any]:
         return self.json("DELETE", f"/packs/{namespace}/{pack}/grants/{user}")
 
+    def allow_bundling(self, env: str, namespace: str, *, allowed: bool = True) -> dict[str, Any]:
+        """Let the packs of ``namespace`` sell ``env`` (``ns/name``, yours), or stop them."""
+        if allowed:
+            return self.json("POST", f"/envs/{env}/bundlers", json={"name": namespace})
+        return self.json("DELETE", f"/envs/{env}/bundlers/{namespace}")
+
     def audit_log(self, namespace: str, *, limit: int = 100) -> list[dict[str, Any]]:
         return self.json("GET", "/audit", params={"namespace": namespace, "limit": limit})["events"]
 
