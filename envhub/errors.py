@@ -399,6 +399,21 @@ class AuthenticationError(EnvhubError, PermissionError):
         super().__init__(message, hint=f"run `envhub login{where}` with a valid token")
 
 
+class TooManyRequestsError(EnvhubError, PermissionError):
+    """Too many failed authentications from one client: refused for ``retry_after`` seconds (HTTP 429)."""
+
+    code = "rate_limited"
+    status = 429
+    fields = ("retry_after",)
+
+    def __init__(self, retry_after: int, *, what: str = "failed authentications") -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            f"too many {what} from this client; try again in {retry_after} s",
+            hint="check the token (`envhub login URL`), then wait before retrying",
+        )
+
+
 class PermissionDeniedError(EnvhubError, PermissionError):
     """A valid token that may not do this (HTTP 403). ``pack`` names the pack to ask for, when one grants it."""
 

@@ -33,16 +33,21 @@ def serve(
     max_upload_mb: int = typer.Option(100, help="Largest artifact accepted (413 above)."),
     public_url: str = typer.Option("", help="The URL clients use, for messages (default http://HOST:PORT)."),
     workers: int = typer.Option(1, min=1, max=64, help="Worker processes (they share the database and the artifact store)."),
+    trusted_proxy: list[str] = typer.Option([], "--trusted-proxy", help="A proxy address (or CIDR) whose X-Forwarded-For is believed (repeat); none by default."),
+    auth_failures: int = typer.Option(20, "--auth-failures-per-minute", min=1, help="Failed authentications a client may make per minute before 429."),
 ) -> None:
     """Serve the hub: the API (/docs), the index (/registry.json) and a page listing public environments (/)."""
     import uvicorn
 
     from envhub.hub import create_app
 
-    settings = _settings(data, database_url, max_upload_bytes=max_upload_mb << 20, public_url=public_url or f"http://{host}:{port}")
+    from envhub.hub.app import uvicorn_options
+
+    settings = _settings(data, database_url, max_upload_bytes=max_upload_mb << 20, public_url=public_url or f"http://{host}:{port}",
+                         trusted_proxies=list(trusted_proxy), auth_failure_limit=auth_failures)
     console.print(f"hub on http://{host}:{port} (data in {data}); create a user with `envhub hub adduser NAME --data {data}`", highlight=False)
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, **uvicorn_options(settings))
         return
     import os
 
@@ -52,7 +57,7 @@ def serve(
     build_hub(settings)  # migrate once here, before the workers start
     os.environ[SETTINGS_ENV] = settings_to_env(settings)
     uvicorn.run("envhub.hub.app:app_from_environment", factory=True, workers=workers, host=host, port=port,
-                log_level="warning", timeout_graceful_shutdown=5)
+                log_level="warning", timeout_graceful_shutdown=5, **uvicorn_options(settings))
 
 
 @hub_app.command("adduser")

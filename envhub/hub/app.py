@@ -8,6 +8,7 @@ a missing name), 409 on version conflicts, 413 on oversize uploads, 422 on bad i
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures, some of which use local aliases.
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,14 +20,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field
 
-from envhub.errors import EnvhubError, InvalidRequestError, PayloadTooLargeError
+from envhub.errors import AuthenticationError, EnvhubError, InvalidRequestError, PayloadTooLargeError, TooManyRequestsError
 from envhub.hub.db import make_engine, migrate, sessions, sqlite_url
 from envhub.hub.page import render_index_page
 from envhub.hub.service import Hub, Principal
 from envhub.hub.storage import LocalDiskStorage, Storage
+from envhub.hub.throttle import FailureThrottle
 from envhub.identity.ids import MAX_VERSION_LENGTH, NAME_PATTERN, VERSION_PATTERN, Version
 from envhub.registry.http import HUB_SERVICE
 from envhub.wire import to_body
+
+
+log = logging.getLogger("envhub.hub")
 
 
 def _version(text: str) -> str:
@@ -50,6 +55,9 @@ class HubSettings:
     max_upload_bytes: int = 100 << 20
     max_unpacked_bytes: int = 512 << 20
     public_url: str = ""
+    auth_failure_limit: int = 20  # failed authentications per client per window; then 429 with Retry-After
+    auth_failure_window_s: float = 60.0
+    trusted_proxies: list[str] = field(default_factory=list)  # addresses whose X-Forwarded-For is believed
     extra: dict = field(default_factory=dict)
 
 
@@ -107,12 +115,17 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
         description="Publish, pull and sell reinforcement-learning environments for language models.",
     )
     app.state.hub = hub
+    app.state.settings = settings
     bearer = HTTPBearer(auto_error=False, description="A token from `envhub hub adduser` or POST /api/v1/tokens.")
 
     @app.exception_handler(EnvhubError)
-    async def _envhub_error(_request: Request, exc: EnvhubError) -> JSONResponse:
+    async def _envhub_error(request: Request, exc: EnvhubError) -> JSONResponse:
         status, body = to_body(exc)
-        return JSONResponse(body, status_code=status)
+        if status in (401, 403, 429):
+            client = request.client.host if request.client else "?"
+            log.warning("denied %s %s from %s: %s %s", request.method, request.url.path, client, status, exc)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequestsError) else None
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -120,8 +133,18 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
         status, body = to_body(InvalidRequestError(problems))
         return JSONResponse(body, status_code=status)
 
-    def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal | None:
-        return hub.authenticate(credentials.credentials if credentials else None)
+    throttle = FailureThrottle(limit=settings.auth_failure_limit, window_s=settings.auth_failure_window_s)
+
+    def principal(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal | None:
+        if credentials is None:
+            return None
+        client = request.client.host if request.client else "?"
+        throttle.check(client)  # over the limit: even a valid token waits, so guessing learns nothing
+        try:
+            return hub.authenticate(credentials.credentials)
+        except AuthenticationError:
+            throttle.failed(client)
+            raise
 
     Who = Annotated[Principal | None, Depends(principal)]
 
@@ -288,8 +311,17 @@ def settings_to_env(settings: HubSettings) -> str:
     return json.dumps({
         "data_dir": str(settings.data_dir), "database_url": settings.database_url,
         "max_upload_bytes": settings.max_upload_bytes, "max_unpacked_bytes": settings.max_unpacked_bytes,
-        "public_url": settings.public_url,
+        "public_url": settings.public_url, "auth_failure_limit": settings.auth_failure_limit,
+        "auth_failure_window_s": settings.auth_failure_window_s, "trusted_proxies": list(settings.trusted_proxies),
     })
+
+
+def uvicorn_options(settings: HubSettings) -> dict:
+    """How uvicorn reads the client's address: ``X-Forwarded-For`` only from ``trusted_proxies``
+    (uvicorn's own default believes it from any loopback client)."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.trusted_proxies)}
 
 
 def app_from_environment() -> FastAPI:

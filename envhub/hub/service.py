@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class Principal:
     scope: str
     is_admin: bool
     token_id: int
+    expires_at: datetime | None = None  # the earliest expiry along the chain of tokens that minted this one
 
     @property
     def can_write(self) -> bool:
@@ -112,12 +113,18 @@ class Hub:
             s.commit()
             return {"id": user.id, "name": user.name, "kind": user.kind, "is_admin": user.is_admin}, raw
 
-    def _new_token(self, s: Session, user_id: int, *, name: str, scope: str, expires_in_s: int | None) -> tuple[Token, str]:
+    def _new_token(
+        self, s: Session, user_id: int, *, name: str, scope: str, expires_in_s: int | None,
+        parent: Principal | None = None,
+    ) -> tuple[Token, str]:
         if scope not in SCOPES:
             raise ConflictError(f"scope {scope!r} is not one of {', '.join(SCOPES)}", hint="use `read` or `write`")
         raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires = utcnow() + timedelta(seconds=expires_in_s) if expires_in_s is not None else None
-        token = Token(user_id=user_id, token_hash=hash_token(raw), prefix=raw[:12], name=name, scope=scope, expires_at=expires)
+        if parent is not None and parent.expires_at is not None:  # never outlives the token that minted it
+            expires = min(expires or parent.expires_at, parent.expires_at)
+        token = Token(user_id=user_id, token_hash=hash_token(raw), prefix=raw[:12], name=name, scope=scope, expires_at=expires,
+                      parent_id=parent.token_id if parent is not None else None)
         s.add(token)
         s.flush()
         return token, raw
@@ -131,11 +138,19 @@ class Hub:
             if row is None:
                 raise AuthenticationError("the token is not known to this hub", registry=self.url or None)
             token, user = row
-            if token.revoked_at is not None:
-                raise AuthenticationError(f"token {token.prefix}… was revoked at {token.revoked_at:%Y-%m-%d %H:%M} UTC", registry=self.url or None)
-            if token.expires_at is not None and token.expires_at <= utcnow():
-                raise AuthenticationError(f"token {token.prefix}… expired at {token.expires_at:%Y-%m-%d %H:%M:%S} UTC", registry=self.url or None)
-            return Principal(user.id, user.name, token.scope, user.is_admin, token.id)
+            expires_at = None
+            link, seen = token, set()
+            while link is not None and link.id not in seen:  # this token, then each one that minted it
+                seen.add(link.id)
+                whose = "" if link is token else f", which minted it,"
+                if link.revoked_at is not None:
+                    raise AuthenticationError(f"token {link.prefix}…{whose} was revoked at {link.revoked_at:%Y-%m-%d %H:%M} UTC", registry=self.url or None)
+                if link.expires_at is not None and link.expires_at <= utcnow():
+                    raise AuthenticationError(f"token {link.prefix}…{whose} expired at {link.expires_at:%Y-%m-%d %H:%M:%S} UTC", registry=self.url or None)
+                if link.expires_at is not None:
+                    expires_at = min(expires_at or link.expires_at, link.expires_at)
+                link = s.get(Token, link.parent_id) if link.parent_id is not None else None
+            return Principal(user.id, user.name, token.scope, user.is_admin, token.id, expires_at)
 
     def create_token(self, who: Principal, *, name: str = "", scope: str = "read", expires_in_s: int | None = None) -> dict:
         if scope == "write" and not who.can_write:
@@ -143,7 +158,7 @@ class Hub:
         if expires_in_s is not None and expires_in_s <= 0:
             raise ConflictError("expires_in_s must be positive", hint="pass a number of seconds, or nothing for no expiry")
         with self.sessions() as s:
-            token, raw = self._new_token(s, who.user_id, name=name, scope=scope, expires_in_s=expires_in_s)
+            token, raw = self._new_token(s, who.user_id, name=name, scope=scope, expires_in_s=expires_in_s, parent=who)
             s.commit()
             return {**self._token_json(token), "token": raw}
 

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from envhub.hub import HubSettings, create_app
+from envhub.hub.app import uvicorn_options
 from envhub.registry.http import HubRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +88,7 @@ def start_hub(data: Path, **settings) -> RunningHub:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     app = create_app(HubSettings(data_dir=data, public_url=url, **settings))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", **uvicorn_options(app.state.settings))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -138,14 +139,15 @@ def env_folder(tmp_path):
 class HubProcess:
     """``envhub hub serve`` in a child process, which a test may kill and start again."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, *args: str) -> None:
         self.data = data
+        self.args = list(args)  # more `envhub hub serve` options
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, "-c", "from envhub.cli import main; main()", "hub", "serve", "--data", str(self.data), "--port", str(self.port)]
+        cmd = [sys.executable, "-c", "from envhub.cli import main; main()", "hub", "serve", "--data", str(self.data), "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "ENVHUB_DEBUG": "1"})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -169,8 +171,8 @@ def hub_process():
     """A factory of :class:`HubProcess`; every process it made is killed at the end."""
     made: list[HubProcess] = []
 
-    def factory(data: Path) -> HubProcess:
-        made.append(HubProcess(data))
+    def factory(data: Path, *args: str) -> HubProcess:
+        made.append(HubProcess(data, *args))
         return made[-1]
 
     yield factory
