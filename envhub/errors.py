@@ -79,6 +79,25 @@ class EnvNotFoundError(EnvhubError, LookupError):
         )
 
 
+class BareNameError(EnvNotFoundError):
+    """A bare name (no namespace) that names no bundled environment and none of the user's own, where
+    other namespaces have one: it is never guessed, since anyone may publish under any free namespace.
+    ``suggestions`` are the fully qualified candidates."""
+
+    code = "bare_name"
+
+    def __init__(self, name: str, *, where: str, candidates: Iterable[str]) -> None:
+        self.name = name
+        self.where = where
+        self.suggestions = sorted(candidates)
+        listed = ", ".join(f"`{c}`" for c in self.suggestions)
+        EnvhubError.__init__(
+            self,
+            f"`{name}` names no bundled environment and none of your own; in {where} it could be {listed}",
+            hint=f"name it in full, e.g. `{self.suggestions[0]}`" if self.suggestions else "name it as namespace/name",
+        )
+
+
 class VersionNotFoundError(EnvhubError, LookupError):
     """The environment exists but no version matches the request."""
 

@@ -13,15 +13,18 @@ hub_app = typer.Typer(help="Run and administer a hub server (needs the `hub` ext
 token_app = typer.Typer(help="Tokens on a hub: create (scoped, expiring), list, revoke.", no_args_is_help=True)
 
 DataOpt = typer.Option(Path("hub-data"), "--data", help="Folder for the SQLite database and the artifacts.")
+ReserveOpt = typer.Option([], "--reserve", help="Also reserve this namespace (repeat); `envhub` always is.")
 DbOpt = typer.Option(None, "--database-url", envvar="ENVHUB_HUB_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in --data); e.g. postgresql+psycopg://user@host/db.")
 
 
-def _settings(data: Path, database_url: str | None, **kwargs):
+def _settings(data: Path, database_url: str | None, *, reserve: list[str] = (), **kwargs):
     try:
         from envhub.hub import HubSettings
+        from envhub.hub.service import RESERVED_NAMESPACES
     except ImportError as exc:
         raise RegistryError(f"the hub server needs its extra: {exc}", hint="pip install 'envhub[hub]'") from exc
-    return HubSettings(data_dir=data, database_url=database_url, **kwargs)
+    reserved = sorted({*RESERVED_NAMESPACES, *reserve})
+    return HubSettings(data_dir=data, database_url=database_url, reserved_namespaces=reserved, **kwargs)
 
 
 @hub_app.command("serve")
@@ -35,6 +38,7 @@ def serve(
     workers: int = typer.Option(1, min=1, max=64, help="Worker processes (they share the database and the artifact store)."),
     trusted_proxy: list[str] = typer.Option([], "--trusted-proxy", help="A proxy address (or CIDR) whose X-Forwarded-For is believed (repeat); none by default."),
     auth_failures: int = typer.Option(20, "--auth-failures-per-minute", min=1, help="Failed authentications a client may make per minute before 429."),
+    reserve: list[str] = ReserveOpt,
 ) -> None:
     """Serve the hub: the API (/docs), the index (/registry.json) and a page listing public environments (/)."""
     import uvicorn
@@ -44,7 +48,7 @@ def serve(
     from envhub.hub.app import uvicorn_options
 
     settings = _settings(data, database_url, max_upload_bytes=max_upload_mb << 20, public_url=public_url or f"http://{host}:{port}",
-                         trusted_proxies=list(trusted_proxy), auth_failure_limit=auth_failures)
+                         trusted_proxies=list(trusted_proxy), auth_failure_limit=auth_failures, reserve=reserve)
     console.print(f"hub on http://{host}:{port} (data in {data}); create a user with `envhub hub adduser NAME --data {data}`", highlight=False)
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, **uvicorn_options(settings))
@@ -67,6 +71,7 @@ def adduser(
     database_url: str = DbOpt,
     admin: bool = typer.Option(False, "--admin", help="May create users through the API."),
     org: str = typer.Option(None, "--member-of", help="Also add the user to this organisation (created when missing)."),
+    reserve: list[str] = ReserveOpt,
 ) -> None:
     """Create a user directly in the hub's database and print its first (write) token, once."""
     from envhub.hub import build_hub
@@ -74,7 +79,7 @@ def adduser(
     from envhub.errors import ConflictError
     from sqlalchemy import select
 
-    hub = build_hub(_settings(data, database_url))
+    hub = build_hub(_settings(data, database_url, reserve=reserve))
     user, token = hub.create_user(name, is_admin=admin)
     if org:
         try:

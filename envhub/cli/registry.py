@@ -41,6 +41,8 @@ def _find_entry(sources: list, env_id):
     errors: list[EnvhubError] = []
     for source in sources:
         try:
+            if env_id.namespace is None:  # a bare name follows the registry's rules (envhub.registry.names)
+                return source, source.resolve(env_id)[0]
             return source, source.index().find(env_id, where=source.description)
         except EnvNotFoundError as exc:
             errors.append(exc)

@@ -23,7 +23,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from envhub.errors import AuthenticationError, EnvhubError, InvalidRequestError, PayloadTooLargeError, TooManyRequestsError
 from envhub.hub.db import make_engine, migrate, sessions, sqlite_url
 from envhub.hub.page import render_index_page
-from envhub.hub.service import Hub, Principal
+from envhub.hub.service import RESERVED_NAMESPACES, Hub, Principal
 from envhub.hub.storage import LocalDiskStorage, Storage
 from envhub.hub.throttle import FailureThrottle
 from envhub.identity.ids import MAX_VERSION_LENGTH, NAME_PATTERN, VERSION_PATTERN, Version
@@ -58,6 +58,7 @@ class HubSettings:
     auth_failure_limit: int = 20  # failed authentications per client per window; then 429 with Retry-After
     auth_failure_window_s: float = 60.0
     trusted_proxies: list[str] = field(default_factory=list)  # addresses whose X-Forwarded-For is believed
+    reserved_namespaces: list[str] = field(default_factory=lambda: list(RESERVED_NAMESPACES))  # no user or org may take these
     extra: dict = field(default_factory=dict)
 
 
@@ -103,7 +104,8 @@ def build_hub(settings: HubSettings) -> Hub:
     engine = make_engine(settings.database_url or sqlite_url(data_dir / "hub.db"))
     migrate(engine)
     storage = settings.storage or LocalDiskStorage(data_dir / "storage")
-    return Hub(sessions(engine), storage, max_unpacked_bytes=settings.max_unpacked_bytes, url=settings.public_url)
+    return Hub(sessions(engine), storage, max_unpacked_bytes=settings.max_unpacked_bytes, url=settings.public_url,
+               reserved_namespaces=settings.reserved_namespaces)
 
 
 def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -> FastAPI:
@@ -313,6 +315,7 @@ def settings_to_env(settings: HubSettings) -> str:
         "max_upload_bytes": settings.max_upload_bytes, "max_unpacked_bytes": settings.max_unpacked_bytes,
         "public_url": settings.public_url, "auth_failure_limit": settings.auth_failure_limit,
         "auth_failure_window_s": settings.auth_failure_window_s, "trusted_proxies": list(settings.trusted_proxies),
+        "reserved_namespaces": list(settings.reserved_namespaces),
     })
 
 

@@ -38,7 +38,7 @@ from envhub.errors import (
 from envhub.errors import suggest as near_matches
 from envhub.hub.models import AuditEvent, BundleGrant, Entitlement, Environment, EnvVersion, OrgMember, Pack, PackVersion, Token, User, utcnow
 from envhub.hub.storage import Storage, artifact_key
-from envhub.identity.ids import NAME_RE, is_version
+from envhub.identity.ids import DEFAULT_NAMESPACE, NAME_RE, is_version
 from envhub.identity.index import EnvEntry, Index, PackEntry, VersionEntry, sort_versions
 from envhub.identity.manifest import load_manifest
 from envhub.registry.base import search_index
@@ -47,6 +47,8 @@ from envhub.registry.packs import validate_pack
 TOKEN_PREFIX = "ehub_"
 MAX_ENTRIES = 20_000  # files and folders in one uploaded artifact
 SCOPES = ("read", "write")
+#: Namespaces no user or organisation may take: ``envhub`` is the bundled environments' (a bare name's).
+RESERVED_NAMESPACES = (DEFAULT_NAMESPACE,)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,12 @@ def _valid_name(value: str, what: str) -> str:
 class Hub:
     """The hub's state: a database (through ``sessions``) and blob ``storage``."""
 
-    def __init__(self, sessions: sessionmaker, storage: Storage, *, max_unpacked_bytes: int = 256 << 20, url: str = "") -> None:
+    def __init__(
+        self, sessions: sessionmaker, storage: Storage, *, max_unpacked_bytes: int = 256 << 20, url: str = "",
+        reserved_namespaces: Iterable[str] = RESERVED_NAMESPACES,
+    ) -> None:
         self.sessions = sessions
+        self.reserved_namespaces = frozenset(reserved_namespaces)
         self.storage = storage
         self.max_unpacked_bytes = max_unpacked_bytes
         self.url = url
@@ -100,6 +106,11 @@ class Hub:
         if admin is not None and not admin.is_admin:
             raise PermissionDeniedError("only an administrator may create users")
         _valid_name(name, "user name")
+        if name in self.reserved_namespaces:
+            raise ConflictError(
+                f"the name {name!r} is reserved on this hub: it is the namespace of envhub's bundled environments or one its operators keep",
+                hint="pick another name; an administrator may still publish into a reserved namespace",
+            )
         with self.sessions() as s:
             user = User(name=name, kind=kind, is_admin=is_admin)
             s.add(user)

@@ -18,6 +18,7 @@ from envhub.errors import DigestMismatchError, RegistryError, RemoteError
 from envhub.identity.ids import EnvId, parse_env_id
 from envhub.identity.index import EnvEntry, Index, PackEntry, VersionEntry
 from envhub.registry.base import Registry
+from envhub.registry.names import refuse_bare
 from envhub.wire import from_body
 
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -109,6 +110,12 @@ class StaticHttpRegistry(Registry):
         self._check(response, version.artifact)
         return _verified(response.content, entry, version)
 
+    def resolve(self, env_id: EnvId | str) -> tuple[EnvEntry, VersionEntry]:
+        if isinstance(env_id, str):
+            env_id = parse_env_id(env_id)
+        refuse_bare(self.index(), env_id, where=self.description)  # anyone may have published it under any namespace
+        return super().resolve(env_id)
+
 
 class HubRegistry(Registry):
     """The hub server's API, with an optional bearer token."""
@@ -152,7 +159,8 @@ class HubRegistry(Registry):
         if isinstance(env_id, str):
             env_id = parse_env_id(env_id)
         if env_id.namespace is None:
-            return super().resolve(env_id)
+            refuse_bare(self.index(), env_id, where=self.description)  # anyone may have published it under any namespace
+            return super().resolve(env_id)  # not there at all: the usual not-found error
         # One request that answers 401/403/404 precisely, private environments included.
         entry = EnvEntry.model_validate(self.json("GET", f"/envs/{env_id.namespace}/{env_id.name}"))
         return entry, entry.resolve(env_id.version)

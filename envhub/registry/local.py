@@ -31,6 +31,7 @@ from envhub.errors import (
     ManifestError,
     VersionConflictError,
 )
+from envhub.identity.ids import EnvId, parse_env_id
 from envhub.identity.index import EnvEntry, Index, VersionEntry, read_index
 from envhub.identity.manifest import MANIFEST_FILE, Manifest, load_manifest
 from envhub.paths import envhub_home
@@ -58,6 +59,31 @@ class LocalRegistry(Registry):
 
     def index(self) -> Index:
         return read_index(self.index_path)
+
+    def resolve(self, env_id: EnvId | str) -> tuple[EnvEntry, VersionEntry]:
+        """As :meth:`Registry.resolve`; a bare name names only versions whose install record says they
+        are the user's own or envhub's (see :mod:`envhub.registry.names`), never one pulled from elsewhere."""
+        if isinstance(env_id, str):
+            env_id = parse_env_id(env_id)
+        if env_id.namespace is not None:
+            return super().resolve(env_id)
+        from envhub.registry.names import refuse_bare, same_name
+
+        index = self.index()
+        own = []
+        for entry in same_name(index, env_id):
+            versions = {v: ve for v, ve in entry.versions.items() if self._origin(entry, ve) in OWN_ORIGINS}
+            if versions:
+                own.append(entry.model_copy(update={"versions": versions}))
+        if not own:
+            refuse_bare(index, env_id, where=self.description)
+            return super().resolve(env_id)  # the name is not here at all: the usual not-found error
+        own.sort(key=lambda e: (e.namespace != "envhub", e.namespace))
+        return own[0], own[0].resolve(env_id.version)
+
+    def _origin(self, entry: EnvEntry, version: VersionEntry) -> str:
+        record = read_record(self.record_path(entry, version))
+        return record.origin if record is not None and record.digest == version.digest else UNKNOWN
 
     def artifact_path(self, digest: str) -> Path:
         return self.home / "artifacts" / f"{digest.removeprefix('sha256:')}.tar.gz"

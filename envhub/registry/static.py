@@ -12,7 +12,9 @@ from envhub.identity.artifact import pack_bytes, sha256_digest
 from envhub.errors import DigestMismatchError, RegistryError
 from envhub.identity.index import EnvEntry, Index, VersionEntry, read_index
 from envhub.paths import bundled_root
+from envhub.identity.ids import EnvId, parse_env_id
 from envhub.registry.base import Registry
+from envhub.registry.names import refuse_bare
 
 INDEX_FILE = "registry.json"
 
@@ -20,10 +22,18 @@ INDEX_FILE = "registry.json"
 class StaticRegistry(Registry):
     """A registry served from a folder that holds ``registry.json``."""
 
-    def __init__(self, root: str | Path, *, description: str | None = None) -> None:
+    def __init__(self, root: str | Path, *, description: str | None = None, bundled: bool = False) -> None:
         self.root = Path(root)
         self.description = description or f"the registry at {self.root}"
+        self.bundled = bundled  # the environments that ship with envhub: the only static registry bare names reach
         self._index: Index | None = None
+
+    def resolve(self, env_id: EnvId | str) -> tuple[EnvEntry, VersionEntry]:
+        if isinstance(env_id, str):
+            env_id = parse_env_id(env_id)
+        if not self.bundled:
+            refuse_bare(self.index(), env_id, where=self.description)
+        return super().resolve(env_id)
 
     def index(self) -> Index:
         if self._index is None:
@@ -55,7 +65,7 @@ class StaticRegistry(Registry):
 def bundled_registry() -> StaticRegistry | None:
     """The registry of the environments bundled with envhub, or None outside a source tree."""
     root = bundled_root()
-    return StaticRegistry(root, description="the bundled environments") if root else None
+    return StaticRegistry(root, description="the bundled environments", bundled=True) if root else None
 
 
 def export_static(source: Registry, out_dir: str | Path) -> Index:
