@@ -503,11 +503,12 @@ def pack_pull(
     ref: str = typer.Argument(..., metavar="NAMESPACE/PACK[@VERSION]"),
     registry: str = RegistryOpt,
     public_key: str = typer.Option(None, "--public-key", help="Verify the signature with this key (base64 or .pub file)."),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Pull a pack that is unsigned or does not verify."),
 ) -> None:
-    """Pull every environment of a pack; the signature is verified when a public key is configured."""
+    """Pull every environment of a pack, once its signature verifies with the publisher's pinned key."""
     from envhub.identity.ids import match_version
     from envhub.runtime.make import pull as pull_version
-    from envhub.registry.packs import configured_public_key, load_public_key, verify_pack
+    from envhub.registry.packs import check_pulled_pack
 
     ns, name = _split_pack(ref.partition("@")[0])
     hub = hub_registry(registry)
@@ -517,11 +518,8 @@ def pack_pull(
     if chosen is None:
         raise VersionNotFoundError(f"{ns}/{name}", spec or "latest", sorted(versions_))
     pack = versions_[chosen].model_dump(mode="json")
-    pack.setdefault("namespace", ns)
-    key = load_public_key(public_key) if public_key else configured_public_key()
-    if key is not None:
-        verify_pack(pack, key)
-        console.print(f"signature of {ns}/{name}@{chosen} verified", highlight=False)
+    said = check_pulled_pack(pack, namespace=ns, name=name, version=chosen, public_key=public_key, allow_unsigned=allow_unsigned)
+    console.print(said, highlight=False)
     for item in pack["environments"]:
         env_ref, digest = item["ref"], item["digest"]
         entry, version, created = pull_version(f"{env_ref.partition('@')[0]}@{digest}", source=hub)

@@ -96,6 +96,7 @@ class PackRequest(BaseModel):
     environments: list[PackItem] = Field(min_length=1, max_length=1000)
     signature: str | None = Field(None, max_length=128)
     key_id: str | None = Field(None, max_length=32)
+    public_key: str | None = Field(None, max_length=64, description="The signer's ed25519 public key (base64), pinned by pullers on first use.")
 
 
 def build_hub(settings: HubSettings) -> Hub:

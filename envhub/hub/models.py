@@ -106,6 +106,7 @@ class PackVersion(Base):
     environments: Mapped[str] = mapped_column(Text)  # JSON list of {ref, digest}
     signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the signer's, for pinning on first use
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -479,13 +479,14 @@ class Hub:
     def _pack_entry(pack: Pack, pv: PackVersion) -> PackEntry:
         return PackEntry(
             name=pack.name, version=pv.version, license=pv.license, environments=json.loads(pv.environments),
-            signature=pv.signature, namespace=pack.namespace, description=pv.description, key_id=pv.key_id,
+            signature=pv.signature, namespace=pack.namespace, description=pv.description, key_id=pv.key_id, public_key=pv.public_key,
         )
 
     def _pack_views(self, s: Session, who: Principal | None, rows: Iterable[tuple[Pack, PackVersion]]) -> list[PackEntry]:
-        """Packs as ``who`` may see them. Its owner and entitled labs see everything; anyone else sees
-        the name, version and description, and only the contents that are public: no private
-        reference or its digest, no license and no signature (which covers what they cannot see)."""
+        """Packs as ``who`` may see them. Its owner and entitled labs see everything, and so does anyone
+        when all it holds is public. Of a pack that sells private environments anyone else sees the
+        name, version, description and public contents only: no private reference or its digest, no
+        license (the terms of the sale) and no signature (which covers what they cannot see)."""
         private = {f"{ns}/{n}" for ns, n in s.execute(select(Environment.namespace, Environment.name).where(Environment.private.is_(True)))}
         entitled = set()
         if who is not None:
@@ -495,9 +496,9 @@ class Hub:
             if not is_version(pv.version):
                 continue
             entry = self._pack_entry(pack, pv)
-            if not (self.owns(who, pack.namespace) or pack.id in entitled):
-                public = [i for i in entry.environments if i.get("ref", "").partition("@")[0] not in private]
-                entry = entry.model_copy(update={"environments": public, "license": "", "signature": None, "key_id": None})
+            public = [i for i in entry.environments if i.get("ref", "").partition("@")[0] not in private]
+            if len(public) < len(entry.environments) and not (self.owns(who, pack.namespace) or pack.id in entitled):
+                entry = entry.model_copy(update={"environments": public, "license": "", "signature": None, "key_id": None, "public_key": None})
             views.append(entry)
         return views
 
@@ -538,10 +539,12 @@ class Hub:
                                         hint="published pack versions are immutable: bump the version")
                 if pack.get("signature") and existing.signature != pack["signature"]:
                     existing.signature, existing.key_id = pack["signature"], pack.get("key_id")  # signing later is allowed
+                    existing.public_key = pack.get("public_key")
                     s.commit()
                 return self._pack_entry(pack_row, existing), False
             pv = PackVersion(pack_id=pack_row.id, version=version, license=pack.get("license", ""), description=pack.get("description", ""),
-                             environments=envs_json, signature=pack.get("signature"), key_id=pack.get("key_id"))
+                             environments=envs_json, signature=pack.get("signature"), key_id=pack.get("key_id"),
+                             public_key=pack.get("public_key"))
             s.add(pv)
             try:
                 s.flush()

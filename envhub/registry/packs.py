@@ -7,10 +7,16 @@ A pack file (``pack.json``) is what ``envhub pack create`` writes, ``envhub sign
      "environments": [{"ref": "acme/algebra@1.2.0", "digest": "sha256:..."}],
      "signature": "<base64 ed25519>", "key_id": "<16 hex>"}
 
-The signature covers the canonical JSON of everything but ``signature`` and ``key_id`` (sorted
+The signature covers the canonical JSON of everything but ``signature``, ``key_id`` and ``public_key`` (sorted
 keys, no spaces), so a pack cannot be re-pointed at other environment digests without breaking it.
 Keys are ed25519 (``cryptography``): the private key is a PEM file only its owner can read; the
-public key is 44 characters of base64, short enough for ``ENVHUB_PACK_PUBLIC_KEY``.
+public key is 44 characters of base64, short enough for ``ENVHUB_PACK_PUBLIC_KEY``. A signed pack
+also carries its ``public_key``, which says nothing by itself: a puller verifies against the key it
+pins for the publisher's namespace (:func:`check_pulled_pack`): ``--public-key``, then
+``ENVHUB_PACK_PUBLIC_KEY`` (or ``pack_public_key`` in the config), then the key recorded in
+``$ENVHUB_HOME/pack-keys.json`` the first time a pack of that namespace was pulled (trust on first
+use, said out loud). Unsigned or invalid packs are refused unless the puller says ``--allow-unsigned``,
+and the signed namespace, name and version must be the ones asked for.
 """
 
 from __future__ import annotations
@@ -116,7 +122,8 @@ def sign_pack(pack: dict[str, Any], private_key_path: str | Path) -> dict[str, A
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     signed = dict(pack)
     signed["signature"] = base64.b64encode(key.sign(canonical_bytes(pack))).decode()
-    signed["key_id"] = key_id(base64.b64encode(raw).decode())
+    signed["public_key"] = base64.b64encode(raw).decode()
+    signed["key_id"] = key_id(signed["public_key"])
     return signed
 
 
@@ -156,3 +163,67 @@ def verify_pack(pack: dict[str, Any], public_key_b64: str) -> None:
         public.verify(base64.b64decode(signature), canonical_bytes(pack))
     except (InvalidSignature, ValueError) as exc:
         raise SignatureError(ref, f"its signature does not verify with key {key_id(public_key_b64)}") from exc
+
+
+# --- pinned keys, and checking a pulled pack -----------------------------------------------------
+
+PINNED_KEYS_FILE = "pack-keys.json"
+
+
+def pinned_keys_path() -> Path:
+    from envhub.paths import envhub_home
+
+    return envhub_home() / PINNED_KEYS_FILE
+
+
+def pinned_key(namespace: str) -> str | None:
+    """The public key recorded for the packs of ``namespace``, if any."""
+    try:
+        data = json.loads(pinned_keys_path().read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{pinned_keys_path()} is unreadable: {exc}", hint="fix or delete it; its keys are pinned again on next pull") from exc
+    value = data.get(namespace) if isinstance(data, dict) else None
+    return load_public_key(value) if isinstance(value, str) else None
+
+
+def pin_key(namespace: str, public_key_b64: str) -> Path:
+    from envhub.identity.artifact import write_atomic
+
+    path = pinned_keys_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    data[namespace] = load_public_key(public_key_b64)
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def check_pulled_pack(
+    pack: dict[str, Any], *, namespace: str, name: str, version: str,
+    public_key: str | None = None, allow_unsigned: bool = False,
+) -> str:
+    """Refuse a pulled pack that is not the one asked for or not signed by its publisher's pinned key;
+    returns the line to tell the user (which key verified it, or that it was pinned now)."""
+    asked = f"{namespace}/{name}@{version}"
+    served = pack_ref(pack)
+    if served != asked:  # the signature covers these fields: a mirror cannot pass off another signed pack
+        raise SignatureError(asked, f"the registry served pack {served} for it")
+    if allow_unsigned:
+        return f"pack {asked}: signature NOT checked (--allow-unsigned)"
+    if not pack.get("signature"):
+        raise SignatureError(asked, "it is not signed; pull it with --allow-unsigned only if you trust the registry and its publisher")
+    key = load_public_key(public_key) if public_key else (configured_public_key() or pinned_key(namespace))
+    if key is not None:
+        verify_pack(pack, key)
+        return f"signature of {asked} verified with key {key_id(key)}"
+    offered = pack.get("public_key")
+    if not isinstance(offered, str):
+        raise SignatureError(asked, f"no key is pinned for `{namespace}` and the pack names none; pass --public-key")
+    verify_pack(pack, load_public_key(offered))
+    path = pin_key(namespace, offered)
+    return (f"signature of {asked} verified with key {key_id(offered)}, seen for the first time and now pinned for "
+            f"`{namespace}` in {path}: later packs of `{namespace}` must be signed by it")
