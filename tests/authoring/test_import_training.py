@@ -77,3 +77,19 @@ def test_one_training_step_on_an_imported_openenv_environment(tmp_path, reverse_
     assert environment["ref"] == result.manifest.ref
     assert run["peak_mb"] < PEAK_LIMIT_MB, f"peak {run['peak_mb']:.0f} MB"
     print(f"openenv: one step, peak {run['peak_mb']:.0f} MB")
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_one_training_step_on_an_imported_harbor_dataset(tmp_path, docker_engine):
+    """The trainer's episodes run in the tasks' containers and are scored by the tasks' own tests."""
+    dataset = Path(__file__).resolve().parents[1] / "fixtures" / "harbor"
+    folder = tmp_path / "env"
+    result = import_environment("harbor", str(dataset), output=folder, options={"max_turns": "2"})
+    run = _train_one_step(folder, tmp_path / "run", 16)
+    metrics = run["metrics"]
+    assert metrics["step"] == 1 and metrics["episodes/errors"] == 0 and metrics["episodes/count"] == 4
+    (environment,) = run["environments"]
+    assert environment["ref"] == result.manifest.ref
+    assert run["peak_mb"] < PEAK_LIMIT_MB, f"peak {run['peak_mb']:.0f} MB"
+    print(f"harbor: one step, peak {run['peak_mb']:.0f} MB")

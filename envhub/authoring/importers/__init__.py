@@ -30,6 +30,7 @@ KINDS = {
     "reasoning-gym": "reasoning_gym",
     "textarena": "textarena",
     "openenv": "openenv",
+    "harbor": "harbor",
 }
 
 

@@ -41,12 +41,24 @@ class Source:
     text: str  # what the user wrote: `reasoning-gym` or `reasoning-gym==0.1.25`
     package: str
     version: str
-    module: ModuleType
+    module: ModuleType | None
+
+    pinned: str = ""  # for a source that is no package (a folder of tasks): its digest
 
     @property
     def requirement(self) -> str:
-        """The exact pin the generated manifest lists in ``dependencies``."""
-        return f"{self.package}=={self.version}"
+        """The exact pin the generated manifest lists in ``dependencies`` ("" for no package)."""
+        return f"{self.package}=={self.version}" if self.package else ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.package} {self.version}" if self.package else f"{self.text} ({self.pinned})"
+
+    @property
+    def pinned_where(self) -> str:
+        if self.package:
+            return "pinned in `envhub.toml` under `dependencies`"
+        return "its files copied into this folder, their digest in the module's SETTINGS"
 
 
 @dataclass
@@ -65,8 +77,9 @@ class Generated:
     step_timeout_s: float = 30.0
     memory_mb: int = 512
     pass_folder: bool = False  # the adapter takes `folder=` (the environment's own folder, for its files)
-    files: dict[str, str] = field(default_factory=dict)  # more files of the folder: relative path -> text
+    files: dict[str, str | bytes] = field(default_factory=dict)  # more files of the folder: relative path -> text or bytes
     tests: str = ""  # test functions of the kind, appended to the folder's tests
+    license: str | None = None  # the environment's license, where the source's package metadata gives none
 
 
 def parse_options(kind: str, options: tuple[Option, ...], given: dict[str, Any]) -> dict[str, Any]:

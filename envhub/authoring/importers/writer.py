@@ -67,7 +67,10 @@ def import_environment(
     for rel, text in files.items():
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        if isinstance(text, bytes):  # a copied source file (a Harbor task's), as it is
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
     return ImportResult(folder=folder, manifest=manifest, source=installed, command=command)
 
 
@@ -135,10 +138,10 @@ def _render(kind: str, source: Source, g: Generated, *, namespace: str, name: st
         f"version = {json.dumps(version)}",
         f"description = {json.dumps(g.description)}",
         f'entrypoint = "{module}:make_env"',
-        f"license = {json.dumps(_license(source))}",
+        f"license = {json.dumps(g.license or _license(source))}",
         f"tags = {_toml_list(list(dict.fromkeys(g.tags)))}",
         f"max_turns = {g.max_turns}",
-        f"dependencies = {_toml_list([source.requirement])}   # the imported source, pinned",
+        f"dependencies = {_toml_list([source.requirement] if source.requirement else [])}   # the imported source, pinned",
         "",
         "[dataset]",
         'kind = "generated"',
@@ -155,7 +158,7 @@ def _render(kind: str, source: Source, g: Generated, *, namespace: str, name: st
     ])  # fmt: skip
     settings = _literal(g.settings)
     folder_arg = ", folder=Path(__file__).resolve().parent" if g.pass_folder else ""
-    code = f'''"""{name}: imported from {source.package} {source.version} by `envhub import {kind}` (see README.md).
+    code = f'''"""{name}: imported from {source.label} by `envhub import {kind}` (see README.md).
 
 The environment itself is envhub's adapter, {g.class_name}; this module only holds what was imported.
 """
@@ -164,7 +167,7 @@ from __future__ import annotations
 {"" if not g.pass_folder else chr(10) + "from pathlib import Path" + chr(10)}
 from {g.runtime_module} import {g.class_name}
 
-SOURCE = {json.dumps(source.requirement)}
+SOURCE = {json.dumps(source.requirement or source.text)}
 SETTINGS = {settings}
 
 
@@ -176,7 +179,7 @@ def make_env(**kwargs) -> {g.class_name}:
 
 {g.description}
 
-Imported from **{source.package} {source.version}** (pinned in `envhub.toml` under `dependencies`) with:
+Imported from **{source.label}** ({source.pinned_where}) with:
 
 ```bash
 {command}
@@ -193,10 +196,7 @@ envhub eval . -n 20        # a model on the test split
 envhub train . --algo cispo
 ```
 
-`{source.requirement}` must be installed where the environment loads (in-process and the process
-runtime check it and name the pip command when it is not); `envhub build` installs it into the
-docker image.
-"""
+{_requirement_note(source)}"""
     tests = f'''"""Written by `envhub import {kind}`: the folder passes validate and the audit, and plays."""
 
 from pathlib import Path
@@ -226,6 +226,15 @@ def test_passes_the_reward_hacking_audit():
     files = {"envhub.toml": manifest, f"{module}.py": code, "README.md": readme, f"tests/test_{module}.py": tests}
     files.update(g.files)
     return files
+
+
+def _requirement_note(source: Source) -> str:
+    if not source.requirement:
+        return ""
+    return f"""`{source.requirement}` must be installed where the environment loads (in-process and the process
+runtime check it and name the pip command when it is not); `envhub build` installs it into the
+docker image.
+"""
 
 
 def _license(source: Source) -> str:
