@@ -161,7 +161,10 @@ def info(
         elif hasattr(registry_, "folder"):
             folder = registry_.folder(entry, ver)
             where = str(folder) if folder is not None and Path(folder).is_dir() else ""
-        rows.append({"version": v, "digest": ver.digest, "size": ver.size, "license": ver.license, "installed_at": where or None})
+        built = installed.versions.get(v) if installed is not None and v in installed.versions else ver  # record_image writes here
+        rows.append({"version": v, "digest": ver.digest, "size": ver.size, "license": ver.license, "installed_at": where or None,
+                     "dependencies": _dependencies(where), "image": built.image or ver.image,
+                     "image_digest": built.image_digest or ver.image_digest})  # fmt: skip
     if as_json:
         data = {"name": entry.full_name, "registry": registry_.description, "description": entry.description,
                 "tags": entry.tags, "private": entry.private, "versions": rows}
@@ -175,11 +178,24 @@ def info(
     if entry.private:
         console.print("private: yes")
     table = Table()
-    for col in ("version", "digest", "size", "license", "installed at"):
+    for col in ("version", "digest", "size", "license", "installed at", "dependencies", "image"):
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(row["version"], row["digest"], str(row["size"] or ""), row["license"] or "", row["installed_at"] or "")
+        table.add_row(row["version"], row["digest"], str(row["size"] or ""), row["license"] or "", row["installed_at"] or "",
+                      ", ".join(row["dependencies"] or []), row["image"] or "")  # fmt: skip
     console.print(table)
+
+
+def _dependencies(folder: str) -> list[str] | None:
+    """The ``dependencies`` of the manifest in an installed version's folder (None when not installed)."""
+    if not folder:
+        return None
+    from envhub.identity.manifest import load_manifest
+
+    try:
+        return list(load_manifest(folder).dependencies)
+    except EnvhubError:
+        return None
 
 
 def versions(
