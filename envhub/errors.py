@@ -85,6 +85,7 @@ class BareNameError(EnvNotFoundError):
     ``suggestions`` are the fully qualified candidates."""
 
     code = "bare_name"
+    status = 404
 
     def __init__(self, name: str, *, where: str, candidates: Iterable[str]) -> None:
         self.name = name

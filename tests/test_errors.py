@@ -18,6 +18,7 @@ ENV = "acme/sql@1.2.0"
 SAMPLES = {
     "InvalidEnvIdError": lambda: E.InvalidEnvIdError("Acme/x", "names use lowercase letters"),
     "EnvNotFoundError": lambda: E.EnvNotFoundError("acme/sqll", where="the hub at http://h", available=["acme/sql"]),
+    "BareNameError": lambda: E.BareNameError("sql", where="the hub at http://h", candidates=["acme/sql", "bob/sql"]),
     "VersionNotFoundError": lambda: E.VersionNotFoundError("acme/sql", "^3", ["1.0.0", "2.0.0"]),
     "ManifestError": lambda: E.ManifestError("envhub.toml", ["version: not a version", "name: missing"]),
     "EntrypointError": lambda: E.EntrypointError(ENV, "sql_env:make", "ModuleNotFoundError: sql_env"),
@@ -44,6 +45,7 @@ SAMPLES = {
     "NotFoundError": lambda: E.NotFoundError("pack `acme/bundl` not found.", hint="the hub's front page lists its packs"),
     "ConflictError": lambda: E.ConflictError("the name 'alice' is taken", hint="pick another name"),
     "SignatureError": lambda: E.SignatureError("acme/bundle@1.0.0", "its signature does not verify"),
+    "TooManyRequestsError": lambda: E.TooManyRequestsError(42),
     "PayloadTooLargeError": lambda: E.PayloadTooLargeError(200 << 20, 100 << 20),
     "BadRequestError": lambda: E.BadRequestError("the body is not valid JSON"),
     "InvalidRequestError": lambda: E.InvalidRequestError(["path.version: Value error, not a version", "body.name: too long"]),
