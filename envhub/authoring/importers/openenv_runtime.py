@@ -42,11 +42,10 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from envhub.authoring.importers.seeded import SeedTasks
 from envhub.env.core import ChatEnv, Episode, Msg, Reply, Task, system, user
 from envhub.env.rubric import Criterion, Rubric, Score
-from envhub.errors import EnvironmentFailure, EnvhubError, InvalidOptionError, TaskNotFoundError, Unscored
+from envhub.errors import EnvironmentFailure, EnvhubError, InvalidOptionError, Unscored
 
 #: Observation fields that are OpenEnv's own, not what the environment shows.
 OBSERVATION_FIELDS = frozenset({"done", "reward", "metadata"})
@@ -202,7 +201,7 @@ class OpenEnvReward(Criterion):
         return Score((value - low) / (high - low), f"the environment's {self.env.reward} reward {value:g} (step rewards: {shown})")
 
 
-class OpenEnvEnv(ChatEnv):
+class OpenEnvEnv(SeedTasks, ChatEnv):
     """An OpenEnv environment at ``url``, or served by the OpenEnv ``image`` (see the module docstring).
 
     Args:
@@ -271,20 +270,6 @@ class OpenEnvEnv(ChatEnv):
         self._client: Any = None
         self._lock = threading.Lock()
         self.rubric = Rubric([OpenEnvReward(self)])
-
-    # --- tasks: one per seed; even seeds train, odd seeds test ----------------------------------
-
-    def sample_task(self, rng: np.random.Generator, split: str) -> Task:
-        seed = 2 * int(rng.integers(2**30)) + (split == "test")
-        return {"id": f"seed-{seed}", "seed": seed}
-
-    def get_task(self, task_id: str, split: str) -> Task:
-        prefix, _, number = task_id.partition("-")
-        if prefix != "seed" or not number.isdigit():
-            raise TaskNotFoundError(self.env_name, task_id, ["seed-0" if split == "train" else "seed-1"])
-        if int(number) % 2 != (split == "test"):
-            raise TaskNotFoundError(self.env_name, f"{task_id} (even seeds are train, odd seeds test)")
-        return {"id": task_id, "seed": int(number)}
 
     def initial_messages(self, task: Task) -> list[Msg]:
         return [] if self.chat else [system(self._header())]  # setup_episode adds the first observation

@@ -37,11 +37,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
-
+from envhub.authoring.importers.seeded import SeedTasks
 from envhub.env.core import ChatEnv, Episode, Msg, Reply, Task, assistant, system, user
 from envhub.env.rubric import Criterion, Rubric, Score
-from envhub.errors import EnvironmentFailure, InvalidOptionError, TaskNotFoundError, Unscored
+from envhub.errors import EnvironmentFailure, InvalidOptionError, Unscored
 from envhub.http.transport import run_blocking
 
 OPPONENTS = ("greedy", "random", "first-legal", "model")
@@ -173,7 +172,7 @@ class GameReward(Criterion):
         return Score(score, f"the game's reward {reward:+g}: {outcome['reason'] or 'no reason given'}")
 
 
-class TextArenaEnv(ChatEnv):
+class TextArenaEnv(SeedTasks, ChatEnv):
     """One TextArena game, the model in seat ``player`` of ``players``, the others played by ``opponent``.
 
     Args:
@@ -218,21 +217,6 @@ class TextArenaEnv(ChatEnv):
         self.package_version = package_version
         make_game(game)  # fails now, with the reason, for a game that cannot be made here
         self.rubric = Rubric([GameReward(self)])
-
-    # --- tasks: one per seed; even seeds train, odd seeds test ----------------------------------
-
-    def sample_task(self, rng: np.random.Generator, split: str) -> Task:
-        seed = 2 * int(rng.integers(2**30)) + (split == "test")
-        return {"id": f"seed-{seed}", "seed": seed}
-
-    def get_task(self, task_id: str, split: str) -> Task:
-        prefix, _, number = task_id.partition("-")
-        if prefix != "seed" or not number.isdigit():
-            raise TaskNotFoundError(self.env_name, task_id, ["seed-0" if split == "train" else "seed-1"])
-        seed = int(number)
-        if seed % 2 != (split == "test"):
-            raise TaskNotFoundError(self.env_name, f"{task_id} (even seeds are train, odd seeds test)")
-        return {"id": task_id, "seed": seed}
 
     def initial_messages(self, task: Task) -> list[Msg]:
         return [system(self._header())]  # setup_episode adds the game's own prompt and first turn
