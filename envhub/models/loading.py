@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,10 +141,13 @@ def default_model_path(*, convert: bool = True) -> Path:
 
 def _quiet_transformers() -> None:
     """Turn off transformers' per-tensor bars (loading, GGUF conversion): they would land between
-    envhub's own progress lines, and say nothing a user acts on."""
+    envhub's own progress lines, and say nothing a user acts on. Likewise the FutureWarning that
+    peft's PeftModel triggers on every adapter it wraps (it reads transformers' deprecated
+    ``is_gradient_checkpointing``): a call between two peers that no envhub user can change."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
