@@ -69,13 +69,13 @@ class EnvNotFoundError(EnvhubError, LookupError):
     status = 404
     fields = ("name", "where", "suggestions")
 
-    def __init__(self, name: str, *, where: str, available: Iterable[str] = ()) -> None:
+    def __init__(self, name: str, *, where: str, available: Iterable[str] = (), next_step: str = "") -> None:
         self.name = name
         self.where = where
         self.suggestions = suggest(name, available)
         super().__init__(
-            f"environment `{name}` not found in {where}.{_did_you_mean(self.suggestions)}",
-            hint="run `envhub list` to see what is installed, or `envhub pull NAME` to fetch it",
+            f"environment `{name}` not found in {where}.{_did_you_mean(self.suggestions)}" + (f" {next_step}" if next_step else ""),
+            hint=next_step or "run `envhub list` to see what is installed, or `envhub pull NAME` to fetch it",
         )
 
 
