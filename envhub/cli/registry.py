@@ -1,7 +1,7 @@
 """Commands for registries: publish, pull, list, info, versions, search, lock, export-static, login,
 logout, pack-keys, sign, audit-log and ``pack create|publish|grant|revoke|pull``.
 
-Where a command reads (pull, versions, search, lock, info), the registry is the ``--registry`` flag,
+Where a command reads (pull, list, versions, search, lock, info), the registry is the ``--registry`` flag,
 ``ENVHUB_REGISTRY``, or ``registry`` in ``$ENVHUB_HOME/config.toml``; with none of them, the local
 registry and the bundled environments. ``publish`` writes to the same choice, the local registry
 by default.
@@ -110,17 +110,23 @@ def pull(
 # --- reading -------------------------------------------------------------------------------------
 
 
-def list_(registry: str = RegistryOpt) -> None:
-    """List environments and versions: installed locally, or in --registry."""
+def list_(
+    registry: str = RegistryOpt,
+    installed: bool = typer.Option(False, "--installed", help="What is installed on this machine, whatever registry is configured."),
+) -> None:
+    """List environments and versions: in the configured registry (as `info` and `publish` use it), else installed locally."""
     from envhub.registry import LocalRegistry
     from envhub.registry.config import configured_registry, open_registry
 
-    target = open_registry(registry) if registry else LocalRegistry()
+    if installed and registry:
+        raise typer.BadParameter("--installed lists the local registry; pass it or --registry, not both", param_hint="--installed")
+    location = None if installed else configured_registry(registry)
+    target = open_registry(location) if location else LocalRegistry()
     index = target.index()
     if not index.environments:
         where = target.description
         nothing = f"nothing in {where}"
-        hint = "" if registry or configured_registry(None) else "; try `envhub pull arithmetic` or `envhub publish FOLDER`"
+        hint = "" if location else "; try `envhub pull arithmetic` or `envhub publish FOLDER`"
         console.print(nothing + hint, highlight=False)
         return
     table = Table(title=target.description)
