@@ -12,7 +12,7 @@ from envhub.env.core import ChatEnv, Episode, Reply, assistant, system, tool, us
 from envhub.identity.ids import EnvId, parse_env_id
 from envhub.runtime.make import locate, make, pull
 from envhub.identity.manifest import EnvIdentity, Manifest, load_manifest
-from envhub.runtime.registration import register_bundled
+from envhub.runtime.registration import register_bundled, register_installed
 from envhub.env.judge import JudgeCriterion
 from envhub.env.rubric import Criterion, FunctionCriterion, Rubric, RubricResult, Score, criterion
 from envhub.env.spaces import Conversation, Message
@@ -45,6 +45,7 @@ __all__ = [
     "prewarm",
     "pull",
     "register_bundled",
+    "register_installed",
     "system",
     "tool",
     "user",
@@ -54,3 +55,4 @@ __all__ = [
 __getattr__ = lazy_getattr(__name__, {"make_async": "envhub.runtime.remote", "prewarm": "envhub.runtime.remote"})
 
 register_bundled()
+register_installed()
