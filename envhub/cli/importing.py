@@ -30,8 +30,8 @@ def _kinds_help() -> str:
 
 def import_command(
     ctx: typer.Context,
-    kind: str = typer.Argument(..., help="What to import: reasoning-gym, textarena, openenv or harbor."),
-    source: str = typer.Argument(..., help="What to import from: the installed package (NAME, or NAME==VERSION to insist on one), for openenv a server's URL or a docker image, for harbor a task or dataset folder."),
+    kind: str = typer.Argument(..., help="What to import: reasoning-gym, textarena, openenv, harbor or verifiers."),
+    source: str = typer.Argument(..., help="What to import from: the installed package (NAME, or NAME==VERSION to insist on one), for openenv a server's URL or a docker image, for harbor a task or dataset folder, for verifiers a module file, package folder or module installed in its interpreter."),
     output: Path = typer.Option(..., "--output", "-o", help="The environment folder to write (new or empty)."),
     name: str = typer.Option(None, "--name", help="NAMESPACE/NAME of the environment (default: local/ and a name from the source)."),
     version: str = typer.Option("0.1.0", "--version", help="The environment's version."),

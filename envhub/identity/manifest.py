@@ -99,6 +99,18 @@ class Limits(BaseModel):
     step_timeout_s: float = Field(30.0, gt=0, le=3600)
 
 
+class RuntimeSettings(BaseModel):
+    """Where the environment's dependencies live, when not in envhub's own interpreter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    python: str | None = Field(
+        None,
+        description="the interpreter whose packages hold `dependencies` (a virtual environment of its own, for a "
+        "source whose pins conflict with envhub's); the environment runs its source there. Unset: envhub's own",
+    )
+
+
 class Manifest(BaseModel):
     """The contents of ``envhub.toml``."""
 
@@ -117,6 +129,7 @@ class Manifest(BaseModel):
     dataset: Dataset = Field(default_factory=Dataset)
     rubric: RubricSummary = Field(default_factory=RubricSummary)
     limits: Limits = Field(default_factory=Limits)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
     @field_validator("namespace", "name")
     @classmethod

@@ -10,9 +10,12 @@ which is what a docker image needs (it installs exactly the manifest's requireme
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import re
 import shlex
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Callable, Sequence
 
 from envhub.errors import MissingDependencyError
 from envhub.identity.manifest import Manifest
@@ -20,8 +23,10 @@ from envhub.identity.manifest import Manifest
 _NAME = re.compile(r"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")
 
 
-def unmet(requirements: Sequence[str]) -> list[tuple[str, str | None]]:
-    """(requirement, the version installed or None) for each requirement not satisfied here."""
+def unmet(requirements: Sequence[str], *, python: str | None = None) -> list[tuple[str, str | None]]:
+    """(requirement, the version installed or None) for each requirement not satisfied here, or in
+    the interpreter ``python`` (a virtual environment of the environment's own) when given."""
+    installed_version = _versions_in(python, requirements) if python else _version_here
     try:
         from packaging.requirements import InvalidRequirement, Requirement
     except ImportError:  # pragma: no cover - packaging is almost always there; then presence only
@@ -31,9 +36,8 @@ def unmet(requirements: Sequence[str]) -> list[tuple[str, str | None]]:
         match = _NAME.match(text)
         if match is None:
             continue  # the manifest refuses requirements that are not plain names and specifiers
-        try:
-            installed = importlib.metadata.version(match.group(1))
-        except importlib.metadata.PackageNotFoundError:
+        installed = installed_version(match.group(1))
+        if installed is None:
             problems.append((text.strip(), None))
             continue
         if Requirement is None:
@@ -47,10 +51,39 @@ def unmet(requirements: Sequence[str]) -> list[tuple[str, str | None]]:
     return problems
 
 
+def _version_here(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+_VERSIONS = """import importlib.metadata as m, json, sys
+def v(n):
+    try: return m.version(n)
+    except m.PackageNotFoundError: return None
+print(json.dumps({n: v(n) for n in sys.argv[1:]}))"""
+
+
+def _versions_in(python: str, requirements: Sequence[str]) -> Callable[[str], str | None]:
+    """The installed-version lookup of another interpreter, asked once for every requirement."""
+    names = [m.group(1) for text in requirements if (m := _NAME.match(text))]
+    done = subprocess.run([python, "-c", _VERSIONS, *names], capture_output=True, text=True, timeout=60)
+    found = json.loads(done.stdout) if done.returncode == 0 else {}
+    return lambda name: found.get(name)
+
+
 def check_dependencies(manifest: Manifest) -> None:
-    """MissingDependencyError naming every unmet requirement of ``manifest`` and how to install them."""
-    problems = unmet(manifest.dependencies)
+    """MissingDependencyError naming every unmet requirement of ``manifest`` and how to install them.
+
+    With ``[runtime] python`` they are checked in that interpreter; where it does not exist (an image
+    that installed the dependencies into its own Python), here.
+    """
+    python = manifest.runtime.python
+    python = python if python and os.access(python, os.X_OK) else None
+    problems = unmet(manifest.dependencies, python=python)
     if problems:
         named = [f"`{req}` ({'not installed' if have is None else f'{have} is installed'})" for req, have in problems]
-        install = "pip install " + " ".join(shlex.quote(req) for req, _ in problems)
+        pip = f"{shlex.quote(python)} -m pip" if python else "pip"
+        install = f"{pip} install " + " ".join(shlex.quote(req) for req, _ in problems)
         raise MissingDependencyError(manifest.ref, named, install=install)

@@ -31,6 +31,7 @@ KINDS = {
     "textarena": "textarena",
     "openenv": "openenv",
     "harbor": "harbor",
+    "verifiers": "verifiers",
 }
 
 

@@ -80,6 +80,7 @@ class Generated:
     files: dict[str, str | bytes] = field(default_factory=dict)  # more files of the folder: relative path -> text or bytes
     tests: str = ""  # test functions of the kind, appended to the folder's tests
     license: str | None = None  # the environment's license, where the source's package metadata gives none
+    python: str = ""  # the interpreter holding the source, when not envhub's own (the manifest's [runtime] python)
 
 
 def parse_options(kind: str, options: tuple[Option, ...], given: dict[str, Any]) -> dict[str, Any]:

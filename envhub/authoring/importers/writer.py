@@ -155,6 +155,7 @@ def _render(kind: str, source: Source, g: Generated, *, namespace: str, name: st
         "cpus = 1.0",
         f"step_timeout_s = {g.step_timeout_s:g}",
         "",
+        *(["[runtime]", f"python = {json.dumps(g.python)}   # the source's own interpreter", ""] if g.python else []),
     ])  # fmt: skip
     settings = _literal(g.settings)
     folder_arg = ", folder=Path(__file__).resolve().parent" if g.pass_folder else ""
