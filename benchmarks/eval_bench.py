@@ -18,9 +18,16 @@ Reported per harness and concurrency (1, 8, 64):
 
     python benchmarks/eval_bench.py --vf-python /tmp/vf01/bin/python --out benchmarks/eval.json
 
-verifiers is measured through its Python API (`Environment.evaluate`, what `vf-eval` calls), with a
-`SingleTurnEnv` built from the same tasks and reward functions; `--vf-python` names an interpreter
-where verifiers is installed (a separate virtual environment keeps its dependencies away from ours).
+verifiers is measured through its Python API; `--vf-python` names an interpreter where it is
+installed (a virtual environment with --system-site-packages, so that envhub's tasks can be read there,
+keeps its dependencies away from ours). verifiers 0.1: `Environment.evaluate` (what `vf-eval` calls)
+on a `SingleTurnEnv` of the same tasks and reward functions. verifiers 0.4 (`verifiers.v1`): a
+`Taskset` of the same tasks whose `Task` has the same checks as weighted `@vf.reward` functions,
+played by `SingleAgentEnv` with the tool-less chat harness (`null`) in the local `subprocess` runtime
+(`Env.run_slot` under one semaphore, as its eval runner does); its harness runs each episode's
+conversation in a program of its own (a PEP 723 script prepared with `uv`, which must be on PATH),
+whose CPU time is counted with the harness's; one warm-up episode, which prepares that program, runs
+before the clock starts.
 """
 
 from __future__ import annotations
@@ -53,8 +60,10 @@ def _tasks(n: int) -> list[dict]:
 
 
 def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds of this process and the children it waited for: verifiers 0.4 runs each episode's
+    model conversation in a program of its own (its harness); envhub starts none."""
+    self, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self.ru_utime + self.ru_stime + children.ru_utime + children.ru_stime
 
 
 # --- the two harnesses, each run in its own process ----------------------------------------------
@@ -92,11 +101,96 @@ def _env_code_cpu(episodes: int) -> float:
     return _cpu_s() - cpu
 
 
+def _correct(text: str, answer: str) -> float:
+    """The arithmetic environment's exact-answer check, as a verifiers reward function sees it."""
+    from arithmetic_env import extract_answer
+
+    found = extract_answer(text or "")
+    try:
+        return float(found is not None and int(found.replace(",", "").strip()) == int(answer))
+    except ValueError:
+        return 0.0
+
+
+def _answer_format(text: str) -> float:
+    import re
+
+    from arithmetic_env import ANSWER_TAG
+
+    tags = ANSWER_TAG.findall(text or "")
+    return float(len(tags) == 1 and re.fullmatch(r"-?\d+", tags[0]) is not None)
+
+
 def run_verifiers(base_url: str, episodes: int, concurrency: int) -> dict:
+    import verifiers
+
+    if int(verifiers.__version__.split(".")[0]) == 0 and int(verifiers.__version__.split(".")[1]) >= 4:
+        return run_verifiers_v1(base_url, episodes, concurrency)
+    return run_verifiers_01(base_url, episodes, concurrency)
+
+
+def run_verifiers_v1(base_url: str, episodes: int, concurrency: int) -> dict:
+    """verifiers 0.4: a Taskset of the same tasks whose Task has the same two checks as weighted
+    rewards, played by its `SingleAgentEnv` with the tool-less chat harness (`null`) in the local
+    `subprocess` runtime, as `prime eval` / `vf eval` runs it (``run_slot`` under one semaphore)."""
+    import asyncio
+    import logging
+    import types
+
+    import verifiers.v1 as vf
+    from verifiers.v1.env import RunSlot
+
+    logging.disable(logging.WARNING)
+    rows = _tasks(episodes)
+
+    class Data(vf.TaskData):
+        answer: str
+
+    class ArithmeticTask(vf.Task[Data, vf.State, vf.TaskConfig]):
+        @vf.reward(weight=0.8)
+        async def correct(self, task: Data, trace: vf.Trace) -> float:
+            return _correct(trace.last_reply, task.answer)
+
+        @vf.reward(weight=0.2)
+        async def answer_format(self, trace: vf.Trace) -> float:
+            return _answer_format(trace.last_reply)
+
+    class ArithmeticTaskset(vf.Taskset[ArithmeticTask, vf.TasksetConfig]):
+        def load(self):
+            for r in rows:
+                system, prompt = r["prompt"][0]["content"], r["prompt"][1]["content"]
+                yield ArithmeticTask(Data(prompt=prompt, system_prompt=system, answer=r["answer"]))
+
+    module = types.ModuleType("envhub_bench_arithmetic")  # verifiers finds a taskset by module name
+    module.ArithmeticTaskset, module.__all__ = ArithmeticTaskset, ["ArithmeticTaskset"]
+    sys.modules[module.__name__] = module
+    os.environ["VF_BENCH_API_KEY"] = "unused"
+    config = vf.SingleAgentEnvConfig(taskset={"id": module.__name__}, agent={"harness": {"id": "null"}, "runtime": {"type": "subprocess"}})
+    env = vf.SingleAgentEnv(config)
+    ctx = vf.ModelContext(client=vf.EvalClientConfig(base_url=base_url, api_key_var="VF_BENCH_API_KEY"), model="scripted",
+                          sampling=vf.SamplingConfig(temperature=0.0, max_tokens=64))  # fmt: skip
+    tasks = list(env.taskset)
+
+    async def evaluate() -> tuple[list, float, float]:
+        semaphore = asyncio.Semaphore(concurrency)
+        async with env.serving():
+            await env.run_slot(RunSlot(tasks[0]), ctx, semaphore)  # the harness's program prepared before the clock
+            cpu, wall = _cpu_s(), time.perf_counter()
+            done = await asyncio.gather(*(env.run_slot(RunSlot(task), ctx, semaphore) for task in tasks))
+            return done, time.perf_counter() - wall, _cpu_s() - cpu
+
+    done, wall, cpu = asyncio.run(evaluate())
+    failed = [e for e in done if not e.ok]
+    assert not failed, [t.errors[-1].message for e in failed[:3] for t in e.traces if t.errors]
+    rewards = [e.traces[0].reward for e in done]
+    return {"wall_s": wall, "cpu_s": cpu, "episodes": len(rewards), "steps": len(rewards), "reward": sum(rewards) / len(rewards),
+            "warmup_requests": 1}  # fmt: skip
+
+
+def run_verifiers_01(base_url: str, episodes: int, concurrency: int) -> dict:
     import logging
 
     import verifiers as vf
-    from arithmetic_env import ANSWER_TAG, extract_answer
     from datasets import Dataset
     from verifiers.types import ClientConfig
 
@@ -104,19 +198,10 @@ def run_verifiers(base_url: str, episodes: int, concurrency: int) -> dict:
     rows = _tasks(episodes)
 
     def correct(completion, answer, **kwargs) -> float:
-        text = completion[-1]["content"] if isinstance(completion, list) else completion
-        found = extract_answer(text or "")
-        try:
-            return float(found is not None and int(found.replace(",", "").strip()) == int(answer))
-        except ValueError:
-            return 0.0
+        return _correct(completion[-1]["content"] if isinstance(completion, list) else completion, answer)
 
     def answer_format(completion, **kwargs) -> float:
-        import re
-
-        text = completion[-1]["content"] if isinstance(completion, list) else completion
-        tags = ANSWER_TAG.findall(text or "")
-        return float(len(tags) == 1 and re.fullmatch(r"-?\d+", tags[0]) is not None)
+        return _answer_format(completion[-1]["content"] if isinstance(completion, list) else completion)
 
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
     env = vf.SingleTurnEnv(eval_dataset=dataset, rubric=vf.Rubric(funcs=[correct, answer_format], weights=[0.8, 0.2]))
@@ -178,10 +263,11 @@ def _measure(python: str, harness: str, base_url: str, episodes: int, concurrenc
     result = json.loads(done.stdout.strip().splitlines()[-1])
     stats = httpx.get(stats_url).json()
     steps = result["steps"]
+    requests = stats["requests"] - result.get("warmup_requests", 0)
     result.update(
         harness=harness,
         concurrency=concurrency,
-        requests=stats["requests"],
+        requests=requests,
         episodes_per_s=result["episodes"] / result["wall_s"],
         endpoint_ms_per_request=1000 * stats["busy_s"] / max(stats["requests"], 1),
         harness_cpu_ms_per_step=1000 * result["cpu_s"] / steps,

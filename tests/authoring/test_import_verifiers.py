@@ -20,10 +20,10 @@ import envhub
 from envhub.authoring import validate
 from envhub.authoring.audit import audit
 from envhub.authoring.importers import import_environment
-from envhub.authoring.importers.verifiers import verifiers_python
+from envhub.authoring.importers.verifiers import installed_version, verifiers_python
 from envhub.errors import ImportSourceError
 
-if not Path(verifiers_python()).exists() or subprocess.run([verifiers_python(), "-c", "import verifiers.v1"]).returncode:
+if installed_version(verifiers_python(), "verifiers") != "0.4.0":
     pytest.skip("verifiers 0.4 is not installed in its own interpreter (make verifiers)", allow_module_level=True)
 
 # A verifiers 0.4 taskset: typed task data, a Task with two weighted @vf.reward functions, a Taskset.

@@ -64,7 +64,7 @@ def verifiers_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def _installed_version(python: str, package: str) -> str | None:
+def installed_version(python: str, package: str) -> str | None:
     code = f"import importlib.metadata as m\ntry: print(m.version({package!r}))\nexcept m.PackageNotFoundError: pass"
     try:
         done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
@@ -76,7 +76,7 @@ def _installed_version(python: str, package: str) -> str | None:
 
 def resolve_source(text: str) -> Source:
     python = verifiers_python()
-    version = _installed_version(python, PACKAGE)
+    version = installed_version(python, PACKAGE)
     if version is None:
         raise ImportSourceError("verifiers", text, f"verifiers is not installed in {python}",
                                 hint="`make verifiers` creates .venv-verifiers with verifiers==0.4.0 (ENVHUB_VERIFIERS_PYTHON names another interpreter)")  # fmt: skip

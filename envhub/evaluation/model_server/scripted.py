@@ -100,6 +100,8 @@ class ScriptedEndpoint:
                     text = self.answer(body["messages"], body)
                 except TypeError:
                     text = self.answer(body["messages"])
+            if body.get("stream"):  # OpenAI's server-sent events: the whole text in one chunk, then the end
+                return Response(_sse(f"chatcmpl-{len(self.requests)}", body.get("model", self.model), text), media_type="text/event-stream")
             return JSONResponse(
                 {
                     "id": f"chatcmpl-{len(self.requests)}",
@@ -112,6 +114,16 @@ class ScriptedEndpoint:
             )
         finally:
             self.busy_s += time.perf_counter() - started
+
+
+def _sse(completion_id: str, model: str, text: str) -> bytes:
+    base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    usage = {"prompt_tokens": 0, "completion_tokens": len(text.split()), "total_tokens": len(text.split())}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage},
+    ]
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
 
 
 @contextlib.contextmanager
