@@ -124,3 +124,15 @@ def test_make_through_a_hub_that_does_not_have_it_or_does_not_show_it(hub, alice
     with pytest.raises(VersionNotFoundError) as missing:
         envhub.make("alice/adder@2.0.0")
     assert missing.value.available == ["1.0.0"]
+
+
+@pytest.mark.docker
+def test_make_pulls_untrusted_code_from_the_hub_and_runs_it_in_docker(hub, alice_adder, docker_engine):
+    login(hub, "alice")
+    env = envhub.make("alice/adder@1.0.0", runtime="docker", level="easy")  # alice is not trusted: a container
+    try:
+        assert env.identity.digest == alice_adder.digest
+        obs, _ = env.reset(seed=0)
+        assert obs == envhub.make(envhub.locate("alice/adder@1.0.0").folder, level="easy").reset(seed=0)[0]
+    finally:
+        env.close()
