@@ -593,11 +593,11 @@ class CapacityError(EnvhubError, RuntimeError):
     status = 503
     fields = ("limit",)
 
-    def __init__(self, limit: int, *, where: str = "the server") -> None:
+    def __init__(self, limit: int, *, where: str = "the server", what: str = "sessions", hint: str | None = None) -> None:
         self.limit = limit
         super().__init__(
-            f"{where} already holds its maximum of {limit} sessions",
-            hint="close environments you no longer use, or start the server with a larger --max-sessions",
+            f"{where} already holds its maximum of {limit} {what}",
+            hint=hint or "close environments you no longer use, or start the server with a larger --max-sessions",
         )
 
 
@@ -615,6 +615,23 @@ class BodyTooLargeError(EnvhubError, ValueError):
         super().__init__(
             f"{shown} is over the server's limit of {limit} bytes",
             hint="send a shorter action, or start the server with a larger --max-body-mb",
+        )
+
+
+class RequestTimeoutError(BadRequestError):
+    """A request whose body did not arrive within the server's deadline (HTTP 408); the connection is closed."""
+
+    code = "request_timeout"
+    status = 408
+    fields = ("timeout_s", "received")
+
+    def __init__(self, timeout_s: float, *, received: int | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.received = received
+        got = f" ({received} bytes arrived)" if received is not None else ""
+        super().__init__(
+            f"the request body did not arrive within {timeout_s:g} s{got}",
+            hint="send the whole body at once; the server's operator can raise --body-timeout",
         )
 
 

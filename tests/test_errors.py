@@ -57,6 +57,7 @@ SAMPLES = {
     "UntrustedCodeError": lambda: E.UntrustedCodeError(ENV, "acme", "inprocess", source="the hub at http://h"),
     "CapacityError": lambda: E.CapacityError(4096),
     "BodyTooLargeError": lambda: E.BodyTooLargeError(1024, size=4096),
+    "RequestTimeoutError": lambda: E.RequestTimeoutError(30.0, received=12),
     "RemoteError": lambda: E.RemoteError("teapot", "short and stout", status=418, hint="try coffee"),
     "DockerUnavailableError": lambda: E.DockerUnavailableError("no docker daemon at unix:///var/run/docker.sock"),
     "ImageBuildError": lambda: E.ImageBuildError(ENV, "pip failed", log="ERROR: no matching distribution"),

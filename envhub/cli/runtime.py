@@ -13,11 +13,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8000, help="TCP port to listen on."),
     uds: str = typer.Option(None, help="Listen on this Unix socket instead of HOST:PORT."),
-    max_sessions: int = typer.Option(4096, help="Sessions held at once; more are refused (HTTP 503, `capacity`)."),
+    max_sessions: int = typer.Option(4096, help="Sessions held at once; more are refused (HTTP 503, `capacity`, with Retry-After)."),
     idle_timeout: float = typer.Option(600.0, help="Seconds before an idle session is closed; 0 keeps them."),
     step_timeout: float = typer.Option(None, help="Seconds allowed to one reset/step (default: the manifest's \\[limits])."),
     max_body_mb: float = typer.Option(8.0, help="Largest request body, in MiB (HTTP 413, `body_too_large`, past it)."),
     threads: int = typer.Option(16, help="Threads running environment code."),
+    max_stuck_calls: int = typer.Option(None, help="Calls stuck past the step timeout that the server outlives (default: 3 x threads); past it, 503."),
+    evict_idle: float = typer.Option(60.0, help="Seconds; a full server seats a new session in the one idle longest, if idle this long (0: never)."),
+    header_timeout: float = typer.Option(10.0, help="Seconds a connection has to send a request's headers (then it is closed)."),
+    body_timeout: float = typer.Option(30.0, help="Seconds a request's body has to arrive (HTTP 408, `request_timeout`, past it)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve an environment's episodes over HTTP (the protocol is at GET /openapi.json)."""
@@ -34,6 +38,10 @@ def serve(
         step_timeout_s=step_timeout,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         threads=threads,
+        max_stuck_calls=max_stuck_calls,
+        evict_idle_s=evict_idle or None,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
     )
     where = f"unix://{uds}" if uds else f"http://{host}:{port}"
 

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from envhub.runtime.server.app import ServerConfig, SessionServer
+from envhub.runtime.server.connections import uvicorn_config
 from envhub.runtime.server.protocol import CODES, PROTOCOL_VERSION
 
-__all__ = ["CODES", "PROTOCOL_VERSION", "ServerConfig", "SessionServer", "serve"]
+__all__ = ["CODES", "PROTOCOL_VERSION", "ServerConfig", "SessionServer", "serve", "uvicorn_config"]
 
 log = logging.getLogger("envhub.runtime.server")
 
@@ -91,8 +92,9 @@ def serve(
         limit_memory(memory_mb)
     if parent_pid:
         _watch_parent(parent_pid)
-    uv_config = uvicorn.Config(
+    uv_config = uvicorn_config(
         server.app,
+        header_timeout_s=server.config.header_timeout_s,
         host=host,
         port=port,
         uds=uds,

@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-timeout", type=float, default=None, help="seconds; default: the manifest's limits")
     p.add_argument("--max-body-mb", type=float, default=8.0)
     p.add_argument("--threads", type=int, default=16)
+    p.add_argument("--max-stuck-calls", type=int, default=None, help="calls stuck past the step timeout outlived (default: 3 x threads)")
+    p.add_argument("--evict-idle", type=float, default=60.0, help="seconds; a full server seats new sessions in ones idle this long (0: never)")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a connection has to send a request's headers")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request's body has to arrive (HTTP 408 past it)")
     p.add_argument("--memory-mb", type=int, default=None, help="cap the environment's data memory (RLIMIT_DATA)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is no longer the parent")
     p.add_argument("--log-level", default="warning")
@@ -38,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         step_timeout_s=args.step_timeout,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         threads=args.threads,
+        max_stuck_calls=args.max_stuck_calls,
+        evict_idle_s=args.evict_idle or None,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
     )
     try:
         serve(

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import os
 import secrets
 import threading
@@ -35,12 +36,12 @@ from envhub import _json
 from envhub.env.core import ChatEnv
 from envhub.errors import (
     BadRequestError,
-    BodyTooLargeError,
     CapacityError,
     EntrypointError,
     EnvhubError,
     EnvironmentFailure,
     EpisodeEndedError,
+    InvalidOptionError,
     MethodNotAllowedError,
     NotFoundError,
     SessionBusyError,
@@ -50,7 +51,8 @@ from envhub.errors import (
 from envhub.runtime.loading import attach_manifest, load_factory
 from envhub.identity.manifest import EnvIdentity, load_manifest
 from envhub.runtime.server.openenv import openenv_routes
-from envhub.runtime.server.protocol import PROTOCOL_VERSION
+from envhub.runtime.server.protocol import PROTOCOL_VERSION, error_headers
+from envhub.runtime.server.requests import checked_options, checked_seed, json_object, read_body
 from envhub.wire import to_body
 
 log = logging.getLogger("envhub.runtime.server")
@@ -60,10 +62,15 @@ log = logging.getLogger("envhub.runtime.server")
 class ServerConfig:
     """How a :class:`SessionServer` bounds its work."""
 
-    #: Most sessions held at once; more are refused with ``capacity`` (HTTP 503).
+    #: Most sessions held at once; past it a new one takes the seat of the session idle longest
+    #: (if idle ``evict_idle_s``), else it is refused with ``capacity`` (HTTP 503, ``Retry-After``).
     max_sessions: int = 4096
     #: Sessions untouched this long are closed; 0 or None keeps them until they are deleted.
     idle_timeout_s: float | None = 600.0
+    #: When the server is full, sessions idle this long are closed to seat new ones (least recently
+    #: used first), so that idle seats held by one client do not lock others out for
+    #: ``idle_timeout_s``; None waits for the reaper.
+    evict_idle_s: float | None = 60.0
     #: Time allowed to one reset or step; None takes ``[limits] step_timeout_s`` from the manifest.
     step_timeout_s: float | None = None
     #: Largest request body accepted, in bytes (``body_too_large``, HTTP 413, past it). An action
@@ -71,6 +78,16 @@ class ServerConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     #: Threads that run environment code. Steps of different sessions run concurrently up to this.
     threads: int = 16
+    #: Calls stuck past the step timeout that the server outlives: each keeps its thread (a thread
+    #: cannot be stopped), and a fresh one takes its place among ``threads``. Past this many, calls
+    #: that need a thread are refused with ``capacity`` (503) and ``/healthz`` answers 503 until
+    #: stuck calls return; restart the server. None: three times ``threads``.
+    max_stuck_calls: int | None = None
+    #: Seconds a client has to send a request's headers, on a new connection or a kept-alive one;
+    #: past it the connection is closed (a client trickling a header holds a socket, not the server).
+    header_timeout_s: float = 10.0
+    #: Seconds a request's body has to arrive once its headers have (``request_timeout``, HTTP 408).
+    body_timeout_s: float = 30.0
 
 
 @dataclass
@@ -99,8 +116,14 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
-    return Response(_json.dumps(payload, _jsonable), status_code=status, media_type="application/json")
+def json_response(payload: Any, status: int = 200, *, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json.dumps(payload, _jsonable), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(exc: BaseException, *, where: str) -> Response:
+    """The JSON error answer to ``exc`` (see :func:`answer_error`), with its headers."""
+    status, body = answer_error(exc, where=where)
+    return json_response(body, status, headers=error_headers(exc))
 
 
 class SessionServer:
@@ -113,6 +136,7 @@ class SessionServer:
         self.factory = load_factory(self.folder, self.manifest)
         self.digest = digest
         self.step_timeout_s = self.config.step_timeout_s or self.manifest.limits.step_timeout_s
+        self.max_stuck_calls = self.config.max_stuck_calls if self.config.max_stuck_calls is not None else 3 * self.config.threads
         self.sessions: dict[str, Session] = {}
         self._executor = self._new_executor()
         self._dispatcher = _Dispatcher(self)
@@ -137,8 +161,9 @@ class SessionServer:
 
     def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         # Room beyond `threads` for threads stuck in calls past their timeout: the dispatcher keeps
-        # `threads` runners working besides them.
-        return concurrent.futures.ThreadPoolExecutor(self.config.threads * 4, thread_name_prefix="envhub-env")
+        # `threads` runners working besides them (and refuses calls once all the room is taken).
+        workers = self.config.threads + self.max_stuck_calls
+        return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="envhub-env")
 
     def prestart_threads(self) -> None:
         """Start every worker thread now, so that their stacks exist before memory is measured."""
@@ -151,8 +176,10 @@ class SessionServer:
             env = self.factory(**kwargs)
         except EnvhubError:
             raise
-        except TypeError as exc:
-            raise EntrypointError(ref, self.manifest.entrypoint, f"bad arguments {sorted(kwargs)}: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            if kwargs:  # the factory builds without arguments (the probe did): these are the caller's mistake
+                raise InvalidOptionError(ref, ", ".join(sorted(kwargs)), f"the factory refused them: {type(exc).__name__}: {exc}") from exc
+            raise EntrypointError(ref, self.manifest.entrypoint, f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise EntrypointError(ref, self.manifest.entrypoint, f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(env, ChatEnv):
@@ -188,6 +215,39 @@ class SessionServer:
         if self._hung >= self.config.threads:
             log.warning("%d environment calls are stuck past the step timeout, each holding a thread", self._hung)
 
+    @property
+    def degraded(self) -> bool:
+        """Every thread kept for stuck calls is taken: new calls are refused until some return."""
+        return self._hung >= self.max_stuck_calls
+
+    def _stuck_error(self) -> CapacityError:
+        error = CapacityError(
+            self.max_stuck_calls,
+            what="environment calls stuck past their step timeout",
+            hint="retry later, or restart the server: the environment hangs on some inputs",
+        )
+        error.retry_after = max(1, math.ceil(self.step_timeout_s))  # type: ignore[attr-defined]
+        return error
+
+    def _make_room(self) -> None:
+        """Seat a new session in a full server: close the least recently used idle session, if it
+        has been idle ``evict_idle_s``; else :class:`CapacityError` with when to retry."""
+        evict_after = self.config.evict_idle_s
+        idle = [s for s in self.sessions.values() if not s.busy]
+        oldest = min(idle, key=lambda s: s.last_used, default=None)
+        now = time.monotonic()
+        if oldest is not None and evict_after is not None and now - oldest.last_used >= evict_after:
+            log.info("server full: closing session %s, idle %.0f s, to seat a new one", oldest.id, now - oldest.last_used)
+            self.sessions.pop(oldest.id, None)
+            self._dispose(oldest)
+            return
+        waits = [self.step_timeout_s] if len(idle) < len(self.sessions) else []  # a busy seat frees no sooner
+        if oldest is not None:
+            waits += [limit - (now - oldest.last_used) for limit in (evict_after, self.config.idle_timeout_s) if limit]
+        error = CapacityError(self.config.max_sessions)
+        error.retry_after = max(1, math.ceil(min(waits, default=1)))  # type: ignore[attr-defined]
+        raise error
+
     # --- sessions --------------------------------------------------------------------------------
 
     def _session(self, session_id: str) -> Session:
@@ -201,7 +261,7 @@ class SessionServer:
 
     async def open(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         if len(self.sessions) >= self.config.max_sessions:
-            raise CapacityError(self.config.max_sessions)
+            self._make_room()
         session_id = f"s{next(self._counter)}-{secrets.token_hex(6)}"
         session = Session(session_id, kwargs)
         session.busy = True
@@ -256,10 +316,12 @@ class SessionServer:
         env = session.env
         if env is None:
             raise EpisodeEndedError(self.manifest.ref, (session.abandoned or "the episode has ended") + "; call reset()")
-        session.busy = True
         if type(env).step is ChatEnv.step:  # the SDK's own step, which tells the delta itself
-            return session, self._dispatcher.submit(lambda: env.step_delta(action), session, "step", delta_of=env)
-        return session, self._dispatcher.submit(lambda: env.step(action), session, "step")
+            job = self._dispatcher.submit(lambda: env.step_delta(action), session, "step", delta_of=env)
+        else:
+            job = self._dispatcher.submit(lambda: env.step(action), session, "step")
+        session.busy = True
+        return session, job
 
     def finish_step(self, job: _Job, action: Any) -> dict[str, Any]:
         """The answer to a step whose job is done: the conversation as a delta where it can be."""
@@ -308,7 +370,7 @@ class SessionServer:
                     raise BadRequestError("a step call needs `action`: the assistant's message text")
                 return 200, await self.step(call["session"], call["action"])
             if op == "reset":
-                seed, options = _reset_args(call)
+                seed, options = self.reset_args(call)
                 return 200, await self.reset(call["session"], seed, options)
             raise BadRequestError(f"unknown op {op!r}: use reset or step")
         except Exception as exc:  # every failure becomes this call's answer; the others go on
@@ -345,6 +407,10 @@ class SessionServer:
             log.info("reaped %d idle session(s)", len(stale))
         return len(stale)
 
+    def reset_args(self, body: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None]:
+        """(seed, options) of a reset's body, checked before the environment sees them."""
+        return checked_seed(body.get("seed")), checked_options(self.manifest.ref, body.get("options"))
+
     def info(self) -> dict[str, Any]:
         limits = self.manifest.limits.model_dump()
         return {
@@ -367,34 +433,9 @@ class SessionServer:
     # --- HTTP ------------------------------------------------------------------------------------
 
     async def _body(self, request: Request, *, scale: int = 1) -> dict[str, Any]:
-        limit = self.config.max_body_bytes * scale
-        declared = request.headers.get("content-length")
-        size_known = int(declared) if declared is not None and declared.isdigit() else None
-        chunks = []
-        size = 0
-        too_large = size_known is not None and size_known > limit
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                # Read (and drop) the rest, up to a bound, so that the client is told why rather
-                # than finding the connection closed under a body it is still sending.
-                too_large = True
-                if size > max(4 * limit, 64 * 1024 * 1024):
-                    break
-                continue
-            chunks.append(chunk)
-        if too_large:
-            raise BodyTooLargeError(limit, size=size_known or size)
-        raw = b"".join(chunks)
-        if not raw.strip():
-            return {}
-        try:
-            body = _json.loads(raw)
-        except ValueError as exc:
-            raise BadRequestError(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequestError(f"the body must be a JSON object, got {type(body).__name__}")
-        return body
+        """The request's JSON object, read within the size and time limits (see :mod:`.requests`)."""
+        raw = await read_body(request, limit=self.config.max_body_bytes * scale, timeout_s=self.config.body_timeout_s)
+        return json_object(raw)
 
     def _make_app(self) -> Starlette:
         server = self
@@ -404,13 +445,16 @@ class SessionServer:
                 try:
                     return await fn(request)
                 except Exception as exc:
-                    status, body = answer_error(exc, where=f"{request.method} {request.url.path}")
-                    return json_response(body, status)
+                    return error_response(exc, where=f"{request.method} {request.url.path}")
 
             return endpoint
 
         async def healthz(request: Request) -> Response:
-            return json_response({"status": "ok", "sessions": len(server.sessions), "hung_threads": server._hung})
+            state = {"status": "ok", "sessions": len(server.sessions), "hung_threads": server._hung}
+            if server.degraded:  # alive, but refusing calls: what a supervisor restarts
+                state["status"] = "degraded"
+                return json_response(state, 503, headers={"Retry-After": str(server._stuck_error().retry_after)})
+            return json_response(state)
 
         async def info(request: Request) -> Response:
             return json_response(server.info())
@@ -429,7 +473,7 @@ class SessionServer:
 
         async def reset(request: Request) -> Response:
             body = await server._body(request)
-            seed, options = _reset_args(body)
+            seed, options = server.reset_args(body)
             return json_response(await server.reset(request.path_params["sid"], seed, options))
 
         async def step(request: Request) -> Response:
@@ -554,16 +598,6 @@ def answer_error(exc: BaseException, *, where: str = "batch call") -> tuple[int,
     return to_body(exc)
 
 
-def _reset_args(body: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None]:
-    seed = body.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise BadRequestError(f"`seed` must be an integer or null, got {seed!r}")
-    options = body.get("options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequestError("`options` must be an object or null")
-    return seed, options
-
-
 @dataclass(eq=False)
 class _Job:
     fn: Callable[[], Any]
@@ -611,6 +645,8 @@ class _Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, fn: Callable[[], Any], session: Session, where: str, *, delta_of: ChatEnv | None = None) -> _Job:
+        if self._server.degraded:  # no thread left to run it beside the stuck ones
+            raise self._server._stuck_error()
         loop = self._loop = asyncio.get_running_loop()
         job = _Job(fn, loop.create_future(), session, where, time.monotonic(), delta_of=delta_of)
         self._queue.append(job)

@@ -67,6 +67,8 @@ from envhub.errors import (
     InvalidOptionError,
     SessionNotFoundError,
 )
+from envhub.runtime.server.protocol import error_headers
+from envhub.runtime.server.requests import checked_options, checked_seed, parse_json, read_body
 from envhub.wire import to_body
 
 if TYPE_CHECKING:
@@ -145,8 +147,8 @@ def _dumps(payload: Any) -> str:
     return _json.dumps(payload, _plain).decode()
 
 
-def _json_response(payload: Any, status: int = 200) -> Response:
-    return Response(_json.dumps(payload, _plain), status_code=status, media_type="application/json")
+def _json_response(payload: Any, status: int = 200, *, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json.dumps(payload, _plain), status_code=status, media_type="application/json", headers=headers)
 
 
 def _observation(messages: list, *, full: bool, reward: float | None, done: bool, info: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +172,7 @@ def _step_observation(answer: dict[str, Any]) -> dict[str, Any]:
     return _observation(messages, full=full, reward=answer["reward"], done=terminated or truncated, info=info)
 
 
-def _reset_args(data: Any) -> tuple[int | None, dict[str, Any] | None, str | None]:
+def _reset_args(env: str, data: Any) -> tuple[int | None, dict[str, Any] | None, str | None]:
     """(seed, envhub reset options, episode_id) of OpenEnv's reset data: ``seed`` and
     ``episode_id`` are OpenEnv's; ``options`` and any other key are envhub's reset options."""
     if data is None:
@@ -178,9 +180,7 @@ def _reset_args(data: Any) -> tuple[int | None, dict[str, Any] | None, str | Non
     if not isinstance(data, dict):
         raise BadRequestError(f"reset data must be an object, got {type(data).__name__}")
     data = dict(data)
-    seed = data.pop("seed", None)
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise BadRequestError(f"`seed` must be an integer or null, got {seed!r}")
+    seed = checked_seed(data.pop("seed", None))
     episode_id = data.pop("episode_id", None)
     if episode_id is not None and (not isinstance(episode_id, str) or len(episode_id) > 255):
         raise BadRequestError("`episode_id` must be a string of at most 255 characters")
@@ -188,7 +188,7 @@ def _reset_args(data: Any) -> tuple[int | None, dict[str, Any] | None, str | Non
     if options is not None and not isinstance(options, dict):
         raise BadRequestError("`options` must be an object or null")
     options = {**(options or {}), **data}  # task_id, split, and what the environment will refuse by name
-    return seed, options or None, episode_id
+    return seed, checked_options(env, options or None), episode_id
 
 
 def _message_of(action: Any, env: str) -> str:
@@ -223,7 +223,7 @@ class OpenEnvProtocol:
     # --- episodes ---------------------------------------------------------------------------------
 
     async def reset(self, sid: str, data: Any) -> dict[str, Any]:
-        seed, options, episode_id = _reset_args(data)
+        seed, options, episode_id = _reset_args(self.env, data)
         answer = await self.server.reset(sid, seed, options)
         self._episode_ids[sid] = episode_id or uuid.uuid4().hex
         return _observation(answer["observation"], full=True, reward=None, done=False, info=answer["info"])
@@ -401,7 +401,7 @@ class OpenEnvProtocol:
                 return _json_response(await fn(request))
             except Exception as exc:
                 data = _error_data(exc)
-                return _json_response({"detail": data["message"], "error": data["error"]}, data["status"])
+                return _json_response({"detail": data["message"], "error": data["error"]}, data["status"], headers=error_headers(exc))
 
         return endpoint
 
@@ -459,15 +459,15 @@ class OpenEnvProtocol:
         return self.state(sid)
 
     async def http_mcp(self, request: Request) -> dict[str, Any]:
+        config = self.server.config
         try:
-            raw = await request.body()
-            if len(raw) > self.server.config.max_body_bytes:
-                raise BodyTooLargeError(self.server.config.max_body_bytes, size=len(raw))
-            message = _json.loads(raw)
+            raw = await read_body(request, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)  # or 408
         except BodyTooLargeError as exc:
             return _rpc_error(None, INVALID_REQUEST, str(exc), _error_data(exc))
-        except ValueError:
-            return _rpc_error(None, PARSE_ERROR, "Parse error")
+        try:
+            message = parse_json(raw)
+        except BadRequestError as exc:
+            return _rpc_error(None, PARSE_ERROR, f"Parse error: {exc}")
         return await self.jsonrpc(message)
 
     def _known(self, sid: Any) -> str:
@@ -514,8 +514,8 @@ class OpenEnvProtocol:
             if len(raw) > self.server.config.max_body_bytes:
                 raise BodyTooLargeError(self.server.config.max_body_bytes, size=len(raw))
             try:
-                message = _json.loads(raw)
-            except ValueError as exc:
+                message = parse_json(raw, what="the message")
+            except BadRequestError as exc:
                 return _dumps({"type": "error", "data": _error_data(BadRequestError(f"Invalid JSON: {exc}"), "INVALID_JSON")})
             if not isinstance(message, dict):
                 raise BadRequestError(f"a message is an object {{\"type\", \"data\"}}, got {type(message).__name__}")
@@ -554,8 +554,8 @@ class OpenEnvProtocol:
 
         async def answer(raw: str | bytes) -> str:
             try:
-                message = _json.loads(raw)
-            except ValueError as exc:
+                message = parse_json(raw, what="the message")
+            except BadRequestError as exc:
                 return _dumps(_rpc_error(None, PARSE_ERROR, f"Parse error: {exc}"))
             return _dumps(await self.jsonrpc(message, bound=sid))
 

@@ -47,6 +47,7 @@ ERRORS: tuple[type[E.EnvhubError], ...] = (
     E.EpisodeEndedError,
     E.SessionBusyError,
     E.BodyTooLargeError,
+    E.RequestTimeoutError,
     E.EnvironmentFailure,
     E.CriterionError,
     E.EntrypointError,
@@ -66,3 +67,14 @@ def meaning(cls: type[E.EnvhubError]) -> str:
 
 #: code -> (HTTP status, meaning), read off the classes of :data:`ERRORS`.
 CODES: dict[str, tuple[int, str]] = {cls.code: (cls.status, meaning(cls)) for cls in ERRORS}
+
+
+def error_headers(exc: BaseException) -> dict[str, str] | None:
+    """HTTP headers that go with an error's answer: when to retry past capacity, and closing a
+    connection whose request body never came (its unread rest would be taken for the next request)."""
+    if isinstance(exc, E.RequestTimeoutError):
+        return {"Connection": "close"}
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, E.CapacityError) and isinstance(retry_after, int):
+        return {"Retry-After": str(retry_after)}
+    return None

@@ -1,4 +1,5 @@
-"""A real session server (uvicorn on a Unix socket, in a thread) for the server and client tests."""
+"""A real session server (uvicorn on a Unix socket or a loopback port, in a thread, set up as
+``envhub serve`` sets it up) for the server and client tests."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from envhub.runtime.server import ServerConfig, SessionServer
+from envhub.runtime.server import ServerConfig, SessionServer, uvicorn_config
 
 
 @contextlib.contextmanager
-def running(folder: Path, sock: Path, **config):
+def running(folder: Path, sock: Path, *, port: int | None = None, **config):
     server = SessionServer(folder, config=ServerConfig(**config))
-    uv = uvicorn.Server(uvicorn.Config(server.app, uds=str(sock), log_level="warning", lifespan="on"))
+    options = {"uds": str(sock)} if port is None else {"host": "127.0.0.1", "port": port}
+    uv = uvicorn.Server(
+        uvicorn_config(server.app, header_timeout_s=server.config.header_timeout_s, log_level="warning", lifespan="on", **options)
+    )
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -24,7 +28,7 @@ def running(folder: Path, sock: Path, **config):
         assert time.monotonic() < deadline, "the test server did not start"
         time.sleep(0.01)
     try:
-        yield server, f"unix://{sock}"
+        yield server, f"unix://{sock}" if port is None else f"http://127.0.0.1:{port}"
     finally:
         uv.should_exit = True
         thread.join(10)

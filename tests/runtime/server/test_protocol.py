@@ -64,7 +64,7 @@ def test_codes_and_statuses_of_the_protocol():
     assert {code: status for code, (status, _) in CODES.items()} == {
         "bad_request": 400, "invalid_action": 422, "invalid_option": 422, "task_not_found": 404,
         "unknown_session": 404, "not_found": 404, "method_not_allowed": 405, "episode_ended": 409,
-        "session_busy": 409, "body_too_large": 413, "environment_failure": 500, "criterion_error": 500,
+        "session_busy": 409, "body_too_large": 413, "request_timeout": 408, "environment_failure": 500, "criterion_error": 500,
         "entrypoint_error": 500, "internal": 500, "capacity": 503, "step_timeout": 504,
     }  # fmt: skip
     assert all(CODES[cls.code][0] == cls.status and CODES[cls.code][1] for cls in ERRORS)

@@ -311,10 +311,10 @@ def test_cli_serve_on_a_port(tmp_path):
 def test_protocol_errors_are_json_with_stable_codes(serve_env):
     _, url = serve_env(ECHO)
     with raw(url) as http:
-        answer = http.post("/v1/sessions", json={"kwargs": {"nope": 1}})
-        assert answer.status_code == 500
+        answer = http.post("/v1/sessions", json={"kwargs": {"nope": 1}})  # the caller's mistake: 422
+        assert answer.status_code == 422
         error = answer.json()["error"]
-        assert error["code"] == "entrypoint_error" and "nope" in error["message"]
+        assert error["code"] == "invalid_option" and "nope" in error["message"] and error["fields"]["option"] == "nope"
         answer = http.post("/v1/sessions/abc/reset", json={"seed": "x"})
         assert answer.status_code == 400 and json.loads(answer.content)["error"]["code"] == "bad_request"
 
