@@ -23,6 +23,8 @@ def serve(
     header_timeout: float = typer.Option(10.0, help="Seconds a connection has to send a request's headers (then it is closed)."),
     body_timeout: float = typer.Option(30.0, help="Seconds a request's body has to arrive (HTTP 408, `request_timeout`, past it)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    token_file: str = typer.Option(None, help="Require `Authorization: Bearer TOKEN` on every route; the token is the file's first line (else $ENVHUB_SERVE_TOKEN)."),
+    no_token: bool = typer.Option(False, "--no-token", help="Serve a non-loopback address without a token (anyone who reaches it can run episodes)."),
 ) -> None:
     """Serve an environment's episodes over HTTP (the protocol is at GET /openapi.json)."""
     from envhub.runtime.locate import locate
@@ -30,6 +32,15 @@ def serve(
     from envhub.runtime.server import serve as run_server
     from envhub.runtime.trust import require_trusted
 
+    from envhub.errors import BadRequestError
+    from envhub.runtime.server.auth import TOKEN_ENV, read_token
+
+    token = read_token(token_file)
+    if token is None and not uds and not no_token and not _is_loopback(host):
+        raise BadRequestError(
+            f"refusing to serve {host} without a token: anyone who reaches it could run episodes",
+            hint=f"pass --token-file FILE or set {TOKEN_ENV} (or --no-token to serve it open)",
+        )
     located = locate(env_id)
     require_trusted(located, "inprocess")  # the server imports the environment into this process
     config = ServerConfig(
@@ -53,7 +64,18 @@ def serve(
         )
 
     run_server(located.folder, host=host, port=port, uds=uds, digest=located.digest, config=config,
-               log_level=log_level, on_ready=ready)
+               log_level=log_level, on_ready=ready, token=token)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def build(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import weakref
 from collections.abc import Generator
 from typing import Any, ClassVar, Protocol
@@ -97,17 +98,27 @@ class RemoteRubric:
 
 
 class _FixedLease:
-    """A lease on a server that the caller runs (``envhub serve``): nothing to start or stop."""
+    """A lease on a server that the caller runs (``envhub serve``): nothing to start or stop.
 
-    def __init__(self, url: str, uds: str | None) -> None:
+    Its ``token`` (given, else ``$ENVHUB_SERVE_TOKEN``) goes with every request as a bearer token;
+    runtimes' leases carry none, so the variable never reaches a container's server."""
+
+    def __init__(self, url: str, uds: str | None, token: str | None = None) -> None:
         self.url = url
         self.uds = uds
+        self.token = token or os.environ.get("ENVHUB_SERVE_TOKEN", "").strip() or None
 
     def describe_death(self) -> str | None:
         return None
 
     def release(self, *, broken: bool = False) -> None:
         pass
+
+
+def _auth_headers(lease: ServerLease) -> dict[str, str] | None:
+    """The bearer token of a lease that has one, as request headers."""
+    token = getattr(lease, "token", None)
+    return {"authorization": f"Bearer {token}"} if token else None
 
 
 def _split_target(url: str | None, uds: str | None) -> tuple[str, str | None]:
@@ -327,12 +338,12 @@ class _Steps:
             raise StopIteration from None
 
 
-async def _leave(conn: Connection, session: str | None, *, timeout: float) -> None:
+async def _leave(conn: Connection, session: str | None, *, timeout: float, headers: dict[str, str] | None = None) -> None:
     """End ``session`` (best effort) and close the connection."""
     try:
         if session:
             with contextlib.suppress(Exception):
-                await conn.request("DELETE", f"/v1/sessions/{session}", timeout=timeout)
+                await conn.request("DELETE", f"/v1/sessions/{session}", headers=headers, timeout=timeout)
     finally:
         conn.close()
 
@@ -343,7 +354,7 @@ def _finalize_sync(conn: Connection, lease: ServerLease, session: list[str | Non
     The collection may happen on any thread, the I/O thread too: the goodbye is scheduled there,
     not waited for."""
     with contextlib.suppress(Exception):
-        run_soon(_leave(conn, session[0], timeout=2.0))
+        run_soon(_leave(conn, session[0], timeout=2.0, headers=_auth_headers(lease)))
     with contextlib.suppress(Exception):
         lease.release()
 
@@ -352,7 +363,8 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
     """A ``gymnasium.Env`` whose episodes run in an ``envhub serve`` server.
 
     ``url`` is ``http://HOST:PORT`` or ``unix:///path.sock`` (or give ``uds``); ``kwargs`` go to the
-    environment's factory in the server. Runtimes pass a ``lease`` on a server of their pool, and a
+    environment's factory in the server; ``token`` is the server's bearer token (default:
+    ``$ENVHUB_SERVE_TOKEN``). Runtimes pass a ``lease`` on a server of their pool, and a
     ``reconnect`` callable that lends a fresh one: after the runtime died, the next ``reset`` starts
     over on a new server instead of failing.
     """
@@ -366,9 +378,10 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
         lease: ServerLease | None = None,
         reconnect: Any = None,
         render_mode: str | None = None,
+        token: str | None = None,
     ) -> None:
         if lease is None:
-            lease = _FixedLease(*_split_target(url, uds))
+            lease = _FixedLease(*_split_target(url, uds), token=token)
         self._init_state(lease, kwargs, render_mode)
         self._reconnect = reconnect
         self._conn: Connection | None = None
@@ -398,7 +411,7 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
         assert self._conn is not None
         data = self._encode(body)
         try:
-            response = run_blocking(self._conn.request(method, path, data, timeout=self._timeout()))
+            response = run_blocking(self._conn.request(method, path, data, headers=_auth_headers(self._lease), timeout=self._timeout()))
         except (OSError, TimeoutError) as exc:
             raise self._transport_failure(exc, where) from None
         if response.status_code >= 400:
@@ -440,7 +453,7 @@ class RemoteEnv(_RemoteBase, gymnasium.Env[list, str]):
         """End ``session`` (best effort) and close the connection, on the I/O thread it belongs to."""
         if self._conn is not None:
             with contextlib.suppress(Exception):
-                run_blocking(_leave(self._conn, session, timeout=5.0))
+                run_blocking(_leave(self._conn, session, timeout=5.0, headers=_auth_headers(self._lease)))
 
     def _drop_connection(self) -> None:
         if self._finalizer is not None:
@@ -493,13 +506,15 @@ class AsyncRemoteEnv(_RemoteBase):
         reconnect: Any = None,
         render_mode: str | None = None,
         batch: bool = True,
+        token: str | None = None,
     ) -> AsyncRemoteEnv:
         """Connect and open a session. ``reconnect`` (a blocking callable returning a new lease, as
         runtimes give) lets ``reset`` start over on a fresh server after the runtime died.
         ``batch``: resets and steps of the environments on one server, issued in the same event-loop
-        tick, share one request (answers still come back one by one, as each call finishes)."""
+        tick, share one request (answers still come back one by one, as each call finishes).
+        ``token``: the server's bearer token (default: ``$ENVHUB_SERVE_TOKEN``)."""
         if lease is None:
-            lease = _FixedLease(*_split_target(url, uds))
+            lease = _FixedLease(*_split_target(url, uds), token=token)
         env = cls(lease, kwargs=kwargs, render_mode=render_mode)
         env._reconnect = reconnect
         env._batch = batch
@@ -542,7 +557,7 @@ class AsyncRemoteEnv(_RemoteBase):
         data = self._encode(body)
         assert self._conn is not None
         try:
-            response = await self._conn.request(method, path, data, timeout=self._timeout())
+            response = await self._conn.request(method, path, data, headers=_auth_headers(self._lease), timeout=self._timeout())
         except (OSError, asyncio.TimeoutError) as exc:
             # Asking the lease why may wait a moment for an exit status: not on the event loop.
             death = None if isinstance(exc, asyncio.TimeoutError) else await asyncio.to_thread(self._lease.describe_death)
@@ -589,7 +604,7 @@ class AsyncRemoteEnv(_RemoteBase):
         self._closed = True
         if self._session and self._dead is None and self._conn is not None:
             with contextlib.suppress(Exception):
-                await self._conn.request("DELETE", f"/v1/sessions/{self._session}", timeout=5.0)
+                await self._conn.request("DELETE", f"/v1/sessions/{self._session}", headers=_auth_headers(self._lease), timeout=5.0)
         await self._close_transport()
         if self._dead is None:
             self._lease.release()
@@ -680,7 +695,7 @@ class _Batcher:
                 future.set_result((answer["status"], answer["body"]))
 
         async with self._pool.connection() as conn:
-            response = await conn.stream_lines("POST", "/v1/batch", data, on_line)
+            response = await conn.stream_lines("POST", "/v1/batch", data, on_line, headers=_auth_headers(self.lease))
         if response.status_code >= 300:  # the server refused the whole batch: its one error for every call
             for future in futures:
                 if not future.done():

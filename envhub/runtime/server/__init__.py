@@ -82,11 +82,13 @@ def serve(
     parent_pid: int | None = None,
     log_level: str = "warning",
     on_ready: Callable[[SessionServer], None] | None = None,
+    token: str | None = None,
 ) -> None:
-    """Serve the environment in ``folder`` until interrupted (on ``uds`` when given, else host:port)."""
+    """Serve the environment in ``folder`` until interrupted (on ``uds`` when given, else host:port);
+    with ``token``, every request must carry ``Authorization: Bearer TOKEN``."""
     import uvicorn
 
-    server = SessionServer(folder, digest=digest, config=config)
+    server = SessionServer(folder, digest=digest, config=config, token=token)
     if memory_mb:
         server.prestart_threads()
         limit_memory(memory_mb)

@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-mb", type=int, default=None, help="cap the environment's data memory (RLIMIT_DATA)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is no longer the parent")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--token-file", default=None, help="require `Authorization: Bearer TOKEN`, the file's first line")
     args = p.parse_args(argv)
 
     from envhub.runtime.server import ServerConfig, serve
+    from envhub.runtime.server.auth import read_token
 
     config = ServerConfig(
         max_sessions=args.max_sessions,
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_mb=args.memory_mb,
             parent_pid=args.parent_pid,
             log_level=args.log_level,
+            token=read_token(args.token_file, from_env=False),  # never from the environment: runtimes inherit it
         )
     except EnvhubError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -50,6 +50,7 @@ from envhub.errors import (
 )
 from envhub.runtime.loading import attach_manifest, load_factory
 from envhub.identity.manifest import EnvIdentity, load_manifest
+from envhub.runtime.server.auth import BearerAuth
 from envhub.runtime.server.openenv import openenv_routes
 from envhub.runtime.server.protocol import PROTOCOL_VERSION, error_headers
 from envhub.runtime.server.requests import checked_options, checked_seed, json_object, read_body
@@ -129,7 +130,9 @@ def error_response(exc: BaseException, *, where: str) -> Response:
 class SessionServer:
     """The sessions of one environment folder, and the ASGI app that serves them (:attr:`app`)."""
 
-    def __init__(self, folder: str | Path, *, digest: str | None = None, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self, folder: str | Path, *, digest: str | None = None, config: ServerConfig | None = None, token: str | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         self.config = config or ServerConfig()
@@ -155,7 +158,8 @@ class SessionServer:
         self.identity = EnvIdentity(self.manifest.namespace, self.manifest.name, self.manifest.version, self.digest)
         with contextlib.suppress(Exception):
             probe.close()
-        self.app = self._make_app()
+        #: The ASGI app; with a ``token``, every route of both protocols asks for it (see :mod:`.auth`).
+        self.app: Any = self._make_app() if token is None else BearerAuth(self._make_app(), token)
 
     # --- environment instances -------------------------------------------------------------------
 

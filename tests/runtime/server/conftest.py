@@ -15,8 +15,8 @@ from envhub.runtime.server import ServerConfig, SessionServer, uvicorn_config
 
 
 @contextlib.contextmanager
-def running(folder: Path, sock: Path, *, port: int | None = None, **config):
-    server = SessionServer(folder, config=ServerConfig(**config))
+def running(folder: Path, sock: Path, *, port: int | None = None, token: str | None = None, **config):
+    server = SessionServer(folder, config=ServerConfig(**config), token=token)
     options = {"uds": str(sock)} if port is None else {"host": "127.0.0.1", "port": port}
     uv = uvicorn.Server(
         uvicorn_config(server.app, header_timeout_s=server.config.header_timeout_s, log_level="warning", lifespan="on", **options)
@@ -36,7 +36,8 @@ def running(folder: Path, sock: Path, *, port: int | None = None, **config):
 
 @pytest.fixture
 def serve_env(tmp_path):
-    """``serve_env(folder, **ServerConfig fields) -> (SessionServer, "unix://...")``, stopped after the test."""
+    """``serve_env(folder, port=None, token=None, **ServerConfig fields) -> (SessionServer, url)``, stopped
+    after the test: on a Unix socket, or on 127.0.0.1:``port``."""
     stack = contextlib.ExitStack()
     counter = iter(range(1000))
 
