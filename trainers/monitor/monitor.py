@@ -292,7 +292,8 @@ class HackMonitor:
             if a["detector"] in self.firing:
                 continue  # said when it started; metrics.jsonl has every step's
             self._say(f"hack alert at step {step} [{a['detector']}]: {a['message']}\n  fix: {a['fix']}")
-        if alerts and self.config.on_hack == "stop":
+        # TrainConfig gains on_hack when train() runs the monitor; until then a monitor only warns.
+        if alerts and getattr(self.config, "on_hack", "warn") == "stop":
             self._say(f"stopping at step {step} (--on-hack stop): a checkpoint of this step is saved; report.html has the evidence")
         self.firing = now
 
