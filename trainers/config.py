@@ -199,6 +199,10 @@ class TrainConfig:
     """Also write TensorBoard event files (needs the tensorboard package)."""
     progress: bool = True
     """Show a progress bar."""
+    on_hack: Literal["warn", "stop", "off"] = "warn"
+    """Reward-hacking monitor (trainers/monitor): ``warn`` prints and logs its alerts (with evidence and
+    a suggested rubric fix), ``stop`` also saves a checkpoint and ends the run at the first one, ``off``
+    runs no detector, sentinel or report."""
 
 
 # Paper settings per objective; applied before a config file and CLI overrides.

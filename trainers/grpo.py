@@ -62,6 +62,7 @@ from envhub.errors import JudgeError
 from envhub.runtime.env_pool import EnvPool
 from trainers.config import DEMO_SETTINGS, TrainConfig, make_config, validate
 from trainers.generation import make_backend
+from trainers.monitor import HackMonitor
 from trainers.outputs import Progress, RunOutputs, environment_identities
 from trainers.rollout import Rollout, derive_seed, micro_batches, pad_rows, rollout, sampled_logprobs, split_rows
 
@@ -309,6 +310,8 @@ def train(config: TrainConfig) -> TrainResult:
     if old_source == "sampler" and config.backend != "transformers":
         old_source = "recompute"
 
+    # the reward-hacking monitor: detectors on every step's rollouts, the sentinel, report.html
+    monitor = None if config.on_hack == "off" else HackMonitor(config, outputs.dir, history=outputs.metrics, pools=pools)
     progress = Progress(config.steps, start_step, enabled=config.progress)
     t_start = time.perf_counter()
     try:
@@ -508,17 +511,25 @@ def train(config: TrainConfig) -> TrainResult:
                 row["episodes/first_error"] = errors[0][:300]
             if judge_errors:
                 row["judge/first_error"] = judge_errors[0][:300]
+            alerts = monitor.observe(step + 1, generated, row, model=model, tokenizer=tokenizer) if monitor else []
             outputs.log(row)
+            if monitor is not None:
+                monitor.publish()
+            stop = bool(alerts) and config.on_hack == "stop"  # a checkpoint of this step first, then the end
             out_of_time = config.max_train_seconds is not None and time.perf_counter() - t_start > config.max_train_seconds
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or out_of_time:
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or out_of_time or stop:
                 outputs.save_checkpoint(step + 1, model, optimizer, scheduler, environment_identities(config.envs, pools))
             progress.update(row)
-            if out_of_time:
+            if stop:
+                outputs.provenance["stopped_by_monitor"] = {"step": step + 1, "detectors": [a["detector"] for a in alerts]}
+            if out_of_time or stop:
                 break
     finally:
         progress.close()
         for pool in pools:
             pool.close()
+        if monitor is not None:
+            monitor.close()
         outputs.close()
 
     adapter_dir = outputs.finish(environment_identities(config.envs, pools))
