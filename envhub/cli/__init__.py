@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "trust",  # trust, untrust
     "hub",  # hub serve, hub adduser, hub token
     "train",  # train
+    "report",  # report: a training run's report.html
     "evaluate",  # eval, audit, serve-model
     "demo",  # quickstart: the main job
     "export",  # export openenv, export dataset
