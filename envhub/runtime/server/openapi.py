@@ -7,6 +7,7 @@ from typing import Any
 from envhub import errors as E
 from envhub.runtime.server.openenv import openapi_paths
 from envhub.runtime.server.protocol import CODES, PROTOCOL_VERSION, meaning
+from envhub.runtime.server.requests import MAX_SEED
 
 _MESSAGE = {
     "type": "object",
@@ -54,9 +55,17 @@ def _body(properties: dict[str, Any], required: list[str] | None = None) -> dict
     return {"required": bool(required), "content": {"application/json": {"schema": schema}}}
 
 
+#: What any route may answer: 401 when the server was started with a token (``envhub serve --token-file``).
+ANY_ROUTE = (E.AuthenticationError,)
+#: What reading a request body may answer.
+BODY = (E.BadRequestError, E.BodyTooLargeError, E.RequestTimeoutError, *ANY_ROUTE)
+
+
 def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
     sid = [{"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}}]
-    common = (E.BadRequestError, E.BodyTooLargeError, E.SessionNotFoundError, E.SessionBusyError, E.EnvhubError)
+    # CapacityError: the server is full, or every thread kept for stuck calls is taken (503, Retry-After).
+    common = (*BODY, E.SessionNotFoundError, E.SessionBusyError, E.CapacityError, E.EnvhubError)
+    seed = {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -65,12 +74,24 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
             "description": "Episodes of one envhub environment over HTTP. Every error body has a stable `code`.",
         },
         "paths": {
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "ok")}}},
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {
+                        "200": _json({"type": "object"}, "ok"),
+                        "503": _json({"type": "object"}, "degraded: every thread kept for stuck calls is taken (Retry-After); restart the server"),
+                        **_errors(*ANY_ROUTE),
+                    },
+                }
+            },
             "/v1/info": {
                 "get": {
                     "summary": "Identity (with artifact digest), manifest, max_turns, rubric hash and criteria, limits",
-                    "responses": {"200": _json({"type": "object"}, "the environment served")},
+                    "responses": {"200": _json({"type": "object"}, "the environment served"), **_errors(*ANY_ROUTE)},
                 }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"), **_errors(*ANY_ROUTE)}}
             },
             "/v1/sessions": {
                 "post": {
@@ -89,7 +110,7 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
                             },
                             "the session",
                         ),
-                        **_errors(E.CapacityError, E.EntrypointError, E.StepTimeoutError, *common),
+                        **_errors(E.InvalidOptionError, E.EntrypointError, E.StepTimeoutError, *common),
                     },
                 }
             },
@@ -97,7 +118,7 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
                 "post": {
                     "summary": "Start an episode; the observation is the first messages",
                     "parameters": sid,
-                    "requestBody": _body({"seed": {"type": ["integer", "null"]}, "options": {"type": ["object", "null"]}}),
+                    "requestBody": _body({"seed": seed, "options": {"type": ["object", "null"]}}),
                     "responses": {
                         "200": _json(
                             {"type": "object", "properties": {"observation": _CONVERSATION, "info": {"type": "object"}}},
@@ -147,7 +168,7 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
                                         "op": {"enum": ["reset", "step"]},
                                         "session": {"type": "string"},
                                         "action": {"type": "string"},
-                                        "seed": {"type": ["integer", "null"]},
+                                        "seed": seed,
                                         "options": {"type": ["object", "null"]},
                                     },
                                 },
@@ -162,14 +183,18 @@ def openapi_document(env_ref: str = "an environment") -> dict[str, Any]:
                             '"body": that route\'s body or error}',
                             "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                         },
-                        **_errors(E.BadRequestError, E.BodyTooLargeError),
+                        **_errors(*BODY),
                     },
                 }
             },
             "/v1/sessions/{sid}": {
-                "delete": {"summary": "Close the session", "parameters": sid, "responses": {"204": {"description": "closed"}, **_errors(E.SessionNotFoundError)}}
+                "delete": {
+                    "summary": "Close the session",
+                    "parameters": sid,
+                    "responses": {"204": {"description": "closed"}, **_errors(E.SessionNotFoundError, *ANY_ROUTE)},
+                }
             },
-            **openapi_paths(),  # OpenEnv's protocol, served beside this one (openenv.py)
+            **openapi_paths(_errors, any_route=ANY_ROUTE, body=BODY),  # OpenEnv's protocol, served beside this one (openenv.py)
         },
         "components": {"schemas": {"Message": _MESSAGE, "Error": _ERROR}},
     }

@@ -657,18 +657,34 @@ def schemas(env_ref: str) -> dict[str, Any]:
     }
 
 
-def openapi_paths() -> dict[str, Any]:
-    """OpenEnv's HTTP routes for the server's OpenAPI document (OpenEnv's validator reads them)."""
+def openapi_paths(errors: Callable[..., dict[str, Any]], *, any_route: tuple, body: tuple) -> dict[str, Any]:
+    """OpenEnv's HTTP routes for the server's OpenAPI document (OpenEnv's validator reads them).
 
-    def route(method: str, summary: str) -> dict[str, Any]:
-        return {method: {"summary": summary, "tags": ["OpenEnv"], "responses": {"200": {"description": "OpenEnv's answer"}}}}
+    ``errors`` gives a route's error answers for error classes; ``any_route`` are those of every
+    route (a missing token), ``body`` those of reading a body."""
+    from envhub import errors as E
+    from envhub.runtime.server.requests import MAX_SEED
 
+    episode = (E.SessionNotFoundError, E.SessionBusyError, E.CapacityError, E.EnvironmentFailure, E.StepTimeoutError,
+               E.InvalidOptionError, E.EntrypointError, E.EnvhubError, *body)  # fmt: skip
+
+    def route(method: str, summary: str, *kinds: type, request: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        operation = {"summary": summary, "tags": ["OpenEnv"], "responses": {"200": {"description": "OpenEnv's answer"}, **errors(*kinds, *any_route)}}
+        if request is not None:
+            operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": request}}}}
+        return {method: {**operation, **extra}}
+
+    seed = {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED}
     return {
         "/health": route("get", "OpenEnv: health ({\"status\": \"healthy\"})"),
         "/metadata": route("get", "OpenEnv: the environment's name, description, README, version"),
         "/schema": route("get", "OpenEnv: JSON Schemas of action, observation and state"),
-        "/reset": route("post", "OpenEnv: reset a fresh instance, or the session of `session_id`"),
-        "/step": route("post", "OpenEnv: step the session of `session_id`"),
-        "/state": route("get", "OpenEnv: the state of the session of `?session_id=`"),
-        "/mcp": route("post", "OpenEnv: MCP JSON-RPC (tools/list, tools/call, openenv/session/create|close)"),
+        "/reset": route("post", "OpenEnv: reset a fresh instance, or the session of `session_id`", E.TaskNotFoundError, *episode,
+                        request={"seed": seed, "session_id": {"type": "string"}, "episode_id": {"type": "string"}, "options": {"type": "object"}}),
+        "/step": route("post", "OpenEnv: step the session of `session_id`", E.InvalidActionError, E.EpisodeEndedError, E.CriterionError, *episode,
+                       request={"action": {"type": "object"}, "session_id": {"type": "string"}, "request_id": {"type": "string"}}),
+        "/state": route("get", "OpenEnv: the state of the session of `?session_id=`", E.SessionNotFoundError, E.SessionBusyError,
+                        parameters=[{"name": "session_id", "in": "query", "required": False, "schema": {"type": "string"}}]),
+        "/mcp": route("post", "OpenEnv: MCP JSON-RPC (tools/list, tools/call, openenv/session/create|close); errors are JSON-RPC's, in a 200",
+                      E.RequestTimeoutError),
     }

@@ -43,6 +43,7 @@ ERRORS: tuple[type[E.EnvhubError], ...] = (
     E.TaskNotFoundError,
     E.SessionNotFoundError,
     E.NotFoundError,
+    E.AuthenticationError,
     E.MethodNotAllowedError,
     E.EpisodeEndedError,
     E.SessionBusyError,

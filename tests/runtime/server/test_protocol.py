@@ -63,7 +63,7 @@ def test_codes_and_statuses_of_the_protocol():
     # The README's table: every code the session protocol answers, with its status.
     assert {code: status for code, (status, _) in CODES.items()} == {
         "bad_request": 400, "invalid_action": 422, "invalid_option": 422, "task_not_found": 404,
-        "unknown_session": 404, "not_found": 404, "method_not_allowed": 405, "episode_ended": 409,
+        "unknown_session": 404, "not_found": 404, "unauthenticated": 401, "method_not_allowed": 405, "episode_ended": 409,
         "session_busy": 409, "body_too_large": 413, "request_timeout": 408, "environment_failure": 500, "criterion_error": 500,
         "entrypoint_error": 500, "internal": 500, "capacity": 503, "step_timeout": 504,
     }  # fmt: skip
@@ -79,7 +79,7 @@ def test_runtime_errors_are_environment_failures():
 def test_openapi_lists_every_route():
     paths = openapi_document()["paths"]
     assert set(paths) == {
-        "/healthz", "/v1/info", "/v1/sessions", "/v1/sessions/{sid}/reset", "/v1/sessions/{sid}/step",
+        "/healthz", "/v1/info", "/openapi.json", "/v1/sessions", "/v1/sessions/{sid}/reset", "/v1/sessions/{sid}/step",
         "/v1/sessions/{sid}", "/v1/batch",
         # OpenEnv's protocol, beside envhub's (envhub/runtime/server/openenv.py)
         "/health", "/metadata", "/schema", "/reset", "/step", "/state", "/mcp",
