@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from pathlib import Path
@@ -46,3 +47,11 @@ def serve_env(tmp_path):
 
     with stack:
         yield start
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback TCP port free right now, for ``serve_env(..., port=free_port)``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,7 +8,7 @@ works through RemoteEnv, AsyncRemoteEnv and OpenEnv's own GenericEnvClient. Real
 from __future__ import annotations
 
 import asyncio
-import socket
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,15 +28,9 @@ ROUTES = [("GET", "/healthz"), ("GET", "/v1/info"), ("GET", "/openapi.json"), ("
           ("POST", "/step"), ("GET", "/state"), ("POST", "/mcp")]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def served(serve_env):
-    _, url = serve_env(ECHO, port=_free_port(), token=TOKEN)
+def served(serve_env, free_port):
+    _, url = serve_env(ECHO, port=free_port, token=TOKEN)
     return url
 
 
@@ -105,9 +99,9 @@ def test_openenv_client_with_the_token(served):
     assert result.observation["messages"][-1]["content"] == "over openenv"
 
 
-def test_serve_refuses_a_non_loopback_address_without_a_token(tmp_path):
-    cmd = [sys.executable, "-m", "envhub", "serve", str(ECHO), "--host", "0.0.0.0", "--port", str(_free_port())]
-    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**__import__("os").environ, "ENVHUB_SERVE_TOKEN": ""})
+def test_serve_refuses_a_non_loopback_address_without_a_token(tmp_path, free_port):
+    cmd = [sys.executable, "-m", "envhub", "serve", str(ECHO), "--host", "0.0.0.0", "--port", str(free_port)]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "ENVHUB_SERVE_TOKEN": ""})
     assert refused.returncode == 1 and "without a token" in refused.stderr and "--token-file" in refused.stderr
     empty = tmp_path / "token"
     empty.write_text("\n")

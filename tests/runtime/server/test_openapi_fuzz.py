@@ -6,7 +6,6 @@ operation, without and with the token, so it runs in seconds.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,9 @@ FAULTY = ROOT / "tests" / "fixtures" / "faulty"
 TOKEN = "fuzz-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def session_server(serve_env):
-    _, url = serve_env(FAULTY, port=_free_port(), token=TOKEN, max_sessions=64, step_timeout_s=2.0)
+def session_server(serve_env, free_port):
+    _, url = serve_env(FAULTY, port=free_port, token=TOKEN, max_sessions=64, step_timeout_s=2.0)
     return url
 
 
