@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envhub.evaluation.report import _CSS, _H, _PAD_B, _PAD_L, _PAD_R, _PAD_T, _SMALL, _W, _esc, _fmt
+from envhub.evaluation.report import _CSS, _H, _PAD_B, _PAD_L, _PAD_R, _PAD_T, _SMALL, _W, _axes, _esc, _fmt
 from envhub.evaluation.results import OUTPUT_MODE
 from envhub.identity.artifact import write_atomic
 
@@ -48,24 +48,6 @@ def _label(value: float, top: float) -> str:
         return f"{value:.0f}"
     digits = max(2, 1 - math.floor(math.log10(top))) if top > 0 else 2
     return f"{value:.{digits}f}"
-
-
-def _line_axes(title: str, top: float, y_label: str) -> list[str]:
-    """The evaluation report's axes (same size, padding and look), with labels fit to any range."""
-    plot_h = _H - _PAD_B - _PAD_T
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H + 20}" role="img" aria-label="{_esc(title)}">',
-        f'<text x="{_W / 2}" y="12" text-anchor="middle" font-size="13" font-weight="600">{_esc(title)}</text>',
-    ]
-    for i in range(5):
-        y = _PAD_T + 6 + plot_h - plot_h * i / 4
-        parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e6e6e6"/>')
-        parts.append(f'<text x="{_PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end"{_SMALL}>{_label(top * i / 4, top)}</text>')
-    parts.append(
-        f'<text x="10" y="{_PAD_T + 6 + plot_h / 2}" transform="rotate(-90 10 {_PAD_T + 6 + plot_h / 2})" '
-        f'text-anchor="middle"{_SMALL}>{_esc(y_label)}</text>'
-    )
-    return parts
 
 
 def _step_ticks(lo: float, hi: float) -> list[int]:
@@ -103,7 +85,7 @@ def svg_lines(
     def py(y: float) -> float:
         return base_y - plot_h * min(max(y, 0.0) / top, 1.0)
 
-    parts = _line_axes(title, top, y_label)
+    parts = _axes(title, top, y_label, tick=_label)
     for x, label in marks:
         parts.append(
             f'<line class="alert-mark" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{_PAD_T + 6}" y2="{base_y}" '

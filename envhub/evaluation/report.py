@@ -11,7 +11,7 @@ import html
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _axes(title: str, y_max: float, y_label: str) -> list[str]:
-    """SVG opening, title, y axis with 4 ticks; returns parts to extend."""
+def _tick(value: float, y_max: float) -> str:
+    return f"{value:.2f}" if y_max <= 1.0 else f"{value:.0f}"
+
+
+def _axes(title: str, y_max: float, y_label: str, *, tick: Callable[[float, float], str] = _tick) -> list[str]:
+    """SVG opening, title, y axis with 4 ticks (each labelled ``tick(value, y_max)``); returns parts to extend."""
     plot_h = _H - _PAD_B - _PAD_T
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H + 20}" role="img" aria-label="{_esc(title)}">',
@@ -47,8 +51,7 @@ def _axes(title: str, y_max: float, y_label: str) -> list[str]:
         value = y_max * i / 4
         y = _PAD_T + 6 + plot_h - plot_h * i / 4
         parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e6e6e6"/>')
-        label = f"{value:.2f}" if y_max <= 1.0 else f"{value:.0f}"
-        parts.append(f'<text x="{_PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end"{_SMALL}>{label}</text>')
+        parts.append(f'<text x="{_PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end"{_SMALL}>{tick(value, y_max)}</text>')
     parts.append(
         f'<text x="10" y="{_PAD_T + 6 + plot_h / 2}" transform="rotate(-90 10 {_PAD_T + 6 + plot_h / 2})" '
         f'text-anchor="middle"{_SMALL}>{_esc(y_label)}</text>'
