@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import envhub
-from envhub.authoring import validate
-from envhub.authoring.audit import audit
 from envhub.authoring.importers import import_environment
 from envhub.errors import ImportSourceError, InvalidOptionError
+
+from imported_checks import assert_validates_and_passes_the_audit
 
 pytestmark = pytest.mark.docker
 
@@ -60,10 +60,7 @@ def test_the_folder_holds_the_tasks_pinned_by_digest(folder):
 
 def test_validate_and_audit(folder, docker_engine):
     """(The folder's own tests run the same checks plus the reference: left to its author, they take minutes here.)"""
-    report = validate(folder)
-    assert report.ok, report.failures
-    result = audit(str(folder), tasks=2)
-    assert result.passed, result.failures
+    assert_validates_and_passes_the_audit(folder, tasks=2)
     assert not docker_engine.containers.list(all=True, filters={"label": "org.envhub.harbor-task"})  # none left behind
 
 

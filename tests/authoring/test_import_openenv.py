@@ -17,10 +17,11 @@ from gymnasium.utils.env_checker import check_env
 
 import envhub
 from envhub.authoring import validate
-from envhub.authoring.audit import audit
 from envhub.authoring.importers import import_environment
 from envhub.authoring.importers.openenv_runtime import OpenEnvEnv
 from envhub.errors import EnvironmentFailure, ImportSourceError
+
+from imported_checks import assert_its_own_tests_pass, assert_validates_and_passes_the_audit
 
 pytest.importorskip("openenv.core", reason="the `interop` extra (pip install 'envhub[interop]') is not installed")
 
@@ -61,13 +62,8 @@ def test_the_folder_pins_the_client_and_the_servers_schema(folder, reverse_url):
 
 
 def test_validate_audit_and_the_folders_own_tests(folder):
-    report = validate(folder)
-    assert report.ok, report.failures
-    result = audit(str(folder), tasks=4)
-    assert result.passed, result.failures
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "tests")],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert_validates_and_passes_the_audit(folder, tasks=4)
+    assert_its_own_tests_pass(folder)
 
 
 def test_scored_by_the_environments_own_reward(folder):

@@ -23,6 +23,8 @@ from envhub.authoring.importers.common import installed_source
 from envhub.authoring.importers.reasoning_gym_runtime import HELD_OUT_FILE, ReasoningGymEnv, question_digest
 from envhub.errors import CriterionError, EnvironmentFailure, ImageBuildError, ImportSourceError, MissingDependencyError
 
+from imported_checks import assert_its_own_tests_pass
+
 pytest.importorskip("reasoning_gym", reason="the `import` extra (pip install 'envhub[import]') is not installed")
 
 TASKS = "basic_arithmetic,letter_counting,word_sorting"
@@ -65,9 +67,7 @@ def test_validate_and_audit_pass(folder):
 
 
 def test_the_folders_own_tests_pass(folder):
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "tests")],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert_its_own_tests_pass(folder)
 
 
 def test_splits_never_share_a_problem_and_difficulty_passes_through(folder):

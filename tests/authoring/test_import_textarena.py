@@ -15,10 +15,11 @@ from gymnasium.utils.env_checker import check_env
 
 import envhub
 from envhub.authoring import validate
-from envhub.authoring.audit import audit
 from envhub.authoring.importers import import_environment
 from envhub.authoring.importers.textarena_runtime import TextArenaEnv, listed_moves
 from envhub.errors import EnvironmentFailure, ImportSourceError, InvalidOptionError
+
+from imported_checks import assert_its_own_tests_pass, assert_validates_and_passes_the_audit
 
 pytest.importorskip("textarena", reason="the `import` extra (pip install 'envhub[import]') is not installed")
 
@@ -54,16 +55,8 @@ def test_the_folder_pins_the_source_and_says_what_it_is(folder):
 
 
 def test_validate_audit_and_the_folders_own_tests(folder):
-    report = validate(folder)
-    assert report.ok, report.failures
-    result = audit(str(folder), tasks=6)
-    assert result.passed, result.failures
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "tests")],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert_validates_and_passes_the_audit(folder, tasks=6)
+    assert_its_own_tests_pass(folder)
 
 
 def test_the_games_own_reward_and_its_handling_of_illegal_moves(folder):

@@ -17,11 +17,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envhub
-from envhub.authoring import validate
-from envhub.authoring.audit import audit
 from envhub.authoring.importers import import_environment
 from envhub.authoring.importers.verifiers import installed_version, verifiers_python
 from envhub.errors import ImportSourceError
+
+from imported_checks import assert_its_own_tests_pass, assert_validates_and_passes_the_audit
 
 if installed_version(verifiers_python(), "verifiers") != "0.4.0":
     pytest.skip("verifiers 0.4 is not installed in its own interpreter (make verifiers)", allow_module_level=True)
@@ -174,13 +174,8 @@ def test_the_folder_pins_verifiers_its_interpreter_and_the_source(folder, source
 
 
 def test_validate_audit_and_the_folders_own_tests(folder):
-    report = validate(folder)
-    assert report.ok, report.failures
-    result = audit(str(folder), tasks=4)
-    assert result.passed, result.failures
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "tests")],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert_validates_and_passes_the_audit(folder, tasks=4)
+    assert_its_own_tests_pass(folder, timeout_s=900)
 
 
 def test_scored_by_the_sources_reward_functions_with_their_weights(folder):
