@@ -73,7 +73,7 @@ def run(
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most tokens per assistant message."),
     rate_limit: float = typer.Option(None, "--rate-limit", help="Most endpoint requests per second."),
     api_key_env: str = typer.Option(None, "--api-key-env", help="Variable with the API key (default ENVHUB_API_KEY, then OPENAI_API_KEY)."),
-    runtime: str = typer.Option("inprocess", help="Where environments run: inprocess, process or docker."),
+    runtime: str = typer.Option("inprocess", help="Where environments run: inprocess, process, docker or ray."),
     env_arg: list[str] = typer.Option([], "--env-arg", help="KEY=VALUE passed to the environment (repeatable)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder; an existing one of the same settings is resumed (default: a new runs/eval/ENV-MODEL-TIMESTAMP)."),
     pass_threshold: float = typer.Option(1.0, "--pass-threshold", help="Reward that counts as a pass for pass@k."),

@@ -1,7 +1,8 @@
 """``envhub.make`` and ``envhub.pull``: from an id or a folder to a running environment.
 
 ``runtime`` picks where the environment's code runs: ``inprocess`` imports it here; ``process`` and
-``docker`` run it behind the session protocol (:mod:`envhub.runtime.remote`). Whatever the runtime,
+``docker`` run it behind the session protocol (:mod:`envhub.runtime.remote`); ``ray`` runs the
+process runtime's server in Ray actors across a cluster (:mod:`envhub.runtime.ray_fleet`). Whatever the runtime,
 the caller gets an ``Env`` of the same contract. Only trusted code runs on this machine (in process
 or as a child process): see :mod:`envhub.runtime.trust`.
 """
@@ -22,7 +23,7 @@ from envhub.runtime.trust import require_trusted
 __all__ = ["RUNTIMES", "Located", "locate", "make", "pull"]
 
 #: Where an environment's code can run.
-RUNTIMES = ("inprocess", "process", "docker")
+RUNTIMES = ("inprocess", "process", "docker", "ray")
 
 
 def make(id_or_path: str | os.PathLike, *, runtime: str = "inprocess", **kwargs: Any) -> gymnasium.Env:

@@ -71,6 +71,7 @@ class PoolOptions:
 RUNTIME_DEFAULTS: dict[str, dict[str, Any]] = {
     "process": {"warm": 0, "idle_ttl_s": 0.0},
     "docker": {"warm": 1, "idle_ttl_s": 30.0},
+    "ray": {"warm": 0, "idle_ttl_s": 0.0},
 }
 
 

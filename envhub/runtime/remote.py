@@ -75,6 +75,14 @@ def pool_for(runtime: str, located: Located, runtime_options: dict[str, Any] | N
             from envhub.runtime.docker import container_starter
 
             start = container_starter(located, digest)
+        elif runtime == "ray":
+            from envhub.runtime.ray_fleet import RayServer
+
+            folder, manifest, start_timeout_s = Path(located.folder).resolve(), located.manifest, options.start_timeout_s
+
+            def start() -> ManagedServer:
+                return RayServer(folder, manifest, digest, start_timeout_s=start_timeout_s)
+
         else:
             raise InvalidOptionError(located.manifest.ref, "runtime", f"{runtime!r} has no pool")
         pool = ServerPool(f"{runtime}:{located.manifest.ref}", start, options)
@@ -89,7 +97,7 @@ def prewarm(id_or_path: str, *, runtime: str = "docker", n: int | None = None, r
 
 def make_remote(runtime: str, located: Located, *, runtime_options: dict[str, Any] | None = None,
                 render_mode: str | None = None, **kwargs: Any) -> RemoteEnv:
-    """A :class:`RemoteEnv` on a pooled ``runtime`` server (``process`` or ``docker``) of ``located``."""
+    """A :class:`RemoteEnv` on a pooled ``runtime`` server (``process``, ``docker`` or ``ray``) of ``located``."""
     pool = pool_for(runtime, located, runtime_options)
     return RemoteEnv(lease=pool.lease(), reconnect=pool.lease, kwargs=kwargs, render_mode=render_mode)
 
@@ -109,8 +117,8 @@ async def make_async(
     """
     import asyncio
 
-    if runtime not in ("process", "docker"):
-        raise InvalidOptionError(str(id_or_path), "runtime", f"make_async serves 'process' or 'docker', not {runtime!r}")
+    if runtime not in ("process", "docker", "ray"):
+        raise InvalidOptionError(str(id_or_path), "runtime", f"make_async serves 'process', 'docker' or 'ray', not {runtime!r}")
     located = await asyncio.to_thread(locate, id_or_path)
     pool = await asyncio.to_thread(pool_for, runtime, located, runtime_options)
     lease = await asyncio.to_thread(pool.lease)

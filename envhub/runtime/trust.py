@@ -21,8 +21,8 @@ from envhub.registry.config import trusted_namespaces
 from envhub.registry.installed import OWN_ORIGINS
 from envhub.runtime.locate import Located
 
-#: Runtimes whose environment code runs on this machine, as the caller's user.
-HOST_RUNTIMES = ("inprocess", "process")
+#: Runtimes whose environment code runs on this machine (or a Ray cluster's nodes), as the caller's user.
+HOST_RUNTIMES = ("inprocess", "process", "ray")
 
 
 def is_trusted(located: Located) -> bool:

@@ -1,0 +1,144 @@
+"""The ray runtime on a real cluster of three nodes on 127.0.0.1 (a head, two workers): the Env
+contract of inprocess, servers spread over the nodes, dead actors and nodes end their episodes with
+RuntimeDiedError without hanging, and nothing is left once the pools close."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import envhub  # noqa: E402
+from envhub.errors import RuntimeDiedError  # noqa: E402
+from envhub.runtime.pool import close_all_pools  # noqa: E402
+from envhub.runtime.ray_fleet import RayServer  # noqa: E402
+from ray_test_cluster import Cluster, keep_ray_on_loopback  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a cluster start is ~10-40 s on this machine
+
+ONE_SEAT = {"sessions_per_server": 1}
+ACTIONS = ["<answer>7</answer>", "<answer>12</answer>"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    keep_ray_on_loopback()
+    started = Cluster.start(workers=2)
+    old = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = started.address  # envhub's runtime finds the cluster through it
+    try:
+        yield started
+    finally:
+        close_all_pools()
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = old
+        started.stop()
+        assert started.live_pids() == []
+
+
+def _server(env) -> RayServer:
+    server = env._lease.server
+    assert isinstance(server, RayServer)
+    return server
+
+
+def _live_actors() -> list[dict]:
+    from ray._private import state
+
+    return [a for a in state.actors().values() if a["State"] != "DEAD"]
+
+
+def test_episodes_match_inprocess_and_spread_over_the_nodes(cluster):
+    local = envhub.make("arithmetic", level="hard")
+    envs = [envhub.make("arithmetic", runtime="ray", runtime_options=ONE_SEAT, level="hard") for _ in range(4)]
+    try:
+        for seed, env in enumerate(envs):
+            for episode in range(2):
+                assert env.reset(seed=seed * 10 + episode) == local.reset(seed=seed * 10 + episode)
+                assert env.step(ACTIONS[episode]) == local.step(ACTIONS[episode])
+        assert envs[0].identity.to_dict() == local.identity.to_dict()
+        workers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")}
+        assert {_server(env).placed["node_id"] for env in envs} == workers  # SPREAD: every worker serves
+    finally:
+        for env in envs:
+            env.close()
+
+    async def one_async_episode():
+        env = await envhub.make_async("arithmetic", runtime="ray", level="hard")
+        try:
+            return await env.reset(seed=3), await env.step(ACTIONS[0])
+        finally:
+            await env.close()
+
+    assert asyncio.run(one_async_episode()) == (local.reset(seed=3), local.step(ACTIONS[0]))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(server: RayServer, timeout_s: float = 60) -> None:
+    """Until Ray reports the actor dead and its server has followed it (within seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while (server.exit_reason() is None or _alive(server.placed["server_pid"])) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "Ray actor" in (server.exit_reason() or "") and not _alive(server.placed["server_pid"])
+
+
+def _step_dies_quickly(env) -> float:
+    started = time.monotonic()
+    with pytest.raises(RuntimeDiedError):
+        env.step(ACTIONS[0])
+    return time.monotonic() - started
+
+
+def test_a_killed_actor_ends_its_episode_and_is_replaced(cluster):
+    local = envhub.make("arithmetic")
+    env = envhub.make("arithmetic", runtime="ray", runtime_options=ONE_SEAT)
+    try:
+        env.reset(seed=1)
+        dead = _server(env)
+        os.kill(dead.placed["pid"], signal.SIGKILL)  # the actor's worker process, mid-episode
+        _wait_gone(dead)
+        assert _step_dies_quickly(env) < 30
+        assert env.reset(seed=1) == local.reset(seed=1)  # a new actor took its place
+        assert _server(env) is not dead and _server(env).placed["pid"] != dead.placed["pid"]
+        assert env.step(ACTIONS[0]) == local.step(ACTIONS[0])
+    finally:
+        env.close()
+
+
+def test_a_killed_raylet_ends_its_nodes_episodes_and_nothing_is_left(cluster):
+    envs = [envhub.make("arithmetic", runtime="ray", runtime_options=ONE_SEAT) for _ in range(2)]
+    try:
+        for env in envs:
+            env.reset(seed=0)
+        node_id = _server(envs[0]).placed["node_id"]
+        raylet = next(pid for pid in (node.raylet_pid() for node in cluster.workers)
+                      if f"--node_id={node_id}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes())
+        on_victim = [env for env in envs if _server(env).placed["node_id"] == node_id]
+        os.kill(raylet, signal.SIGKILL)
+        for env in on_victim:
+            _wait_gone(_server(env))
+            assert _step_dies_quickly(env) < 30
+    finally:
+        for env in envs:
+            env.close()
+    close_all_pools()
+    deadline = time.monotonic() + 30
+    while _live_actors() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _live_actors() == []
