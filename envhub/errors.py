@@ -601,6 +601,21 @@ class CapacityError(EnvhubError, RuntimeError):
         )
 
 
+class UploadsBusyError(CapacityError):
+    """The hub is receiving as many uploads at once as it may (HTTP 503, with Retry-After)."""
+
+    code = "uploads_busy"
+    status = 503
+    fields = ("limit", "retry_after")
+
+    def __init__(self, limit: int, *, retry_after: int = 5) -> None:
+        self.limit, self.retry_after = limit, retry_after
+        EnvhubError.__init__(
+            self, f"the hub is already receiving its maximum of {limit} uploads at once",
+            hint=f"try again in {retry_after} s; the hub's operator can raise --max-concurrent-uploads",
+        )
+
+
 class BodyTooLargeError(EnvhubError, ValueError):
     """A request body over the server's size limit (HTTP 413)."""
 

@@ -56,6 +56,7 @@ SAMPLES = {
     "SessionNotFoundError": lambda: E.SessionNotFoundError("s1-abc"),
     "UntrustedCodeError": lambda: E.UntrustedCodeError(ENV, "acme", "inprocess", source="the hub at http://h"),
     "CapacityError": lambda: E.CapacityError(4096),
+    "UploadsBusyError": lambda: E.UploadsBusyError(8, retry_after=30),
     "BodyTooLargeError": lambda: E.BodyTooLargeError(1024, size=4096),
     "RequestTimeoutError": lambda: E.RequestTimeoutError(30.0, received=12),
     "RemoteError": lambda: E.RemoteError("teapot", "short and stout", status=418, hint="try coffee"),

@@ -39,8 +39,20 @@ def serve(
     trusted_proxy: list[str] = typer.Option([], "--trusted-proxy", help="A proxy address (or CIDR) whose X-Forwarded-For is believed (repeat); none by default."),
     auth_failures: int = typer.Option(20, "--auth-failures-per-minute", min=1, help="Failed authentications a client may make per minute before 429."),
     reserve: list[str] = ReserveOpt,
+    max_concurrent_uploads: int = typer.Option(8, min=1, help="Uploads received at once by each process (others wait, then 503)."),
+    orphan_grace: float = typer.Option(3600, "--orphan-grace", min=0, help="Seconds: at start-up, unreferenced blobs and unfinished writes older than this are removed."),
+    s3_bucket: str = typer.Option(None, "--s3-bucket", envvar="ENVHUB_HUB_S3_BUCKET", help="Keep artifacts in this S3 bucket (shared by replicas) instead of --data."),
+    s3_prefix: str = typer.Option("", "--s3-prefix", envvar="ENVHUB_HUB_S3_PREFIX", help="Key prefix in the bucket."),
+    s3_endpoint_url: str = typer.Option(None, "--s3-endpoint-url", envvar="ENVHUB_HUB_S3_ENDPOINT_URL", help="An S3-compatible server (default: AWS)."),
+    s3_region: str = typer.Option(None, "--s3-region", envvar="ENVHUB_HUB_S3_REGION"),
 ) -> None:
-    """Serve the hub: the API (/docs), the index (/registry.json) and a page listing public environments (/)."""
+    """Serve the hub: the API (/docs), the index (/registry.json) and a page listing public environments (/).
+
+    Replicas: run several on one PostgreSQL (--database-url) and one S3 bucket (--s3-bucket) behind a
+    proxy. S3 credentials come from ENVHUB_HUB_S3_ACCESS_KEY_ID and ENVHUB_HUB_S3_SECRET_ACCESS_KEY,
+    else from boto3's usual places (AWS_ACCESS_KEY_ID, ~/.aws, an instance role).
+    """
+    import os
     import uvicorn
 
     from envhub.hub import create_app
@@ -48,15 +60,18 @@ def serve(
     from envhub.hub.app import uvicorn_options
 
     settings = _settings(data, database_url, max_upload_bytes=max_upload_mb << 20, public_url=public_url or f"http://{host}:{port}",
-                         trusted_proxies=list(trusted_proxy), auth_failure_limit=auth_failures, reserve=reserve)
-    console.print(f"hub on http://{host}:{port} (data in {data}); create a user with `envhub hub adduser NAME --data {data}`", highlight=False)
+                         trusted_proxies=list(trusted_proxy), auth_failure_limit=auth_failures, reserve=reserve,
+                         max_concurrent_uploads=max_concurrent_uploads, orphan_grace_s=orphan_grace, s3_bucket=s3_bucket,
+                         s3_prefix=s3_prefix, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region,
+                         s3_access_key_id=os.environ.get("ENVHUB_HUB_S3_ACCESS_KEY_ID"),
+                         s3_secret_access_key=os.environ.get("ENVHUB_HUB_S3_SECRET_ACCESS_KEY"))
+    where = f"artifacts in s3://{s3_bucket}/{s3_prefix}" if s3_bucket else f"data in {data}"
+    console.print(f"hub on http://{host}:{port} ({where}); create a user with `envhub hub adduser NAME --data {data}`", highlight=False)
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, **uvicorn_options(settings))
         return
-    import os
-
     from envhub.hub import build_hub
-    from envhub.hub.app import SETTINGS_ENV, settings_to_env
+    from envhub.hub.settings import SETTINGS_ENV, settings_to_env
 
     build_hub(settings)  # migrate once here, before the workers start
     os.environ[SETTINGS_ENV] = settings_to_env(settings)

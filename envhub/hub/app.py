@@ -9,14 +9,14 @@ a missing name), 409 on version conflicts, 413 on oversize uploads, 422 on bad i
 # No `from __future__ import annotations`: FastAPI reads the route signatures, some of which use local aliases.
 
 import logging
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import AfterValidator, BaseModel, Field
@@ -29,13 +29,13 @@ from envhub.errors import (
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
-    TooManyRequestsError,
 )
 from envhub.hub.db import make_engine, migrate, sessions, sqlite_url
 from envhub.hub.page import render_index_page
 from envhub.hub.service import RESERVED_NAMESPACES, Hub, Principal
-from envhub.hub.storage import LocalDiskStorage, Storage
+from envhub.hub.settings import SETTINGS_ENV, HubSettings, settings_from_env, settings_to_env  # noqa: F401 - re-exported
 from envhub.hub.throttle import FailureThrottle
+from envhub.hub.uploads import ScratchSpace, UploadSlots, receive
 from envhub.identity.ids import MAX_VERSION_LENGTH, NAME_PATTERN, VERSION_PATTERN, Version
 from envhub.registry.http import HUB_SERVICE
 from envhub.wire import to_body
@@ -56,23 +56,6 @@ NameParam = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64)]
 VersionParam = Annotated[
     str, PathParam(max_length=MAX_VERSION_LENGTH, json_schema_extra={"pattern": VERSION_PATTERN}), AfterValidator(_version)
 ]
-
-
-@dataclass
-class HubSettings:
-    """How a hub runs. ``data_dir`` holds the SQLite file and the artifacts unless told otherwise."""
-
-    data_dir: Path = Path("hub-data")
-    database_url: str | None = None  # default: sqlite:///DATA_DIR/hub.db; postgresql+psycopg://... for PostgreSQL
-    storage: Storage | None = None  # default: LocalDiskStorage(DATA_DIR/storage)
-    max_upload_bytes: int = 100 << 20
-    max_unpacked_bytes: int = 512 << 20
-    public_url: str = ""
-    auth_failure_limit: int = 20  # failed authentications per client per window; then 429 with Retry-After
-    auth_failure_window_s: float = 60.0
-    trusted_proxies: list[str] = field(default_factory=list)  # addresses whose X-Forwarded-For is believed
-    reserved_namespaces: list[str] = field(default_factory=lambda: list(RESERVED_NAMESPACES))  # no user or org may take these
-    extra: dict = field(default_factory=dict)
 
 
 class TokenRequest(BaseModel):
@@ -134,6 +117,7 @@ _WHY = {
     413: "The upload is over the hub's limit.",
     422: "The path, query or body does not fit the schema.",
     429: "Too many failed authentications from this client; wait Retry-After seconds.",
+    503: "The hub is receiving as many uploads at once as it may; wait Retry-After seconds.",
 }
 
 
@@ -143,19 +127,26 @@ def _answers(*statuses: int) -> dict:
     shown = {401, 429, *statuses, *((400,) if 422 in statuses else ())}
     return {
         s: {"model": ErrorBody, "description": _WHY[s],
-            **({"headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}} if s == 429 else {})}
+            **({"headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}} if s in (429, 503) else {})}
         for s in sorted(shown)
     }
 
 
 def build_hub(settings: HubSettings) -> Hub:
+    """The hub of ``settings``: the database migrated, the artifact store, this process's scratch
+    folder; what a crashed process left (scratch, unfinished writes, unreferenced blobs) removed."""
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url or sqlite_url(data_dir / "hub.db"))
     migrate(engine)
-    storage = settings.storage or LocalDiskStorage(data_dir / "storage")
-    return Hub(sessions(engine), storage, max_unpacked_bytes=settings.max_unpacked_bytes, url=settings.public_url,
-               reserved_namespaces=settings.reserved_namespaces)
+    scratch = ScratchSpace(data_dir / "scratch")
+    hub = Hub(sessions(engine), settings.make_storage(), max_unpacked_bytes=settings.max_unpacked_bytes, url=settings.public_url,
+              reserved_namespaces=settings.reserved_namespaces, scratch=scratch)
+    swept = hub.sweep(grace_s=settings.orphan_grace_s)
+    if scratch.removed or any(swept.values()):
+        log.warning("removed what a crash left: %d scratch files, %d unfinished writes, %d unreferenced blobs",
+                    scratch.removed, swept["incomplete"], swept["orphans"])
+    return hub
 
 
 def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -> FastAPI:
@@ -176,7 +167,8 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
         if status in (401, 403, 429):
             client = request.client.host if request.client else "?"
             log.warning("denied %s %s from %s: %s %s", request.method, request.url.path, client, status, exc)
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequestsError) else None
+        retry_after = getattr(exc, "retry_after", None)  # 429 for failed logins, 503 for busy uploads
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -206,6 +198,7 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
         return JSONResponse(body, status_code=status)
 
     throttle = FailureThrottle(limit=settings.auth_failure_limit, window_s=settings.auth_failure_window_s)
+    uploads = UploadSlots(settings.max_concurrent_uploads, wait_s=settings.upload_wait_s)
 
     def principal(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal | None:
         if credentials is None:
@@ -271,7 +264,7 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
         summary="Publish an artifact (the tar.gz bytes as the body)",
         status_code=201,
         openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
-        responses=_answers(400, 403, 409, 413, 422),
+        responses=_answers(400, 403, 409, 413, 422, 503),
     )
     async def publish(
         namespace: NameParam, name: NameParam, version: VersionParam, request: Request, who: Who,
@@ -281,16 +274,15 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
             raise PayloadTooLargeError(int(declared), settings.max_upload_bytes)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_upload_bytes:
-                raise PayloadTooLargeError(None, settings.max_upload_bytes)
-            chunks.append(chunk)
-        digest = request.headers.get("x-envhub-digest")
-        entry, created = await run_in_threadpool(
-            hub.publish, who, namespace, name, version, b"".join(chunks), declared_digest=digest, private=private
-        )
+        async with uploads.slot():  # the body waits unread in the socket until a slot is free
+            received = await receive(request.stream(), hub.scratch.path("upload"), max_bytes=settings.max_upload_bytes)
+            try:
+                entry, created = await run_in_threadpool(
+                    partial(hub.publish, who, namespace, name, version, received.path, digest=received.digest,
+                            declared_digest=request.headers.get("x-envhub-digest"), private=private)
+                )
+            finally:
+                received.path.unlink(missing_ok=True)
         return JSONResponse(entry.model_dump(mode="json"), status_code=201 if created else 200)
 
     @app.get("/api/v1/envs/{namespace}/{name}/{version}/artifact.tar.gz", include_in_schema=False)
@@ -302,9 +294,10 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
     )
     def artifact(namespace: NameParam, name: NameParam, version: VersionParam, who: Who, request: Request) -> Response:
         client = request.client.host if request.client else None
-        data, digest = hub.artifact(who, namespace, name, version, client=client)
-        headers = {"X-Envhub-Digest": digest, "Content-Disposition": f'attachment; filename="{name}-{version}.tar.gz"'}
-        return Response(data, media_type="application/gzip", headers=headers)
+        download = hub.artifact(who, namespace, name, version, client=client)
+        headers = {"X-Envhub-Digest": download.digest, "Content-Length": str(download.size),
+                   "Content-Disposition": f'attachment; filename="{name}-{version}.tar.gz"'}
+        return StreamingResponse(download.chunks(), media_type="application/gzip", headers=headers)  # from storage, a chunk at a time
 
     # --- users, organisations, tokens ------------------------------------------------------------
 
@@ -374,22 +367,6 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None) -
     return app
 
 
-#: ``envhub hub serve --workers N`` passes the settings to each worker process through this variable.
-SETTINGS_ENV = "ENVHUB_HUB_SETTINGS"
-
-
-def settings_to_env(settings: HubSettings) -> str:
-    import json
-
-    return json.dumps({
-        "data_dir": str(settings.data_dir), "database_url": settings.database_url,
-        "max_upload_bytes": settings.max_upload_bytes, "max_unpacked_bytes": settings.max_unpacked_bytes,
-        "public_url": settings.public_url, "auth_failure_limit": settings.auth_failure_limit,
-        "auth_failure_window_s": settings.auth_failure_window_s, "trusted_proxies": list(settings.trusted_proxies),
-        "reserved_namespaces": list(settings.reserved_namespaces),
-    })
-
-
 def uvicorn_options(settings: HubSettings) -> dict:
     """How uvicorn reads the client's address: ``X-Forwarded-For`` only from ``trusted_proxies``
     (uvicorn's own default believes it from any loopback client)."""
@@ -400,9 +377,4 @@ def uvicorn_options(settings: HubSettings) -> dict:
 
 def app_from_environment() -> FastAPI:
     """The app for one of several uvicorn worker processes (a factory: ``uvicorn --factory``)."""
-    import json
-    import os
-
-    values = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
-    values["data_dir"] = Path(values.get("data_dir") or "hub-data")
-    return create_app(HubSettings(**values))
+    return create_app(settings_from_env())

@@ -40,6 +40,8 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":  # replicas starting together: one migrates, the others wait for it
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7401982)")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -11,9 +11,9 @@ import json
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from envhub.identity.artifact import sha256_digest, unpack
+from envhub.identity.artifact import file_digest, unpack
 from envhub.errors import (
     AuthenticationError,
     BadRequestError,
@@ -37,7 +37,8 @@ from envhub.errors import (
 )
 from envhub.errors import suggest as near_matches
 from envhub.hub.models import AuditEvent, BundleGrant, Entitlement, Environment, EnvVersion, OrgMember, Pack, PackVersion, Token, User, utcnow
-from envhub.hub.storage import Storage, artifact_key
+from envhub.hub.storage import ARTIFACTS, Storage, artifact_key
+from envhub.hub.uploads import ScratchSpace
 from envhub.identity.ids import DEFAULT_NAMESPACE, NAME_RE, is_version
 from envhub.identity.index import EnvEntry, Index, PackEntry, VersionEntry, sort_versions
 from envhub.identity.manifest import load_manifest
@@ -49,6 +50,38 @@ MAX_ENTRIES = 20_000  # files and folders in one uploaded artifact
 SCOPES = ("read", "write")
 #: Namespaces no user or organisation may take: ``envhub`` is the bundled environments' (a bare name's).
 RESERVED_NAMESPACES = (DEFAULT_NAMESPACE,)
+
+
+@dataclass(frozen=True)
+class Download:
+    """An artifact on its way out: ``chunks`` yields its bytes, hashing them; the last chunk is
+    held back until the digest matches, so a blob changed in storage never reaches a client whole
+    (the stream ends early instead, and the client's own digest check fails)."""
+
+    ref: str
+    digest: str
+    size: int
+    source: Iterator[bytes]
+
+    def chunks(self) -> Iterator[bytes]:
+        h = hashlib.sha256()
+        held = None
+        for chunk in self.source:
+            h.update(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+        if "sha256:" + h.hexdigest() != self.digest:
+            raise DigestMismatchError(f"stored artifact of {self.ref}", self.digest, "sha256:" + h.hexdigest())
+        if held is not None:
+            yield held
+
+
+def _hash(chunks: Iterable[bytes]) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -91,9 +124,11 @@ class Hub:
 
     def __init__(
         self, sessions: sessionmaker, storage: Storage, *, max_unpacked_bytes: int = 256 << 20, url: str = "",
-        reserved_namespaces: Iterable[str] = RESERVED_NAMESPACES,
+        reserved_namespaces: Iterable[str] = RESERVED_NAMESPACES, scratch: ScratchSpace | None = None,
     ) -> None:
         self.sessions = sessions
+        # Uploads being received and unpacked to be checked; by default in the system's temporary folder.
+        self.scratch = scratch or ScratchSpace(Path(tempfile.gettempdir()) / "envhub-hub-scratch")
         self.reserved_namespaces = frozenset(reserved_namespaces)
         self.storage = storage
         self.max_unpacked_bytes = max_unpacked_bytes
@@ -340,16 +375,18 @@ class Hub:
         return who
 
     def publish(
-        self, who: Principal | None, namespace: str, name: str, version: str, data: bytes, *,
-        declared_digest: str | None = None, private: bool = False,
+        self, who: Principal | None, namespace: str, name: str, version: str, upload: Path, *,
+        digest: str | None = None, declared_digest: str | None = None, private: bool = False,
     ) -> tuple[VersionEntry, bool]:
-        """Check and store an artifact as ``namespace/name@version``; returns (entry, created)."""
+        """Check and store the artifact in the file ``upload`` (its ``digest`` when the caller
+        hashed it already) as ``namespace/name@version``; returns (entry, created). The file is
+        read as a stream, never whole; the caller removes it."""
         who = self.check_can_publish(who, namespace)
         ref = f"{namespace}/{name}@{version}"
-        digest = sha256_digest(data)
+        digest = digest or file_digest(upload)
         if declared_digest and declared_digest != digest:
             raise DigestMismatchError(f"upload of {ref}", declared_digest, digest)
-        manifest = self._checked_manifest(data, digest, namespace, name, version)
+        manifest = self._checked_manifest(upload, namespace, name, version)
         with self.sessions() as s:  # a version already there: same bytes is a no-op, others conflict
             existing = s.execute(
                 select(Environment, EnvVersion).join(EnvVersion, EnvVersion.env_id == Environment.id)
@@ -360,25 +397,52 @@ class Hub:
         # The blob first, then the row: a version becomes visible only once its bytes are stored.
         key = artifact_key(digest)
         if not self.storage.exists(key):
-            self.storage.put(key, data)
-        env_id = self._get_or_create_env(namespace, name, manifest, private)
-        with self.sessions() as s:
-            row = EnvVersion(env_id=env_id, version=version, digest=digest, size=len(data), storage_key=key,
-                             manifest=json.dumps(manifest, sort_keys=True), publisher_id=who.user_id)
-            s.add(row)
-            try:
-                s.flush()
-            except IntegrityError:  # a concurrent publish of the same version won the race
-                s.rollback()
+            self.storage.put_file(key, upload)
+        try:
+            env_id = self._get_or_create_env(namespace, name, manifest, private)
+            with self.sessions() as s:
+                row = EnvVersion(env_id=env_id, version=version, digest=digest, size=upload.stat().st_size, storage_key=key,
+                                 manifest=json.dumps(manifest, sort_keys=True), publisher_id=who.user_id)
+                s.add(row)
+                try:
+                    s.flush()
+                except IntegrityError:  # a concurrent publish of the same version won the race
+                    s.rollback()
+                    env = s.get(Environment, env_id)
+                    other = s.scalar(select(EnvVersion).where(EnvVersion.env_id == env_id, EnvVersion.version == version))
+                    return self._existing(env, other, ref, digest)
                 env = s.get(Environment, env_id)
-                other = s.scalar(select(EnvVersion).where(EnvVersion.env_id == env_id, EnvVersion.version == version))
-                return self._existing(env, other, ref, digest)
-            env = s.get(Environment, env_id)
-            env.description, env.tags = manifest.get("description", ""), json.dumps(manifest.get("tags", []))
-            env.private = env.private or private  # publishing with --private hides an environment; it never unhides one
-            self._audit(s, namespace, who, "publish", ref, digest)
-            s.commit()
-            return self._version_entry(env, row), True
+                env.description, env.tags = manifest.get("description", ""), json.dumps(manifest.get("tags", []))
+                env.private = env.private or private  # publishing with --private hides an environment; it never unhides one
+                self._audit(s, namespace, who, "publish", ref, digest)
+                s.commit()
+                entry = self._version_entry(env, row)
+            if not self.storage.exists(key):  # a failed publish of the same bytes (another namespace) dropped it meanwhile
+                self.storage.put_file(key, upload)
+            return entry, True
+        finally:
+            self._drop_if_unreferenced(key)
+
+    def _drop_if_unreferenced(self, key: str) -> None:
+        """Delete a blob no version points at: the loser of a publish race, or one whose row failed.
+        Safe against a concurrent publish of the same bytes: those are the same version (the
+        manifest names it), whose row exists by now (it beat us) or never will (it lost too)."""
+        with self.sessions() as s:
+            if s.scalar(select(EnvVersion.id).where(EnvVersion.storage_key == key).limit(1)) is None:
+                self.storage.delete(key)
+
+    def sweep(self, *, grace_s: float) -> dict[str, int]:
+        """Remove what a crash left in storage: writes that never completed and blobs no version
+        points at, both older than ``grace_s`` (younger ones may be another replica's publish in
+        progress, whose row is about to be written). Run at start-up."""
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=grace_s)
+        incomplete = self.storage.remove_incomplete(cutoff)
+        with self.sessions() as s:
+            referenced = set(s.scalars(select(EnvVersion.storage_key)))
+        orphans = [key for key, written in self.storage.keys(ARTIFACTS) if key not in referenced and written < cutoff]
+        for key in orphans:
+            self.storage.delete(key)
+        return {"incomplete": incomplete, "orphans": len(orphans)}
 
     def _existing(self, env: Environment, row: EnvVersion, ref: str, digest: str) -> tuple[VersionEntry, bool]:
         if row.digest != digest:
@@ -401,11 +465,11 @@ class Hub:
                     s.rollback()
         raise ConflictError(f"could not create {namespace}/{name}; try again")  # pragma: no cover
 
-    def _checked_manifest(self, data: bytes, digest: str, namespace: str, name: str, version: str) -> dict[str, Any]:
+    def _checked_manifest(self, upload: Path, namespace: str, name: str, version: str) -> dict[str, Any]:
         """Unpack by the safe rules into a scratch folder, read the manifest, check it names this version."""
-        scratch = Path(tempfile.mkdtemp(prefix="envhub-hub-"))
+        scratch = Path(tempfile.mkdtemp(prefix="unpack-", dir=self.scratch.folder))
         try:
-            folder = unpack(data, scratch / "env", expected_digest=digest, max_bytes=self.max_unpacked_bytes, max_entries=MAX_ENTRIES)
+            folder = unpack(upload, scratch / "env", max_bytes=self.max_unpacked_bytes, max_entries=MAX_ENTRIES)
             manifest = load_manifest(folder)
         except ManifestError as exc:
             raise ManifestError("envhub.toml in the uploaded artifact", exc.problems) from None
@@ -456,19 +520,22 @@ class Hub:
             s.commit()
         return {"env": f"{namespace}/{name}", "namespace": pack_namespace, "allowed": allowed}
 
-    def artifact(self, who: Principal | None, namespace: str, name: str, version: str, *, client: str | None = None) -> tuple[bytes, str]:
-        """The bytes of a version (digest-checked), recording the pull in the audit log."""
+    def artifact(self, who: Principal | None, namespace: str, name: str, version: str, *, client: str | None = None) -> Download:
+        """A version's bytes as a stream, recording the pull in the audit log. The stored size is
+        checked first; the digest as the bytes go out (see :class:`Download`)."""
         with self.sessions() as s:
             env, versions = self._visible_env(s, who, namespace, name)  # access first: a 404 lists only visible versions
             row = next((v for v in versions if v.version == version), None)
             if row is None:
                 raise VersionNotFoundError(f"{namespace}/{name}", version, _listed(v.version for v in versions))
-            data = self.storage.get(row.storage_key)
-            if sha256_digest(data) != row.digest:
-                raise DigestMismatchError(f"stored artifact of {namespace}/{name}@{version}", row.digest, sha256_digest(data))
-            self._audit(s, namespace, who, "pull", f"{namespace}/{name}@{version}", row.digest, client)
+            ref = f"{namespace}/{name}@{version}"
+            size = self.storage.size(row.storage_key)
+            if size != row.size:  # changed behind the hub's back (the digest is worked out only on this rare path)
+                actual = "sha256:" + _hash(self.storage.iter_bytes(row.storage_key)) if size is not None else "nothing (the blob is gone)"
+                raise DigestMismatchError(f"stored artifact of {ref}", row.digest, actual)
+            self._audit(s, namespace, who, "pull", ref, row.digest, client)
             s.commit()
-            return data, row.digest
+            return Download(ref, row.digest, row.size, self.storage.iter_bytes(row.storage_key))
 
     def search(self, who: Principal | None, text: str) -> list[EnvEntry]:
         return search_index(self.index(who), text)

@@ -149,20 +149,21 @@ def _check_member(member: tarfile.TarInfo) -> str:
 
 
 def unpack(
-    data: bytes,
+    data: bytes | Path,
     dest: str | Path,
     *,
     expected_digest: str | None = None,
     max_bytes: int = MAX_UNPACKED_BYTES,
     max_entries: int = MAX_ENTRIES,
 ) -> Path:
-    """Verify and unpack an artifact into ``dest`` (created; must not exist), atomically.
+    """Verify and unpack an artifact (its bytes, or a file of them, read as a stream) into ``dest``
+    (created; must not exist), atomically.
 
     The digest is checked before anything is written. Entries are extracted into a temporary
     sibling folder, which is renamed to ``dest`` only when everything was extracted.
     """
     if expected_digest is not None:
-        actual = sha256_digest(data)
+        actual = file_digest(data) if isinstance(data, Path) else sha256_digest(data)
         if actual != expected_digest:
             raise DigestMismatchError("artifact", expected_digest, actual)
     dest = Path(dest)
@@ -174,7 +175,7 @@ def unpack(
         total = 0
         count = 0
         try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar:
                 for member in tar:
                     count += 1
                     if count > max_entries:

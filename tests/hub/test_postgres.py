@@ -3,14 +3,8 @@ the publish race and entitlements behave as on SQLite. Skipped where PostgreSQL 
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from pathlib import Path
-
 import pytest
+from hub_services import fresh_schema, have_postgres, postgres_server
 
 from envhub.identity.artifact import pack_bytes
 from envhub.errors import EnvNotFoundError, VersionConflictError
@@ -18,48 +12,19 @@ from envhub.runtime.make import pull
 
 
 pytest.importorskip("psycopg")
-if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+if not have_postgres():
     pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed", allow_module_level=True)
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; run it as the `postgres` user when we are root.
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    # Not under pytest's tmp folder: that one is private to our user, and postgres may run as another.
-    root = Path(tempfile.mkdtemp(prefix="envhub-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    data = root / "data"
-    subprocess.run(_as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "envhub"]), check=True, capture_output=True, timeout=120)
-    subprocess.run(
-        _as_postgres(["pg_ctl", "-D", str(data), "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "-l", str(root / "log"), "-w", "start"]),
-        check=True, capture_output=True, timeout=120,
-    )
-    try:
-        yield f"postgresql+psycopg://envhub@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]), capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_server() as url:
+        yield url
 
 
 @pytest.fixture
 def pg_hub(tmp_path, isolated_home, postgres_url, hub_factory):
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:  # a fresh schema per test
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    fresh_schema(postgres_url)  # a fresh schema per test
     return hub_factory(tmp_path / "hub-data", database_url=postgres_url)
 
 
