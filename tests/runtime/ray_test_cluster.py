@@ -23,10 +23,16 @@ NODE_FLAGS = ["--node-ip-address=127.0.0.1", "--object-store-memory=100000000", 
 STARTED = "Ray runtime started"
 
 
+#: Ray turns token auth on for a node when ~/.ray/auth_token exists (a local ``ray.init`` writes it)
+#: and leaves it off otherwise, so nodes and drivers would disagree: say it once, for all of them.
+AUTH = {"RAY_AUTH_MODE": "disabled"}
+
+
 def keep_ray_on_loopback() -> None:
-    """Apply :data:`LOOPBACK_RAY` in this process (the driver)."""
+    """Apply :data:`LOOPBACK_RAY` and :data:`AUTH` in this process (the driver)."""
     import ray._private.services as services
 
+    os.environ.update(AUTH)
     services.resolve_ip_for_localhost = lambda host: host
 
 
@@ -111,6 +117,6 @@ def _spawn(log: Path, args: list[str]) -> Node:
         proc = subprocess.Popen(
             [sys.executable, "-c", LAUNCH, "start", *args, *NODE_FLAGS],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "RAY_raylet_start_wait_time_s": "60"},
+            env={**os.environ, **AUTH, "RAY_raylet_start_wait_time_s": "60"},
         )  # fmt: skip
     return Node(proc, log)
