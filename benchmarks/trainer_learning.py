@@ -79,7 +79,7 @@ def train_and_evaluate(algo: str, seed: int, *, minutes: float, episodes: int, t
     torch.set_num_threads(threads)
     out = Path(runs) / f"bench-learning-{algo}-s{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    overrides = {**SETTINGS, "threads": threads, "seed": seed, "output_dir": str(out), "max_train_seconds": minutes * 60, "resume": False}
+    overrides = {**SETTINGS, "threads": threads, "seed": seed, "output_dir": str(out), "max_train_seconds": minutes * 60, "overwrite": True}
     config = make_config(algo, envs=[ENV], overrides=overrides)
     t = time.perf_counter()
     result = train(config)

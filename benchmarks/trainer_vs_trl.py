@@ -59,7 +59,7 @@ def envhub_run(args, workdir: Path) -> dict:
             "output_dir": str(workdir / "envhub"),
             "checkpoint_every": 10_000,
             "progress": False,
-            "resume": False,
+            "overwrite": True,
             "threads": 2,
         },
     )

@@ -50,8 +50,11 @@ _PANELS = {"general": "Options"}
 HELP = (
     "Train a LoRA adapter with GRPO, DAPO or CISPO on one environment or a weighted mix.\n\n"
     "Settings apply in layers: the defaults, the --algo preset (the paper's settings), the --config "
-    "TOML file, then the flags given here. Writes checkpoints, metrics.jsonl, provenance.json and the "
-    "final peft adapter to --output-dir."
+    "TOML file, then the flags given here (--preset cpu: a size for a CPU). Writes checkpoints, metrics.jsonl, "
+    "rollouts.jsonl, provenance.json and the final peft adapter to --output-dir (default: a new "
+    "runs/train/ENV-MODEL-TIMESTAMP; a named folder of the same run resumes, another run's is refused).\n\n"
+    "Exits 1 before the first step when an environment, its kwargs or a judge endpoint does not work, and "
+    "when a step's episodes all error (or more than --max-error-rate); Ctrl-C saves a checkpoint."
 )
 
 
@@ -170,12 +173,14 @@ def _train(**options: Any) -> None:
     except (ValueError, OSError) as exc:  # a bad setting, ENV or TOML file: a usage error, not a crash
         raise typer.BadParameter(str(exc)) from None
     from trainers.grpo import train
+    from trainers.outputs import run_summary
 
-    result = train(config)
-    last = result.metrics[-1] if result.metrics else {}
-    print(f"adapter: {result.adapter_dir}")
-    if last:
-        print(f"step {last['step']}: reward/mean {last['reward/mean']:.3f}")
+    try:
+        result = train(config)
+    except KeyboardInterrupt:  # train() saved a checkpoint and said where; no traceback
+        raise SystemExit(130) from None  # the exit code of an interrupted command
+    for line in run_summary(result.metrics, output_dir=result.output_dir, adapter_dir=result.adapter_dir):
+        print(line)
 
 
 _train.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]

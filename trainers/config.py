@@ -30,7 +30,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = [
     "ALGO_PRESETS",
+    "DEFAULT_RUNS_DIR",
     "DEMO_SETTINGS",
+    "SIZE_PRESETS",
     "Algo",
     "EnvSpec",
     "FieldDoc",
@@ -87,8 +89,12 @@ class TrainConfig:
     """Objective: ``grpo``, ``dapo`` or ``cispo`` (trainers/grpo.py gives each formula)."""
     model: str | None = None
     """Policy base model: a Hugging Face id or folder; None is the embedded SmolLM2-135M-Instruct."""
-    output_dir: str = "runs/train"
-    """Where checkpoints, metrics.jsonl and provenance.json go."""
+    output_dir: str | None = None
+    """Where checkpoints, metrics.jsonl, rollouts.jsonl and provenance.json go; None: a new folder
+    runs/train/ENV-MODEL-TIMESTAMP for every run (name one to resume it)."""
+    preset: Literal["cpu"] | None = None
+    """Size preset applied after the algo's: ``cpu`` = small groups and short answers, about a
+    minute a step on 2 CPU cores (README); None: the defaults below."""
     seed: int = 0
     """Seeds LoRA init, task draws, sampling and dropout; a resumed run repeats the same steps."""
     split: str = "train"
@@ -194,7 +200,13 @@ class TrainConfig:
     checkpoint_every: int = 10
     """Save an adapter checkpoint every this many steps (and always at the end)."""
     resume: bool = True
-    """Continue from the latest checkpoint in output_dir when there is one."""
+    """Continue the run in output_dir from its latest checkpoint when its recorded config (environments,
+    digests, kwargs, model, objective) matches; a folder holding another run is refused."""
+    overwrite: bool = False
+    """Start afresh in output_dir, deleting the run it holds (checkpoints, metrics, rollouts, provenance)."""
+    max_error_rate: float | None = None
+    """Stop the run when more than this fraction of a step's episodes end in an error; None: only
+    when every one does."""
     tensorboard: bool = False
     """Also write TensorBoard event files (needs the tensorboard package)."""
     progress: bool = True
@@ -227,6 +239,26 @@ ALGO_PRESETS: dict[str, dict[str, Any]] = {
         "overlong_shaping": True,
     },
 }
+
+#: Size presets (``preset``), applied after the algo's preset and before a config file and flags.
+SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    # 16 short episodes a step and one optimizer step: what two CPU cores train in about a minute.
+    "cpu": {
+        "prompts_per_step": 4,
+        "group_size": 4,
+        "max_new_tokens": 32,
+        "overlong_buffer": 8,
+        "max_sampling_rounds": 1,
+        "learning_rate": 7e-4,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "old_logprobs": "sampler",
+        "checkpoint_every": 5,
+    },
+}
+
+#: Where runs go when no output_dir is named: a new folder per run under it.
+DEFAULT_RUNS_DIR = "runs/train"
 
 #: Settings for a few minutes of CPU training on arithmetic (easy): small groups, short answers.
 DEMO_SETTINGS: dict[str, Any] = {
@@ -348,8 +380,9 @@ def make_config(
     config_file: str | os.PathLike[str] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Config for ``algo``: defaults, then the algo's paper preset, then the TOML file, then
-    ``overrides`` (a dict of field -> value; strings are parsed as the field's type).
+    """Config for ``algo``: defaults, then the algo's paper preset, then the size preset
+    (``preset``, from the overrides or the file), then the TOML file, then ``overrides`` (a dict of
+    field -> value; strings are parsed as the field's type).
 
     ``algo`` None takes the file's ``algo``, else ``cispo``; a given ``algo`` beats the file's.
     """
@@ -362,7 +395,12 @@ def make_config(
     algo = algo or file_algo or "cispo"
     if algo not in ALGO_PRESETS:
         raise ValueError(f"unknown algo {algo!r}: expected one of {sorted(ALGO_PRESETS)}")
-    values: dict[str, Any] = {"algo": algo, **ALGO_PRESETS[algo], **data, **(overrides or {})}
+    preset = (overrides or {}).get("preset", data.get("preset"))
+    preset = None if preset is None or str(preset).lower() in ("none", "null") else str(preset)
+    if preset is not None and preset not in SIZE_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: expected one of {sorted(SIZE_PRESETS)}")
+    sizes = SIZE_PRESETS[preset] if preset else {}
+    values: dict[str, Any] = {"algo": algo, **ALGO_PRESETS[algo], **sizes, **data, **(overrides or {})}
     if envs:
         values["envs"] = list(envs)
     unknown = sorted(set(values) - _FIELD_NAMES)
@@ -390,6 +428,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError("at least one environment is needed")
     if config.temperature <= 0:
         raise ValueError("temperature must be > 0 for training (the loss needs a distribution)")
+    if config.max_error_rate is not None and not 0 <= config.max_error_rate <= 1:
+        raise ValueError(f"max_error_rate must be in [0, 1], not {config.max_error_rate}")
     if config.judge_prompt is not None:
         from envhub.env.judge import JUDGE_BASE_URL_ENV, JUDGE_MODEL_ENV
 

@@ -16,7 +16,12 @@ The whole algorithm, top to bottom (it is :func:`train`'s loop):
         5. update      LoRA parameters, one or more optimizer steps on the grpo, dapo or cispo
                        objective below; environment and tool tokens carry no loss, and DAPO masks
                        completions cut by the length limit.
-        6. outputs     metrics.jsonl, a peft adapter checkpoint, provenance.json.
+        6. outputs     metrics.jsonl, rollouts.jsonl, a peft adapter checkpoint, provenance.json.
+
+Before the first step, every environment is made and reset once and every judge endpoint is asked
+(``envhub.evaluation.preflight``), and the output folder must hold this run or none: a run that
+cannot do what was asked fails at once (TrainRunError). A step whose episodes all errored (or more
+than ``max_error_rate`` of them) stops the run; Ctrl-C saves a checkpoint of the last finished step.
 
 Notation: o_i is episode i's sampled tokens (|o_i| of them), r_{i,t} = pi_theta(o_{i,t}|...) /
 pi_old(o_{i,t}|...) the importance ratio, A_i its advantage, sg() stop-gradient.
@@ -46,10 +51,14 @@ bookkeeping, log-probs), :mod:`trainers.generation` (sampling), :mod:`trainers.o
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+import os
 import random
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +67,12 @@ from typing import Any
 import torch
 
 from envhub.env.judge import GroupJudge
-from envhub.errors import JudgeError
+from envhub.errors import EntrypointError, EvalRunError, JudgeError, TrainRunError
 from envhub.runtime.env_pool import EnvPool
-from trainers.config import DEMO_SETTINGS, TrainConfig, make_config, validate
+from trainers.config import DEFAULT_RUNS_DIR, DEMO_SETTINGS, TrainConfig, make_config, validate
 from trainers.generation import make_backend
 from trainers.monitor import HackMonitor
-from trainers.outputs import Progress, RunOutputs, environment_identities
+from trainers.outputs import Progress, RunOutputs, environment_identities, rollout_record
 from trainers.rollout import Rollout, derive_seed, micro_batches, pad_rows, rollout, sampled_logprobs, split_rows
 
 __all__ = [
@@ -75,6 +84,8 @@ __all__ = [
     "overlong_penalty",
     "plan_groups",
     "policy_loss",
+    "preflight",
+    "resolve_output_dir",
     "train",
 ]
 
@@ -254,17 +265,115 @@ def plan_groups(config: TrainConfig, step: int, round_: int, count: int, first_g
     return plan
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train a LoRA adapter with ``config``; the module docstring gives the algorithm."""
+def resolve_output_dir(config: TrainConfig) -> TrainConfig:
+    """``config`` with its output folder named: a new ``runs/train/ENV-MODEL-TIMESTAMP`` when it names none."""
+    if config.output_dir:
+        return config
+    from envhub.evaluation.runner import default_out_dir
+
+    envs = "+".join(Path(s.name).name if Path(s.name).is_dir() else s.name.replace("/", "_") for s in config.envs)
+    return dataclasses.replace(config, output_dir=str(default_out_dir(envs, model=config.model, root=Path(DEFAULT_RUNS_DIR))))
+
+
+def preflight(config: TrainConfig) -> list[dict[str, Any]]:
+    """Make and reset every environment of ``config`` once, and ask every judge endpoint it uses;
+    returns each environment's identity (ref, digest). TrainRunError names the first problem."""
+    from envhub.evaluation.preflight import check_endpoint, check_environment
+
+    run_dir = str(config.output_dir)
+    identities = []
+    for spec in config.envs:
+        try:
+            identities.append(check_environment(
+                spec.name, runtime=spec.runtime, env_kwargs=spec.kwargs, split=config.split, seed=0, run_dir=run_dir
+            ))  # fmt: skip
+        except EvalRunError as exc:
+            hint = exc.hint
+            if isinstance(exc.__cause__, EntrypointError) and spec.kwargs:  # most often a misspelt kwarg
+                hint = (f"check the keyword arguments ({', '.join(spec.kwargs)}), given by --env-kwargs or "
+                        f"ENV?key=value: the environment's factory takes them by name")  # fmt: skip
+            elif hint and "--env-arg" in hint:
+                hint = hint.replace("--env-arg", "--env-kwargs")
+            elif hint is None:
+                hint = "fix the value named above (given by --env-kwargs or ENV?key=value)"
+            raise TrainRunError(run_dir, exc.reason, hint=hint) from exc
+    endpoints = []
+    if config.judge_prompt is not None:
+        client = GroupJudge(config.judge_prompt, base_url=config.judge_base_url, model=config.judge_model).client()
+        endpoints.append(("the group judge (--judge-base-url)", client.base_url, client.model, client.api_key))
+    for spec in config.envs:  # judge criteria of the environments' own rubrics
+        pool = EnvPool(spec.name, runtime=spec.runtime, kwargs=spec.kwargs)
+        try:
+            criteria = getattr(getattr(pool.take(), "rubric", None), "criteria", [])
+            for c in criteria:
+                if getattr(c, "kind", "") == "judge" and c.base_url and c.model:
+                    endpoints.append((f"the judge of {spec.name}'s criterion `{c.name}`", c.base_url, c.model,
+                                      os.environ.get(getattr(c, "api_key_env", "") or "") or None))  # fmt: skip
+        finally:
+            pool.close()
+    for who, base_url, model, api_key in dict.fromkeys(endpoints):
+        try:
+            check_endpoint(base_url, model, api_key=api_key, run_dir=run_dir)
+        except EvalRunError as exc:
+            raise TrainRunError(
+                run_dir, f"{who}: {exc.reason}",
+                hint=f"start the judge at {base_url} (`envhub serve-model --port 8000` serves the local model at "
+                "http://127.0.0.1:8000/v1), or point --judge-base-url / ENVHUB_JUDGE_BASE_URL at one that runs",
+            ) from exc  # fmt: skip
+    return identities
+
+
+def _error_types(rollouts: Sequence[Rollout]) -> str:
+    counts = Counter(r.error.partition(":")[0] for r in rollouts if r.error)
+    return ", ".join(f"{kind}: {n}" for kind, n in counts.most_common())
+
+
+def _step_errors(step: int, generated: Sequence[Rollout], max_error_rate: float | None) -> tuple[str | None, bool]:
+    """(a line on the step's errored episodes or None, whether they stop the run)."""
+    errors = [r for r in generated if r.error]
+    if not errors:
+        return None, False
+    n = len(generated)
+    first = errors[0].error.strip().splitlines()[0][:300]
+    if len(errors) == n:
+        return f"every episode of step {step} ({n} of {n}) ended in an error ({_error_types(errors)}); the first: {first}", True
+    rate = len(errors) / n
+    line = f"step {step}: {len(errors)} of {n} episodes ({rate:.0%}) ended in an error ({_error_types(errors)}); the first: {first}"
+    if max_error_rate is not None and rate > max_error_rate:
+        return f"{line}: more than the --max-error-rate of {max_error_rate:.0%}", True
+    return line, False
+
+
+def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a LoRA adapter with ``config``; the module docstring gives the algorithm.
+
+    ``log`` gets the run's one-line notes (resuming, errored episodes, an interruption); default
+    print. Raises TrainRunError before the first step when an environment, its kwargs, a judge
+    endpoint or the output folder cannot serve the run, and during it when a step's episodes error
+    (all of them, or more than ``max_error_rate``). On KeyboardInterrupt it saves a checkpoint of
+    the last finished step, says so, and raises it again.
+    """
     import peft
 
     from envhub.models.loading import load_policy, resolve_model
 
+    say = log or print
     validate(config)
+    config = resolve_output_dir(config)
+    identities = preflight(config)
+    model_path = resolve_model(config.model)
+    outputs = RunOutputs(config, trainer=__name__, model_path=model_path, environments=identities)
+    start_step = outputs.prepare()
+    if start_step >= config.steps and outputs.latest is not None and (outputs.dir / "adapter").is_dir():
+        say(f"{outputs.dir} already holds all {start_step} steps of this run: nothing to train "
+            "(--steps N for more, --overwrite to train it again)")  # fmt: skip
+        return TrainResult(adapter_dir=outputs.dir / "adapter", output_dir=outputs.dir, metrics=outputs.metrics,
+                           provenance=outputs.provenance)  # fmt: skip
+    if start_step:
+        replayed = f"; the {outputs.dropped_steps} step(s) after it run again" if outputs.dropped_steps else ""
+        say(f"resuming from step {start_step} of {config.steps} in {outputs.dir}{replayed}")
     if config.threads:
         torch.set_num_threads(config.threads)
-    model_path = resolve_model(config.model)
-    outputs = RunOutputs(config, trainer=__name__, model_path=model_path)
 
     # ---- the policy: base weights frozen, LoRA adapters trainable ------------------------------
     base, tokenizer = load_policy(model_path, device=config.device, dtype=config.dtype)
@@ -286,7 +395,7 @@ def train(config: TrainConfig) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup else 1.0
     )
-    start_step = outputs.resume(model, optimizer, scheduler)
+    outputs.load_checkpoint(model, optimizer, scheduler)
 
     backend = make_backend(
         config.backend,
@@ -312,11 +421,15 @@ def train(config: TrainConfig) -> TrainResult:
 
     # the reward-hacking monitor: detectors on every step's rollouts, the sentinel, report.html
     monitor = None if config.on_hack == "off" else HackMonitor(config, outputs.dir, history=outputs.metrics, pools=pools)
-    progress = Progress(config.steps, start_step, enabled=config.progress)
+    progress = Progress(config.steps, start_step, enabled=config.progress, time_budget_s=config.max_train_seconds, log=say)
+    model_record = outputs.provenance["model"]
     t_start = time.perf_counter()
+    finished = start_step  # steps whose update, metrics and rollouts are all written
+    snapshot: tuple[list[torch.Tensor], dict[str, Any], dict[str, Any]] | None = None  # state before an unlogged update
     try:
         for step in range(start_step, config.steps):
             t0 = time.perf_counter()
+            planned = config.prompts_per_step * config.group_size
             # Everything random in a step derives from (seed, step): a resumed run replays it exactly.
             torch.manual_seed(derive_seed(config.seed, "step", step))
 
@@ -341,6 +454,7 @@ def train(config: TrainConfig) -> TrainResult:
                     max_new_tokens=config.max_new_tokens,
                     max_episode_tokens=config.max_episode_tokens,
                     seed=derive_seed(config.seed, "sample", step, rounds),
+                    on_progress=lambda done, _n, before=len(generated): progress.rollouts(min(before + done, planned), planned),
                 )
                 rounds += 1
                 generated += episodes
@@ -369,7 +483,19 @@ def train(config: TrainConfig) -> TrainResult:
                     break
             kept = kept[: config.prompts_per_step]
             batch = [r for members in kept for r in members]  # [N] rollouts, group by group
+            for r in batch:
+                r.trained = True
             t_rollout = time.perf_counter() - t0
+            note, stop = _step_errors(step + 1, generated, config.max_error_rate)
+            if stop:
+                raise TrainRunError(
+                    str(outputs.dir), note,
+                    hint=f"every episode's error is in the message above; try the environment by hand (`envhub play "
+                    f"{config.envs[0].name}`), fix the cause, then rerun"
+                    + (f" (the {finished} finished step(s) resume)" if finished else ""),
+                )  # fmt: skip
+            if note:
+                progress.note(note)
 
             # ---- 4. advantages: one per episode, on each of its loss tokens ----------------------
             adv = None
@@ -388,6 +514,9 @@ def train(config: TrainConfig) -> TrainResult:
             stats = {"loss/policy": 0.0, "clip/frac": 0.0, "ratio/mean": 1.0, "ratio/max": 1.0, "grad/norm": 0.0}
             if config.beta:
                 stats["kl/mean"] = 0.0
+            progress.updating()
+            # What to go back to if Ctrl-C comes before this step is written: its update is all or nothing.
+            snapshot = ([p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict()), scheduler.state_dict())
             if batch:
                 everyone = list(range(len(batch)))  # indices into batch, kept in rollout order
                 # pi_old (when recomputed) and pi_ref of each rollout's tokens, before any update
@@ -511,11 +640,17 @@ def train(config: TrainConfig) -> TrainResult:
                 row["episodes/first_error"] = errors[0][:300]
             if judge_errors:
                 row["judge/first_error"] = judge_errors[0][:300]
+            outputs.log_rollouts([
+                rollout_record(r, step=step + 1, split=config.split, environment=identities[r.env_index],
+                               env_kwargs=config.envs[r.env_index].kwargs, model=model_record)
+                for r in generated
+            ])  # fmt: skip
             alerts = monitor.observe(step + 1, generated, row, model=model, tokenizer=tokenizer) if monitor else []
             outputs.log(row)
             if monitor is not None:
                 monitor.publish()
             stop = bool(alerts) and config.on_hack == "stop"  # a checkpoint of this step first, then the end
+            finished, snapshot = step + 1, None
             out_of_time = config.max_train_seconds is not None and time.perf_counter() - t_start > config.max_train_seconds
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or out_of_time or stop:
                 outputs.save_checkpoint(step + 1, model, optimizer, scheduler, environment_identities(config.envs, pools))
@@ -524,6 +659,20 @@ def train(config: TrainConfig) -> TrainResult:
                 outputs.provenance["stopped_by_monitor"] = {"step": step + 1, "detectors": [a["detector"] for a in alerts]}
             if out_of_time or stop:
                 break
+    except KeyboardInterrupt:
+        progress.close()
+        if snapshot is not None:  # interrupted inside a step's update: back to the last finished step
+            for p, saved in zip(params, snapshot[0]):
+                p.data.copy_(saved)
+            optimizer.load_state_dict(snapshot[1])
+            scheduler.load_state_dict(snapshot[2])
+        saved_at = ""
+        if finished > outputs.checkpoint_step:
+            outputs.save_checkpoint(finished, model, optimizer, scheduler, environment_identities(config.envs, pools))
+            saved_at = f"; checkpoint {outputs.latest}"
+        say(f"interrupted: {finished} of {config.steps} steps done in {outputs.dir} (metrics.jsonl has steps 1-{finished}"
+            f"{saved_at}); run the same command with --output-dir {outputs.dir} to resume from step {outputs.checkpoint_step}")  # fmt: skip
+        raise
     finally:
         progress.close()
         for pool in pools:
@@ -553,6 +702,6 @@ def demo(minutes: float = 5.0, *, output_dir: str = "runs/demo-cispo", **overrid
     config = make_config(
         "cispo",
         envs=["arithmetic?level=easy"],
-        overrides={**DEMO_SETTINGS, "output_dir": output_dir, "max_train_seconds": minutes * 60, "resume": False, **overrides},
+        overrides={**DEMO_SETTINGS, "output_dir": output_dir, "max_train_seconds": minutes * 60, "overwrite": True, **overrides},
     )
     return train(config)

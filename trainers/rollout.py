@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +56,12 @@ class Rollout:
     """The conversation so far; once the episode is done, all of it, the last reply included."""
     reward: float = 0.0
     """Environment return: sum of step rewards (the rubric total lands on the last step)."""
+    step_rewards: list[float] = field(default_factory=list)
+    """Each step's reward, in order."""
     criteria: dict[str, float] = field(default_factory=dict)
     """The rubric's score per criterion, from the last step's ``info["rubric"]``."""
+    rubric: dict[str, Any] | None = None
+    """The last step's ``info["rubric"]`` whole (every criterion's score, weight and reason; the hash)."""
     task_id: str | None = None
     turns: int = 0
     prompt_tokens: int = 0
@@ -80,6 +84,8 @@ class Rollout:
     """A_i, broadcast to each of the episode's loss tokens."""
     loss_sampled: list[bool] = field(default_factory=list)
     """The sampled tokens that carry loss: ``sampled``, or none of them when DAPO masks a truncated episode."""
+    trained: bool = False
+    """It was in the step's training batch (its group was kept)."""
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
@@ -132,13 +138,14 @@ def rollout(
     max_new_tokens: int,
     max_episode_tokens: int,
     seed: int,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[Rollout]:
     """Run one episode per ``(group, env_index, task_seed)`` of ``plan``, all turns in lockstep.
 
     ``pools[env_index]`` lends the environment instance. Every turn, the prompts of all live
     episodes go to the backend as one batch (identical prompts, i.e. a group's first turn, are
     prefilled once). An exception from the environment ends that episode with ``error`` set; it
-    never propagates.
+    never propagates. ``on_progress(done, total)`` is called as episodes finish (after each turn).
     """
     episodes = [Rollout(group=g, env_index=e, task_seed=s) for g, e, s in plan]
     envs: list[Any] = [None] * len(episodes)
@@ -159,6 +166,8 @@ def rollout(
     turn = 0
     while True:
         live = [k for k, ep in enumerate(episodes) if not ep.done]
+        if on_progress is not None:
+            on_progress(len(episodes) - len(live), len(episodes))
         if not live:
             break
         completions: list[Completion] = backend.generate(
@@ -177,10 +186,12 @@ def rollout(
             try:
                 obs, reward, terminated, truncated, info = envs[k].step(completion.text)
                 ep.reward += float(reward)
+                ep.step_rewards.append(float(reward))
                 ep.messages = [dict(m) for m in obs]  # the whole conversation, this reply included
                 if terminated or truncated:
                     ep.done = True
                     rubric = info.get("rubric") or {}
+                    ep.rubric = dict(rubric) if rubric else None
                     ep.criteria = {
                         name: c["score"]
                         for name, c in (rubric.get("criteria") or {}).items()

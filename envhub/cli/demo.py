@@ -72,7 +72,7 @@ def quickstart(
             "model": model,
             "output_dir": str(out / "train"),
             "seed": seed,
-            "resume": False,
+            "overwrite": True,
             "max_train_seconds": minutes * 60,
         },
     )

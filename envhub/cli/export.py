@@ -20,15 +20,15 @@ def dataset(
     n: int = typer.Option(None, "-n", "--tasks", min=1, help="How many tasks (default: every listed task, or 100 of a generator's)."),
     env_arg: list[str] = typer.Option([], "--env-arg", help="KEY=VALUE passed to the environment (repeatable)."),
     runtime: str = typer.Option("inprocess", help="Where the environment runs: inprocess, process or docker."),
-    from_run: Path = typer.Option(None, "--from-run", help="Export the episodes of this `envhub eval` run folder instead of tasks."),
+    from_run: Path = typer.Option(None, "--from-run", help="Export the episodes of this `envhub eval` or `envhub train` run folder instead of tasks."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
-    """Write a Hugging Face dataset: an environment's tasks, or an evaluation run's episodes.
+    """Write a Hugging Face dataset: an environment's tasks, or an evaluation or training run's episodes.
 
     `envhub export dataset arithmetic --split test -n 50 OUT` writes one row per task (prompt
     messages, task id, split, seed, environment identity and digest); `envhub export dataset
     --from-run runs/eval/RUN OUT` one row per episode (messages, rewards, rubric breakdown,
-    identities, model). Read OUT with `datasets.load_from_disk(OUT)`, or OUT/data.parquet with
+    identities, model; a training run's with its step, group and advantage). Read OUT with `datasets.load_from_disk(OUT)`, or OUT/data.parquet with
     `load_dataset("parquet", data_files=...)`.
     """
     from envhub.cli.common import console, parse_env_args

@@ -9,7 +9,9 @@ Two shapes, each a :class:`datasets.Dataset`:
 - episodes (:func:`run_dataset`): one row per episode of an ``envhub eval`` run folder: the whole
   conversation (``messages``), ``reward``, ``step_rewards``, the rubric's breakdown (``rubric``: a
   list of ``{name, score, weight, reason}``, the same columns for every environment), identities
-  and the model, ready to share or to filter for SFT.
+  and the model, ready to share or to filter for SFT. A training run's folder gives its
+  ``rollouts.jsonl`` the same way, with the trainer's columns added: ``step``, ``group``,
+  ``advantage``, ``shaped_reward`` and ``trained`` (its group was in the step's batch).
 
 :func:`save` writes a dataset folder that ``datasets.load_from_disk(OUT)`` reads, with the same
 rows in ``OUT/data.parquet`` for ``load_dataset("parquet", data_files=...)`` and any Parquet reader.
@@ -118,6 +120,7 @@ def task_dataset(
 # --- evaluation runs -----------------------------------------------------------------------------
 
 _RESULTS = "results.jsonl"  # envhub eval's per-episode file (envhub.evaluation.results.RESULTS_FILE)
+_ROLLOUTS = "rollouts.jsonl"  # envhub train's per-episode file (trainers.outputs.ROLLOUTS_FILE)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -161,29 +164,41 @@ def _episode_row(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _training_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    row = _episode_row(record)
+    for name in ("step", "group", "advantage", "shaped_reward", "trained"):
+        row[name] = record.get(name)
+    return row
+
+
 def run_rows(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """One row per episode of the ``envhub eval`` run in ``run_dir``, in task then sample order."""
+    """One row per episode of the run in ``run_dir``: an ``envhub eval`` run's in task then sample
+    order, an ``envhub train`` run's (its rollouts.jsonl) in step then group order."""
     folder = Path(run_dir)
     results = folder / _RESULTS
-    if not results.is_file():
-        if (folder / "metrics.jsonl").is_file():
-            reason = "is a training run: the trainer writes metrics.jsonl and its adapter, not its episodes"
-            hint = "evaluate the adapter (`envhub eval ENV --adapter RUN/adapter`) and export that run"
-        else:
-            reason, hint = f"has no {_RESULTS}", "pass the folder an `envhub eval` run wrote"
-        raise EvalRunError(str(folder), reason, hint=hint)
-    records = _read_jsonl(results)
-    records.sort(key=lambda r: (r.get("task_index", 0), r.get("sample", 0)))
-    return [_episode_row(r) for r in records]
+    if results.is_file():
+        records = _read_jsonl(results)
+        records.sort(key=lambda r: (r.get("task_index", 0), r.get("sample", 0)))
+        return [_episode_row(r) for r in records]
+    if (folder / _ROLLOUTS).is_file():
+        records = _read_jsonl(folder / _ROLLOUTS)
+        records.sort(key=lambda r: (r.get("step", 0), r.get("group", 0)))
+        return [_training_row(r) for r in records]
+    if (folder / "metrics.jsonl").is_file():
+        reason = f"is a training run from before the trainer wrote {_ROLLOUTS}: it holds no episodes"
+        hint = "evaluate its adapter (`envhub eval ENV --adapter RUN/adapter`) and export that run"
+    else:
+        reason, hint = f"has no {_RESULTS} or {_ROLLOUTS}", "pass the folder an `envhub eval` or `envhub train` run wrote"
+    raise EvalRunError(str(folder), reason, hint=hint)
 
 
 def run_dataset(run_dir: str | os.PathLike[str]) -> datasets.Dataset:
-    """The episodes of an ``envhub eval`` run folder as a dataset (see the module docstring)."""
+    """The episodes of an ``envhub eval`` or ``envhub train`` run folder as a dataset (see the module docstring)."""
     from datasets import Dataset
 
     rows = run_rows(run_dir)
     if not rows:
-        raise EvalRunError(str(run_dir), f"{_RESULTS} holds no finished episode", hint="run `envhub eval` to the end first")
+        raise EvalRunError(str(run_dir), "holds no finished episode", hint="let the run finish a step (or an episode) first")
     return Dataset.from_list(rows)
 
 

@@ -108,10 +108,10 @@ def test_eval_run_episodes_export_with_rewards_and_breakdown(tmp_path):
 def test_a_training_run_or_a_missing_folder_is_named(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(EvalRunError, match="is a training run"):
+    with pytest.raises(EvalRunError, match="is a training run from before the trainer wrote rollouts.jsonl"):
         run_rows(tmp_path / "train")
     result = export("--from-run", str(tmp_path / "nowhere"), str(tmp_path / "out"))
-    assert isinstance(result.exception, EvalRunError) and "has no results.jsonl" in str(result.exception)
+    assert isinstance(result.exception, EvalRunError) and "has no results.jsonl or rollouts.jsonl" in str(result.exception)
 
 
 def test_an_existing_output_needs_overwrite_and_arguments_are_counted(tmp_path):
