@@ -63,6 +63,7 @@ def run(
     model: str = typer.Option(None, "--model", "-m", help="Model name at the endpoint, or a local model id/folder (default: the embedded SmolLM2-135M-Instruct)."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible API root (e.g. http://127.0.0.1:8000/v1); omit to run the model locally.", envvar="ENVHUB_EVAL_BASE_URL"),
     adapter: Path = typer.Option(None, "--adapter", help="LoRA adapter folder for the local model (the trainer's output)."),
+    engine: str = typer.Option("transformers", "--engine", help="What runs a local model: transformers (here) or vllm (its own process; `make vllm` installs it)."),
     episodes: int = typer.Option(20, "--episodes", "-n", help="Episodes per environment (tasks x samples)."),
     samples: int = typer.Option(1, "--samples", "-k", help="Samples per task, for pass@k."),
     split: str = typer.Option("test", help="Split to draw tasks from."),
@@ -102,7 +103,7 @@ def run(
             out_dir = out if len(envs) == 1 else out / _slug(env.replace("/", "_"))
         configs.append(EvalConfig(
             env=env, out_dir=str(out_dir), model=model, base_url=base_url,
-            adapter=str(adapter) if adapter else None, episodes=episodes, samples=samples, split=split, seed=seed,
+            adapter=str(adapter) if adapter else None, engine=engine, episodes=episodes, samples=samples, split=split, seed=seed,
             concurrency=concurrency, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
             rate_limit=rate_limit, api_key_env=api_key_env, runtime=runtime, env_kwargs=kwargs,
             pass_threshold=pass_threshold, overwrite=overwrite, retry_errors=retry_errors,
@@ -205,18 +206,50 @@ def serve_model(
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     name: str = typer.Option(None, "--name", help="Model name to serve the base model as (default: its id, or `default`)."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most requests generated together."),
+    engine: str = typer.Option("transformers", "--engine", help="transformers (in this process) or vllm (its own process, faster; `make vllm` installs it)."),
 ) -> None:
-    """Serve a local model over an OpenAI-compatible API (/v1/models, /v1/chat/completions with streaming)."""
-    from envhub.evaluation.model_server.app import serve
-
+    """Serve a local model over an OpenAI-compatible API (/v1/models, /v1/chat/completions with
+    streaming), with LoRA adapters by name from one base model."""
     adapters = {}
     for item in adapter:
         key, sep, folder = item.partition("=")
         if not sep or not key or not folder:
             raise typer.BadParameter(f"{item!r} is not NAME=FOLDER (e.g. --adapter mine=runs/adapter)", param_hint="--adapter")
+        if not Path(folder).is_dir():
+            raise typer.BadParameter(f"{folder!r} is not a folder (a peft adapter folder, e.g. runs/cispo/adapter)", param_hint="--adapter")
         adapters[key] = folder
+    if engine == "vllm":
+        _serve_with_vllm(model, adapters=adapters, host=host, port=port, served_name=name, max_batch=max_batch)
+        return
+    if engine != "transformers":
+        raise typer.BadParameter(f"{engine!r} is not an engine: transformers or vllm", param_hint="--engine")
+    from envhub.evaluation.model_server.app import serve
+
     console.print(f"serving {model or 'default'} on http://{host}:{port}/v1 (Ctrl-C to stop)")
     serve(model, adapters=adapters, host=host, port=port, device=device, served_name=name, max_batch=max_batch, log_level="info")
+
+
+def _serve_with_vllm(model: str | None, *, adapters: dict[str, str], host: str, port: int, served_name: str | None, max_batch: int) -> None:
+    from envhub.errors import ModelLoadError
+    from envhub.models.loading import resolve_model
+    from envhub.models.vllm_server import LoraSlots, VLLMServer
+
+    served = served_name or model or "default"
+    console.print(f"starting vLLM for {model or 'default'} (about a minute on a CPU)")
+    server = VLLMServer(
+        resolve_model(model), served_name=served, host=host, port=port, adapters=adapters,
+        lora=LoraSlots.for_adapters(list(adapters.values())) if adapters else None,
+        extra_args=["--max-num-seqs", str(max_batch)],
+    )  # fmt: skip
+    names = ", ".join([served, *adapters])
+    console.print(f"serving {names} on http://{host}:{port}/v1 with vLLM (Ctrl-C to stop; its log: {server.log_path})")
+    try:
+        code = server.proc.wait()
+        tail = server.log_tail()
+    finally:  # Ctrl-C here: the server goes with us
+        server.stop()
+    if code:
+        raise ModelLoadError(str(model or "default"), f"the vLLM server exited with code {code}; its log ended: {tail}")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,9 @@ episodes at once:
   client (:mod:`~envhub.http.transport`);
 - :class:`LocalPolicy`: a local transformers model, optionally with a LoRA adapter folder; the
   concurrent requests are gathered into batches, so that N episodes cost one batched generation
-  per turn rather than N.
+  per turn rather than N;
+- :class:`VLLMPolicy`: the same local model (and adapter) served by vLLM in a process of its own
+  (``--engine vllm``), asked through its OpenAI API as an endpoint is; vLLM batches the requests.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from envhub.http.chat import (
 from envhub.http.transport import ConnectionPool
 from envhub.evaluation.local_model import Batcher, LocalModel, Sampling
 
-__all__ = ["Completion", "EndpointPolicy", "LocalPolicy", "Policy", "make_policy", "training_run"]
+__all__ = ["ENGINES", "Completion", "EndpointPolicy", "LocalPolicy", "Policy", "VLLMPolicy", "make_policy", "training_run"]
+
+#: What can run a local model: transformers in this process, or vLLM in its own.
+ENGINES = ("transformers", "vllm")
 
 
 @dataclass
@@ -138,16 +143,62 @@ class LocalPolicy(Policy):
         return Completion(gen.text, gen.finish_reason, elapsed, usage)
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": "local", "name": self.local.name, "path": self.local.path}
-        if self.adapter_dir:
-            out["adapter"] = self.adapter_dir
-            run = training_run(self.adapter_dir)
-            if run:
-                out["adapter_run"] = run
-        return out
+        return _with_adapter({"kind": "local", "name": self.local.name, "path": self.local.path}, self.adapter_dir)
 
     async def aclose(self) -> None:
         await self.batcher.aclose()
+
+
+class VLLMPolicy(EndpointPolicy):
+    """A local model (and LoRA adapter) served by vLLM in its own process for the length of the run
+    (:class:`~envhub.models.vllm_server.VLLMServer`), asked over 127.0.0.1 as any endpoint is; the
+    adapter is served under the name ``eval-adapter``. ``server`` lends a running one instead."""
+
+    ADAPTER_NAME = "eval-adapter"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        adapter: str | None = None,
+        sampling: Sampling | None = None,
+        retry: RetryPolicy | None = None,
+        server: Any = None,
+    ) -> None:
+        from envhub.models.loading import resolve_model
+        from envhub.models.vllm_server import LoraSlots, VLLMServer
+
+        self.path = str(resolve_model(model))
+        self.name = model or "default"
+        self.adapter_dir = adapter
+        adapters = {self.ADAPTER_NAME: adapter} if adapter else {}
+        self._owns_server = server is None
+        self.server = server or VLLMServer(
+            self.path, served_name=self.name, adapters=adapters,
+            lora=LoraSlots.for_adapters(list(adapters.values())) if adapters else None,
+        )  # fmt: skip
+        if server is not None and adapter:
+            server.load_adapter(self.ADAPTER_NAME, adapter)
+        served = self.ADAPTER_NAME if adapter else self.server.served_name
+        super().__init__(self.server.base_url, served, sampling=sampling, api_key="", retry=retry)
+
+    def describe(self) -> dict[str, Any]:
+        return _with_adapter({"kind": "local", "engine": "vllm", "name": self.name, "path": self.path}, self.adapter_dir)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._owns_server:
+            self.server.stop()
+
+
+def _with_adapter(described: dict[str, Any], adapter: str | None) -> dict[str, Any]:
+    """``described`` plus the adapter folder and the training run that wrote it, when there is one."""
+    if adapter:
+        described["adapter"] = adapter
+        run = training_run(adapter)
+        if run:
+            described["adapter_run"] = run
+    return described
 
 
 def training_run(adapter: str | Path) -> dict[str, Any] | None:
@@ -190,8 +241,16 @@ def make_policy(
     rate_limit: float | None = None,
     retry: RetryPolicy | None = None,
     device: str | None = None,
+    engine: str = "transformers",
 ) -> Policy:
-    """An endpoint policy when ``base_url`` is given, else a local model (the embedded default if no ``model``)."""
+    """An endpoint policy when ``base_url`` is given, else a local model (the embedded default if no
+    ``model``) run by ``engine``: transformers here, or vLLM in a process of its own."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if base_url and engine != "transformers":
+        raise ValueError("--engine is for a local model; an endpoint runs whatever engine it runs")
+    if engine == "vllm":
+        return VLLMPolicy(model, adapter=adapter, sampling=sampling, retry=retry)
     if base_url:
         if adapter:
             raise ValueError("--adapter is for a local model; an endpoint serves its adapters by model name")

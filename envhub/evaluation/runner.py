@@ -81,6 +81,8 @@ class EvalConfig:
     """OpenAI-compatible API root; None evaluates a local transformers model."""
     adapter: str | None = None
     """LoRA adapter folder for the local model (the trainer's output)."""
+    engine: str = "transformers"
+    """What runs a local model: ``transformers`` in this process, or ``vllm`` in a server of its own."""
     episodes: int = 20
     """Episodes in all: ``episodes / samples`` tasks, ``samples`` each."""
     samples: int = 1
@@ -408,6 +410,7 @@ def run_eval(
                 api_key_env=config.api_key_env,
                 rate_limit=config.rate_limit,
                 retry=_retry(config),
+                engine=config.engine,
             )
         if isinstance(policy, EndpointPolicy):
             check_endpoint(policy.base_url, policy.model, api_key=policy.api_key, run_dir=config.out_dir)

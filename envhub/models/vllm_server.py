@@ -78,6 +78,16 @@ class LoraSlots:
     max_rank: int = 16
     max_loras: int = 4
 
+    @classmethod
+    def for_adapters(cls, folders: Sequence[str | os.PathLike[str]], *, max_loras: int = 4) -> LoraSlots:
+        """Slots wide enough for every peft adapter folder given (their ``r``; vLLM takes 8..512)."""
+        ranks = [16]
+        for folder in folders:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                ranks.append(int(_json.loads((Path(folder) / "adapter_config.json").read_bytes()).get("r", 16)))
+        rank = next((r for r in (8, 16, 32, 64, 128, 256, 512) if r >= max(ranks)), 512)
+        return cls(max_rank=rank, max_loras=max(max_loras, len(folders)))
+
 
 def on_cpu() -> bool:
     """Whether vLLM runs on the CPU here (no NVIDIA driver), as ``make vllm`` decides too."""
@@ -98,7 +108,8 @@ def _die_with_parent() -> None:
 
 
 class VLLMServer:
-    """One vLLM OpenAI-compatible server in a child process on 127.0.0.1 (a free port).
+    """One vLLM OpenAI-compatible server in a child process, on 127.0.0.1 and a free port unless
+    ``host`` and ``port`` say otherwise (``envhub serve-model --engine vllm``).
 
     ``served_name`` is the model name requests use for the base weights; LoRA adapters are served
     under their own names (``adapters`` at start, :meth:`load_adapter` later). ``kv_cache_gib``
@@ -115,6 +126,8 @@ class VLLMServer:
         model: str | os.PathLike[str],
         *,
         served_name: str = "base",
+        host: str = "127.0.0.1",
+        port: int | None = None,
         lora: LoraSlots | None = LoraSlots(),
         adapters: Mapping[str, str | os.PathLike[str]] | None = None,
         max_model_len: int = 2048,
@@ -132,15 +145,15 @@ class VLLMServer:
             raise ModelLoadError(str(model), why, hint=_INSTALL_HINT)
         self.model = str(model)
         self.served_name = served_name
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = port or _free_port()
+        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="envhub-vllm-")
         self.log_path = Path(self._dir.name) / "server.log"
         cmd = [
             str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server",
             "--model", self.model,
             "--served-model-name", served_name,
-            "--host", "127.0.0.1", "--port", str(self.port),
+            "--host", host, "--port", str(self.port),
             "--max-model-len", str(max_model_len),
             "--dtype", dtype,
             "--disable-uvicorn-access-log",
