@@ -87,8 +87,11 @@ def test_training_with_the_group_judge_as_reward(judge_url, tmp_path):
     result = train(make_config("cispo", envs=["arithmetic?level=easy"], overrides=settings))
     (row,) = result.metrics
     assert row["episodes/errors"] == 0 and row["judge/errors"] == 0
-    assert len(server.requests) == 2  # one call per group
-    for body in server.requests:  # the judge saw both attempts at the task, as the policy wrote them
+    # preflight's one-token probe of the judge endpoint comes first; then one scoring call per group
+    probe, *scoring = server.requests
+    assert probe["max_tokens"] == 1 and "response_format" not in probe
+    assert len(scoring) == 2
+    for body in scoring:  # the judge saw both attempts at the task, as the policy wrote them
         assert body["messages"][1]["content"].count("# Attempt ") == 2 and "<assistant>" in body["messages"][1]["content"]
     assert row["reward/judge_mean"] == pytest.approx(0.75)  # attempts score 1/2 and 2/2
     assert row["reward/shaped_mean"] == pytest.approx(row["reward/mean"] + 0.5 * 0.75)
