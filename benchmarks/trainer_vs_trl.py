@@ -8,7 +8,14 @@ generation batch, same learning rate. Rewards come from the arithmetic environme
 Dynamic sampling and overlong shaping are off in envhub's trainer (TRL has neither), so both do
 the same work per step.
 
-    python benchmarks/trainer_vs_trl.py [--steps 4] [--prompts 2] [--group 8] [--max-new-tokens 32]
+    python benchmarks/trainer_vs_trl.py [--steps 4] [--prompts 2] [--group 8] [--max-new-tokens 32] \
+        [--order envhub,envhub-vllm,envhub-vllm-adapter,trl] [--rounds 2]
+
+``envhub`` is the trainer with its transformers backend, ``envhub-vllm`` with its vLLM backend (a
+vLLM server in its own environment, ``make vllm``; its start-up is outside the step times, its
+weight sync inside them) pushing merged weights after each update, ``envhub-vllm-adapter`` the same
+hot-loading the LoRA adapter instead. The rows run in the order given, ``--rounds`` times over, so that a
+noisy machine weighs on each alike; the tables give medians over every round's steps.
 
 Writes benchmarks/trainer_vs_trl.md and benchmarks/trainer_vs_trl.json.
 """
@@ -20,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +44,15 @@ from envhub.models.loading import default_model_path  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def envhub_run(args, workdir: Path) -> dict:
+#: The envhub rows: (backend, weight_sync) of each.
+ENVHUB_ROWS = {
+    "envhub": ("transformers", "auto"),
+    "envhub-vllm": ("vllm", "merged"),  # the merged weights pushed to vLLM after each update
+    "envhub-vllm-adapter": ("vllm", "adapter"),  # the LoRA adapter hot-loaded into vLLM instead
+}
+
+
+def envhub_run(args, workdir: Path, backend: str = "transformers", weight_sync: str = "auto") -> dict:
     config = make_config(
         "dapo",
         envs=["arithmetic?level=easy"],
@@ -56,7 +72,9 @@ def envhub_run(args, workdir: Path) -> dict:
             "lora_r": 16,
             "lora_alpha": 32,
             "lora_dropout": 0.0,
-            "output_dir": str(workdir / "envhub"),
+            "output_dir": str(workdir / f"envhub-{backend}"),
+            "backend": backend,
+            "weight_sync": weight_sync,
             "checkpoint_every": 10_000,
             "progress": False,
             "overwrite": True,
@@ -69,6 +87,9 @@ def envhub_run(args, workdir: Path) -> dict:
     steps = [m["perf/step_s"] for m in result.metrics]
     return {
         "step_s": steps,
+        "rollout_s": [m["perf/rollout_s"] for m in result.metrics],
+        "sync_s": [m["perf/sync_s"] for m in result.metrics],
+        "tokens_per_s": [m["perf/tokens_per_s"] for m in result.metrics],
         "reward": [m["reward/mean"] for m in result.metrics],
         "completions_per_step": args.prompts * args.group,
         "wall_s": wall,
@@ -173,13 +194,21 @@ def trl_run(args, workdir: Path) -> dict:
     }
 
 
-def summary(run: dict) -> dict:
-    steady = run["step_s"][1:] or run["step_s"]  # the first step includes warm-up
-    s = sum(steady) / len(steady)
+def summary(runs: list[dict]) -> dict:
+    """Medians over the rounds' steps, leaving out each run's first (warm-up) step."""
+    steady = [x for run in runs for x in (run["step_s"][1:] or run["step_s"])]
+    rollout = [x for run in runs for x in (run.get("rollout_s", [])[1:] or run.get("rollout_s", []))]
+    tokens = [x for run in runs for x in (run.get("tokens_per_s", [])[1:] or run.get("tokens_per_s", []))]
+    sync = [x for run in runs for x in (run.get("sync_s", [])[1:] or run.get("sync_s", []))]
+    s = statistics.median(steady)
+    rewards = [x for run in runs for x in run["reward"]]
     return {
         "s_per_step": s,
-        "completions_per_s": run["completions_per_step"] / s,
-        "mean_reward": sum(run["reward"]) / max(len(run["reward"]), 1),
+        "rollout_s": statistics.median(rollout) if rollout else None,
+        "tokens_per_s": statistics.median(tokens) if tokens else None,
+        "sync_s": statistics.median(sync) if sync else None,
+        "completions_per_s": runs[0]["completions_per_step"] / s,
+        "mean_reward": sum(rewards) / max(len(rewards), 1),
     }
 
 
@@ -190,7 +219,8 @@ def main(argv=None) -> int:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--order", default="envhub,trl")
+    parser.add_argument("--order", default="envhub,envhub-vllm,envhub-vllm-adapter,trl")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     workdir = Path(tempfile.mkdtemp(prefix="bench-vs-trl-"))
@@ -204,12 +234,18 @@ def main(argv=None) -> int:
         "runs": {},
     }
     try:
-        for name in args.order.split(","):
-            run = envhub_run(args, workdir) if name == "envhub" else trl_run(args, workdir)
-            run["summary"] = summary(run)
-            report["runs"][name] = run
-            print(name, run["summary"], flush=True)
-            write(report)
+        for round_ in range(args.rounds):
+            for name in args.order.split(","):
+                if name == "trl":
+                    run = trl_run(args, workdir)
+                else:
+                    backend, weight_sync = ENVHUB_ROWS[name]
+                    run = envhub_run(args, workdir, backend=backend, weight_sync=weight_sync)
+                run["round"] = round_ + 1
+                report["runs"].setdefault(name, []).append(run)
+                report["summary"] = {n: summary(r) for n, r in report["runs"].items()}
+                print(name, round_ + 1, report["summary"][name], flush=True)
+                write(report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -224,33 +260,39 @@ def write(report: dict) -> None:
         "# envhub trainer vs TRL GRPOTrainer (CPU, side by side)",
         "",
         f"`python benchmarks/trainer_vs_trl.py --steps {a['steps']} --prompts {a['prompts']} --group {a['group']} "
-        f"--max-new-tokens {a['max_new_tokens']}` (started {report['started_at']}; torch {report['versions']['torch']}, "
+        f"--max-new-tokens {a['max_new_tokens']} --order {a['order']} --rounds {a['rounds']}` (started {report['started_at']}; torch {report['versions']['torch']}, "
         f"trl {report['versions']['trl']}).",
         "",
         f"SmolLM2-135M-Instruct + LoRA r16/alpha32 on all linear layers, arithmetic easy, {a['prompts']} prompts x "
         f"{a['group']} completions per step, at most {a['max_new_tokens']} new tokens, temperature 1, dapo loss, "
         "one optimizer step per batch, 2 torch threads. The s/step and completions/s means leave out the first "
-        "(warm-up) step; the mean reward counts every step.",
+        "(warm-up) step and are medians over the rounds; the mean reward counts every step.",
         "",
-        "| trainer | s/step | completions/s | mean reward per step | load avg (1, 5, 15 min) at end |",
-        "|---|---|---|---|---|",
+        "| trainer | s/step | rollout s/step | weight sync s/step | tokens/s (verl) | completions/s | mean reward per step | load avg (1, 5, 15 min) at each run's end |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, run in report["runs"].items():
-        s = run["summary"]
-        load = ", ".join(f"{x:.1f}" for x in run["load"])
-        lines.append(f"| {name} | {s['s_per_step']:.1f} | {s['completions_per_s']:.3f} | {s['mean_reward']:.3f} | {load} |")
-    if {"envhub", "trl"} <= report["runs"].keys():
-        ratio = report["runs"]["envhub"]["summary"]["completions_per_s"] / report["runs"]["trl"]["summary"]["completions_per_s"]
-        lines += ["", f"envhub / TRL completions per second: **{ratio:.2f}x**."]
+    for name, runs in report["runs"].items():
+        s = report["summary"][name]
+        load = "; ".join(", ".join(f"{x:.1f}" for x in run["load"]) for run in runs)
+        rollout = "-" if s["rollout_s"] is None else f"{s['rollout_s']:.1f}"
+        tokens = "-" if s["tokens_per_s"] is None else f"{s['tokens_per_s']:.0f}"
+        sync = "-" if s["sync_s"] is None else f"{s['sync_s']:.2f}"
+        lines.append(f"| {name} | {s['s_per_step']:.1f} | {rollout} | {sync} | {tokens} | {s['completions_per_s']:.3f} | {s['mean_reward']:.3f} | {load} |")
+    if "trl" in report["runs"]:
+        trl_rate = report["summary"]["trl"]["completions_per_s"]
+        for name in report["runs"]:
+            if name != "trl":
+                lines += ["", f"{name} / TRL completions per second: **{report['summary'][name]['completions_per_s'] / trl_rate:.2f}x**."]
+    runs = [(f"{name} (round {run['round']})", run) for name, rs in report["runs"].items() for run in rs]
     lines += [
         "",
-        "Per-step times (s):",
+        "Per-step times (s), in the order the runs ran within each row's list:",
         "",
-        *[f"- {name}: {', '.join(f'{x:.1f}' for x in run['step_s'])}" for name, run in report["runs"].items()],
+        *[f"- {label}: {', '.join(f'{x:.1f}' for x in run['step_s'])}" for label, run in runs],
         "",
         "Mean reward per step (the arithmetic rubric, 0 to 1):",
         "",
-        *[f"- {name}: {', '.join(f'{x:.3f}' for x in run['reward'])}" for name, run in report["runs"].items()],
+        *[f"- {label}: {', '.join(f'{x:.3f}' for x in run['reward'])}" for label, run in runs],
         "",
         "What envhub's trainer does differently: its sampler prefills a group's shared prompt once and copies its "
         "KV cache to the G samples, folds the LoRA update into the base weights while decoding (restored exactly "

@@ -116,7 +116,11 @@ class TrainConfig:
     top_p: float = 1.0
     """Nucleus sampling mass, applied identically when sampling and in the loss's log-probs."""
     backend: Literal["transformers", "vllm"] = "transformers"
-    """Generation backend; vllm needs a GPU and the vllm package."""
+    """Generation backend: transformers in this process, or vllm, a vLLM server in its own environment
+    (`make vllm`; the CPU build here, the CUDA one on a GPU machine)."""
+    weight_sync: Literal["auto", "merged", "adapter"] = "auto"
+    """vllm: how the server gets each update: merged weights pushed in place, or the LoRA adapter
+    hot-loaded; auto merges up to 1B parameters (trainers/generation.py says why)."""
 
     # --- rewards ---
     judge_prompt: str | None = None

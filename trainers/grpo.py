@@ -406,6 +406,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
         lora_rank=config.lora_r,
+        weight_sync=config.weight_sync,
     )
     backend.update_weights(model)
     pools = [EnvPool(spec.name, runtime=spec.runtime, kwargs=spec.kwargs) for spec in config.envs]
@@ -515,6 +516,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
             if config.beta:
                 stats["kl/mean"] = 0.0
             progress.updating()
+            t_sync = 0.0  # the sampler brought up to the new weights (part of the update's time)
             # What to go back to if Ctrl-C comes before this step is written: its update is all or nothing.
             snapshot = ([p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict()), scheduler.state_dict())
             if batch:
@@ -595,7 +597,9 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                 )
                 if config.beta:
                     stats["kl/mean"] = totals["kl_sum"] / tokens_seen
+                synced_at = time.perf_counter()
                 backend.update_weights(model)
+                t_sync = time.perf_counter() - synced_at
             t_train = time.perf_counter() - t1
             step_s = time.perf_counter() - t0
 
@@ -629,6 +633,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                     "completion/len_mean": _mean([r.completion_tokens for r in ok]),
                     "perf/rollout_s": t_rollout,
                     "perf/train_s": t_train,
+                    "perf/sync_s": t_sync,
                     "perf/step_s": step_s,
                     "perf/tokens_per_s": tokens / step_s,  # verl: (prompt + completion tokens) / step time
                     "perf/completions_per_s": len(generated) / step_s,
