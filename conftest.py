@@ -1,6 +1,15 @@
-"""Test-wide settings: every test gets its own ENVHUB_HOME, so none touches ~/.envhub."""
+"""Test-wide settings: every test gets its own ENVHUB_HOME, so none touches ~/.envhub; the
+subprocesses tests start can be interrupted with SIGINT."""
+
+import signal
 
 import pytest
+
+# A shell starts a background job (`make test &`, nohup) with SIGINT ignored, and exec keeps an
+# ignored signal ignored: the Ctrl-C tests' children (train, eval, serve-model) would never see it.
+# A handler here is reset to the default in every child, so they get Python's KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -255,8 +255,7 @@ def test_ctrl_c_keeps_finished_episodes_and_says_how_to_resume(home, tmp_path):
     with serve_in_thread(server.app) as url:
         code = "import sys; from envhub.cli import main; main(sys.argv[1:])"
         args = ["eval", "arithmetic", "--base-url", url, "-m", "scripted", "-n", "40", "-c", "2", "-o", str(out)]
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while _lines(out / "results.jsonl") < 3:
             assert proc.poll() is None and time.monotonic() < deadline
