@@ -64,4 +64,8 @@ demo: setup
 test: setup
 	# When no engine can be started, the docker tests fail with the reason (CI=true), not skip.
 	bash scripts/setup-docker.sh > .docker-env || : > .docker-env
+	# The training report's browser test opens report.html in headless Chromium (Debian's package).
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the report's browser test will skip"
 	set -a && . ./.docker-env && set +a && $(PYTHON) -m pytest

@@ -95,7 +95,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (Debian: apt-get install -y chromium; make setup installs it)")
+@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (Debian: apt-get install -y chromium; make test installs it as root)")
 def test_report_opens_in_headless_chromium(tmp_path):
     path = write_training_report(make_run(tmp_path))
     shot = tmp_path / "shot.png"
