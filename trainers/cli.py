@@ -13,6 +13,7 @@ takes a value (``--resume false``, ``--resume=false``) besides ``--resume`` / ``
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -54,7 +55,8 @@ HELP = (
     "rollouts.jsonl, provenance.json and the final peft adapter to --output-dir (default: a new "
     "runs/train/ENV-MODEL-TIMESTAMP; a named folder of the same run resumes, another run's is refused).\n\n"
     "Exits 1 before the first step when an environment, its kwargs or a judge endpoint does not work, and "
-    "when a step's episodes all error (or more than --max-error-rate); Ctrl-C saves a checkpoint."
+    "when a step's episodes all error (or more than --max-error-rate), or when --on-hack stop ends it on a "
+    "reward-hacking alert; Ctrl-C saves a checkpoint."
 )
 
 
@@ -181,6 +183,12 @@ def _train(**options: Any) -> None:
         raise SystemExit(130) from None  # the exit code of an interrupted command
     for line in run_summary(result.metrics, output_dir=result.output_dir, adapter_dir=result.adapter_dir):
         print(line)
+    stopped = result.provenance.get("stopped_by_monitor")
+    if stopped:  # the run ended on a hacking alert: not a success, whatever it saved
+        detectors = ", ".join(stopped["detectors"])
+        print(f"stopped by the reward-hacking monitor at step {stopped['step']} ({detectors}): the evidence and fixes are in "
+              f"{result.output_dir / 'report.html'}; fix the rubric, or rerun with --on-hack warn to train on", file=sys.stderr)
+        raise SystemExit(1)
 
 
 _train.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]

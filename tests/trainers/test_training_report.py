@@ -132,3 +132,27 @@ def test_a_training_run_writes_its_report_as_it_goes(tmp_path):
     page = (out / "report.html").read_text()
     assert "step 2 · 1 samples" in page or "data-step='2'" in page
     assert "Training reward per criterion" in page and "Entropy" in page
+
+
+@pytest.mark.slow
+def test_on_hack_stop_ends_the_run_at_the_first_alert_and_exits_1(tmp_path):
+    """A real run on an environment whose prompt says to answer 42: the base model does, across
+    words of different lengths; --on-hack stop saves that step's checkpoint and fails the command."""
+    import os
+    import sys
+
+    out = tmp_path / "run"
+    copycat = Path(__file__).parents[1] / "fixtures" / "copycat"
+    flags = ["--algo", "cispo", "--steps", "3", "--prompts-per-step", "4", "--group-size", "2", "--max-new-tokens", "12",
+             "--max-sampling-rounds", "1", "--temperature", "0.2", "--lora-r", "2", "--lora-alpha", "4", "--no-progress",
+             "--on-hack", "stop", "--output-dir", str(out)]  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "envhub", "train", str(copycat), *flags], capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path, env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})  # fmt: skip
+    said = result.stdout + result.stderr
+    assert result.returncode == 1, said
+    assert "hack alert at step 1 [answer_collapse]" in said and "answer '42'" in said
+    assert "stopped by the reward-hacking monitor at step 1 (answer_collapse)" in said and "report.html" in said
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and rows[0]["hack/alerts"][0]["detector"] == "answer_collapse"
+    assert (out / "checkpoints" / "step-000001").is_dir() and (out / "report.html").is_file()
+    assert json.loads((out / "provenance.json").read_text())["stopped_by_monitor"]["step"] == 1
