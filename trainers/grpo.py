@@ -527,7 +527,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                 if old_source == "recompute" or config.beta:
                     model.eval()
                     with torch.no_grad():
-                        for chunk, packed in micro_batches(batch, everyone, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device):
+                        for chunk, packed in micro_batches(batch, everyone, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device, max_tokens=config.micro_batch_tokens):
                             if old_source == "recompute":
                                 old_rows |= split_rows(sampled_logprobs(model, packed, config.temperature, config.top_p)[0], chunk, batch)
                             if config.beta:
@@ -547,7 +547,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                             continue
                         n_tokens = sum(sum(batch[i].loss_sampled) for i in minibatch)  # dapo/cispo's normaliser
                         optimizer.zero_grad(set_to_none=True)
-                        for chunk, packed in micro_batches(batch, minibatch, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device):
+                        for chunk, packed in micro_batches(batch, minibatch, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device, max_tokens=config.micro_batch_tokens):
                             logp, _sampled = sampled_logprobs(model, packed, config.temperature, config.top_p)  # [B, S]
                             width = logp.shape[1]
                             if old_source == "current":

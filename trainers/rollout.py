@@ -322,18 +322,39 @@ def pack(
 
 
 def micro_batches(
-    rollouts: Sequence[Rollout], indices: Sequence[int], *, size: int, pad_id: int, device: torch.device
+    rollouts: Sequence[Rollout],
+    indices: Sequence[int],
+    *,
+    size: int,
+    pad_id: int,
+    device: torch.device,
+    max_tokens: int | None = None,
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """``rollouts[indices]`` packed (with their loss mask and ``adv`` [B]) ``size`` at a time, yielded
-    with the indices of each chunk. A group's rollouts go together, so that each micro-batch computes
-    a group's shared prompt once."""
+    """``rollouts[indices]`` packed (with their loss mask and ``adv`` [B]) at most ``size`` and
+    ``max_tokens`` padded tokens at a time, yielded with the indices of each chunk. A group's
+    rollouts go together where they fit, so that a micro-batch computes a group's shared prompt once."""
     ordered = sorted(indices, key=lambda i: (rollouts[i].group, i))
-    for start in range(0, len(ordered), size):
-        chunk = ordered[start : start + size]
+    for chunk in _chunks(ordered, [len(rollouts[i].ids) for i in ordered], size, max_tokens):
         members = [rollouts[i] for i in chunk]
         packed = pack(members, pad_id, device, train_mask=True)
         packed["adv"] = torch.tensor([r.advantage for r in members], device=device)
         yield chunk, packed
+
+
+def _chunks(items: list[int], lengths: list[int], size: int, max_tokens: int | None) -> Iterator[list[int]]:
+    """Consecutive runs of ``items``: at most ``size`` long, and (padded to their longest) at most
+    ``max_tokens`` tokens, except an item longer than that, which goes alone."""
+    chunk: list[int] = []
+    longest = 0
+    for item, n in zip(items, lengths):
+        wider = max(longest, n)
+        if chunk and (len(chunk) == size or (max_tokens is not None and wider * (len(chunk) + 1) > max_tokens)):
+            yield chunk
+            chunk, wider = [], n
+        chunk.append(item)
+        longest = wider
+    if chunk:
+        yield chunk
 
 
 def split_rows(values: torch.Tensor, chunk: Sequence[int], rollouts: Sequence[Rollout]) -> dict[int, torch.Tensor]:
@@ -349,36 +370,60 @@ def pad_rows(rows: dict[int, torch.Tensor], chunk: Sequence[int], width: int) ->
 def sampled_logprobs(
     model: Any, batch: dict[str, torch.Tensor], temperature: float, top_p: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(token | everything before it) of every suffix token: (logp [B, S], sampled [B, S]).
+    """log pi(token | everything before it) of every sampled suffix token: (logp [B, S], sampled
+    [B, S]); logp is 0 at the tokens the model did not sample (environment and tool messages).
 
     Two forward passes, one graph: the distinct prompts [U, P] run once and their KV cache is
     gathered to the B episodes (a group of G shares one prompt, so the prompt costs 1/G of a
     full-sequence forward, and its gradient accumulates from all G through the gather); then the
-    suffixes [B, S] run on top of that cache. The vocabulary head runs on the last prompt
-    position and on suffix positions only.
+    suffixes [B, S] run on top of that cache. The vocabulary head runs only where a sampled token
+    is predicted: a multi-turn episode's suffix is mostly the environment's text, and [B, S, V]
+    logits over all of it (kept for backward) took 24 GB for 16 guess-number episodes.
     """
     from transformers import DynamicCache
 
+    decoder, head = _decoder_and_head(model)
     cache = DynamicCache()  # filled in place by the prefix forward
-    cache_arg = cache_kwarg(model)
-    prefix = model(
+    cache_arg = cache_kwarg(decoder)
+    prefix = decoder(
         input_ids=batch["prefix_ids"],
         attention_mask=batch["prefix_mask"],
         position_ids=batch["prefix_positions"],
         use_cache=True,
-        logits_to_keep=1,
         **{cache_arg: cache},
-    )
+    ).last_hidden_state
     index = batch["index"]
     cache.batch_select_indices(index)  # differentiable gather: [U, ...] -> [B, ...]
-    suffix = model(
+    suffix = decoder(
         input_ids=batch["suffix_ids"],
         attention_mask=torch.cat([batch["prefix_mask"][index], batch["suffix_mask"]], dim=1),
         position_ids=batch["suffix_positions"],
         use_cache=True,
         **{cache_arg: cache},
-    )
-    # predictions of suffix token j: the prompt's last logits for j = 0, suffix logits j-1 after
-    logits = torch.cat([prefix.logits[index][:, -1:], suffix.logits[:, :-1]], dim=1)  # [B, S, V]
-    logp = token_logprobs(logits, batch["suffix_ids"], temperature, top_p)
-    return logp, batch["sampled"]
+    ).last_hidden_state
+    # the state that predicts suffix token j: the prompt's last for j = 0, the suffix's j-1 after
+    before = torch.cat([prefix[index][:, -1:], suffix[:, :-1]], dim=1)  # [B, S, H]
+    sampled = batch["sampled"]
+    picked = token_logprobs(_logits(model, head, before[sampled]), batch["suffix_ids"][sampled], temperature, top_p)
+    logp = torch.zeros(sampled.shape, dtype=picked.dtype, device=picked.device).masked_scatter(sampled, picked)
+    return logp, sampled
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any]:
+    """A causal LM's transformer body and its vocabulary head (through a peft wrapper: its LoRA
+    layers live inside the body, so calling the body trains them)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _logits(model: Any, head: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The head on [N, H] states, with the final-logit transforms some model families apply in
+    their forward after it (Gemma's soft-capping, Granite's scaling)."""
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    logits = head(hidden)
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits

@@ -88,6 +88,12 @@ def test_multi_turn_rollout_masks_environment_tokens(policy):
     assistant = [m["content"] for m in ep.messages if m["role"] == "assistant"]
     for said, ids in zip(assistant, sampled_runs):
         assert tokenizer.decode(ids, skip_special_tokens=True) == said
+    # the loss scores exactly the sampled tokens, with the sampler's values, across the turns
+    batch = pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        logp, mask = sampled_logprobs(model, batch, 1.0, 1.0)
+    assert (~mask & batch["suffix_mask"].bool()).any()  # environment tokens in the suffix
+    assert torch.allclose(logp[mask], batch["sampler_logp"][mask], atol=2e-4) and not logp[~mask].any()
 
 
 @pytest.mark.slow
@@ -131,7 +137,8 @@ def test_shared_prompt_forward_matches_full_sequences_values_and_gradients(polic
         logits = model(input_ids=ids).logits[0, ep.prompt_tokens - 1 : -1]
         full = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, ep.prompt_tokens :, None]).squeeze(-1)
         n = len(ep.ids) - ep.prompt_tokens
-        assert torch.allclose(full, logp[i, :n].detach(), atol=1e-4)
+        on = mask[i, :n]  # logp holds the sampled tokens' values, 0 elsewhere
+        assert torch.allclose(full[on], logp[i, :n][on].detach(), atol=1e-4) and not logp[i, :n][~on].any()
         total = total + full[torch.tensor(ep.sampled[ep.prompt_tokens :])].sum()
     total.backward()
     assert shared.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
@@ -191,3 +198,14 @@ def test_tiny_training_run_produces_a_loadable_adapter_and_resumes_exactly(tmp_p
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert resumed.metrics[-1]["reward/mean"] == full.metrics[-1]["reward/mean"]
+
+
+def test_micro_batches_are_cut_by_padded_tokens_as_well_as_count():
+    from trainers.rollout import _chunks
+
+    items = list(range(6))
+    assert list(_chunks(items, [10] * 6, 4, None)) == [[0, 1, 2, 3], [4, 5]]
+    # 900-token multi-turn episodes at 2048 padded tokens: two at a time, not sixteen
+    assert list(_chunks(items, [900] * 6, 16, 2048)) == [[0, 1], [2, 3], [4, 5]]
+    # padding counts: a long one widens its chunk; one longer than the budget runs alone
+    assert list(_chunks(items, [100, 100, 700, 100, 3000, 100], 16, 1500)) == [[0, 1], [2, 3], [4], [5]]
