@@ -178,9 +178,10 @@ class TrainConfig:
     micro_batch_size: int = 16
     """Sequences per forward/backward (gradient accumulation inside a minibatch)."""
     micro_batch_tokens: int = 3072
-    """...and at most this many padded tokens per forward/backward (a micro-batch of long multi-turn
-    episodes is cut smaller: 16 guess-number episodes of 900 tokens took 24 GB in one); a single
-    longer episode still runs alone."""
+    """...and at most this many padded tokens per forward/backward: a micro-batch of long multi-turn
+    episodes is cut smaller, since the update keeps every layer's activations for backward (a DAPO
+    run with 16 guess-number episodes of up to 2048 tokens a micro-batch was OOM-killed at 24 GB); a
+    single longer episode still runs alone."""
     old_logprobs: Literal["auto", "recompute", "sampler"] = "auto"
     """pi_old: ``recompute`` runs a no-grad forward before updating; ``sampler`` uses the
     log-probs recorded at sampling (transformers backend only); ``auto`` uses sg(pi_theta) when
