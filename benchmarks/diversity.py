@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from child_run import run_child  # noqa: E402  (beside this script)
+
 HERE = Path(__file__).resolve().parent
 SOURCE = "reasoning-gym==0.1.25"
 SINGLE = ["basic_arithmetic"]
@@ -106,17 +108,9 @@ def paired(after: list[float], before: list[float]) -> tuple[float, float]:
 
 def child(job: str, args: argparse.Namespace) -> dict:
     """Run one job (a case's training, or the base model's evaluation) in a fresh process."""
-    runs = Path(args.runs)
-    result_file = runs / f"bench-diversity-{job}.result.json"
-    result_file.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--one", job, "--result-file", str(result_file), "--minutes", str(args.minutes),
-               "--eval-episodes", str(args.eval_episodes), "--seed", str(args.seed), "--runs", args.runs]  # fmt: skip
-    log = result_file.with_suffix(".log")
-    with log.open("w") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
-    if code != 0 or not result_file.is_file():
-        raise RuntimeError(f"benchmark job {job} failed (exit {code}); its output is in {log}")
-    return json.loads(result_file.read_text())
+    flags = ["--one", job, "--minutes", str(args.minutes), "--eval-episodes", str(args.eval_episodes), "--seed", str(args.seed),
+             "--runs", args.runs]  # fmt: skip
+    return run_child(__file__, Path(args.runs) / f"bench-diversity-{job}.result.json", flags, label=f"job {job}")
 
 
 def main(argv: list[str] | None = None) -> int:

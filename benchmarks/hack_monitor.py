@@ -26,7 +26,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from child_run import run_child  # noqa: E402  (beside this script)
 
 HERE = Path(__file__).resolve().parent
 CASES = ("hackable", "shipped")
@@ -111,18 +112,8 @@ def read_run(out: Path, metrics: list[dict]) -> dict:
 
 
 def run_in_subprocess(case: str, args: argparse.Namespace) -> dict:
-    runs = Path(args.runs)
-    result_file = runs / f"bench-hack-{case}.result.json"
-    result_file.parent.mkdir(parents=True, exist_ok=True)
-    result_file.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--one", case, "--result-file", str(result_file), "--minutes", str(args.minutes),
-               "--seed", str(args.seed), "--algo", args.algo, "--runs", args.runs]  # fmt: skip
-    log = result_file.with_suffix(".log")
-    with log.open("w") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
-    if code != 0 or not result_file.is_file():
-        raise RuntimeError(f"benchmark run {case} failed (exit {code}); its output is in {log}")
-    return json.loads(result_file.read_text())
+    flags = ["--one", case, "--minutes", str(args.minutes), "--seed", str(args.seed), "--algo", args.algo, "--runs", args.runs]
+    return run_child(__file__, Path(args.runs) / f"bench-hack-{case}.result.json", flags, label=f"run {case}")
 
 
 def main(argv: list[str] | None = None) -> int:

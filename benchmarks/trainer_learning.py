@@ -22,7 +22,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from child_run import run_child  # noqa: E402  (beside this script)
 from trainers.config import DEMO_SETTINGS, make_config  # noqa: E402
 from trainers.grpo import train  # noqa: E402
 from trainers.rollout import heldout_rollouts  # noqa: E402
@@ -103,19 +103,10 @@ def train_and_evaluate(algo: str, seed: int, *, minutes: float, episodes: int, t
 
 def run_in_subprocess(algo: str, seed: int, args: argparse.Namespace, threads: int) -> dict:
     """Run one (algo, seed) in a fresh process, so parallel runs share no interpreter or threads."""
+    flags = ["--one", f"{algo}:{seed}", "--minutes", str(args.minutes), "--eval-episodes", str(args.eval_episodes),
+             "--threads", str(threads), "--runs", args.runs]  # fmt: skip
     result_file = Path(args.runs) / f"bench-learning-{algo}-s{seed}.result.json"
-    result_file.parent.mkdir(parents=True, exist_ok=True)
-    result_file.unlink(missing_ok=True)
-    command = [
-        sys.executable, __file__, "--one", f"{algo}:{seed}", "--result-file", str(result_file),
-        "--minutes", str(args.minutes), "--eval-episodes", str(args.eval_episodes), "--threads", str(threads), "--runs", args.runs,
-    ]  # fmt: skip
-    log = result_file.with_suffix(".log")
-    with log.open("w") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
-    if code != 0 or not result_file.is_file():
-        raise RuntimeError(f"benchmark run {run_key(algo, seed)} failed (exit {code}); its output is in {log}")
-    return json.loads(result_file.read_text())
+    return run_child(__file__, result_file, flags, label=f"run {run_key(algo, seed)}")
 
 
 def main(argv: list[str] | None = None) -> int:
