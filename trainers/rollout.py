@@ -9,6 +9,7 @@ reward. :func:`rollout` runs a batch of episodes in lockstep through environment
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -405,22 +406,21 @@ def sampled_logprobs(
     # the state that predicts suffix token j: the prompt's last for j = 0, the suffix's j-1 after
     before = torch.cat([prefix[index][:, -1:], suffix[:, :-1]], dim=1)  # [B, S, H]
     sampled = batch["sampled"]
-    picked = token_logprobs(_logits(model, head, before[sampled]), batch["suffix_ids"][sampled], temperature, top_p)
+    picked = token_logprobs(head(before[sampled]), batch["suffix_ids"][sampled], temperature, top_p)
     logp = torch.zeros(sampled.shape, dtype=picked.dtype, device=picked.device).masked_scatter(sampled, picked)
     return logp, sampled
 
 
-def _decoder_and_head(model: Any) -> tuple[Any, Any]:
-    """A causal LM's transformer body and its vocabulary head (through a peft wrapper: its LoRA
-    layers live inside the body, so calling the body trains them)."""
+def _decoder_and_head(model: Any) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor]]:
+    """A causal LM's transformer body (through a peft wrapper: its LoRA layers live inside the body,
+    so calling the body trains them) and its vocabulary head as a function of [N, H] states."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
+    return base.get_decoder(), functools.partial(_logits, base.get_output_embeddings(), base.config)
 
 
-def _logits(model: Any, head: Any, hidden: torch.Tensor) -> torch.Tensor:
+def _logits(head: Any, config: Any, hidden: torch.Tensor) -> torch.Tensor:
     """The head on [N, H] states, with the final-logit transforms some model families apply in
     their forward after it (Gemma's soft-capping, Granite's scaling)."""
-    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
     logits = head(hidden)
     if getattr(config, "logits_scaling", None):
         logits = logits / config.logits_scaling

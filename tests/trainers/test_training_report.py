@@ -4,9 +4,11 @@ Chromium, and written by a real (tiny) training run as it goes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,9 +140,6 @@ def test_a_training_run_writes_its_report_as_it_goes(tmp_path):
 def test_on_hack_stop_ends_the_run_at_the_first_alert_and_exits_1(tmp_path):
     """A real run on an environment whose prompt says to answer 42: the base model does, across
     words of different lengths; --on-hack stop saves that step's checkpoint and fails the command."""
-    import os
-    import sys
-
     out = tmp_path / "run"
     copycat = Path(__file__).parents[1] / "fixtures" / "copycat"
     flags = ["--algo", "cispo", "--steps", "3", "--prompts-per-step", "4", "--group-size", "2", "--max-new-tokens", "12",
