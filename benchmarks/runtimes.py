@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -425,17 +426,31 @@ def measure_openenv_protocol_in_fresh_process(runtime: str, n: int, seconds: flo
                   client_cpu_s=data["client_cpu_s"], server_cpu_s=data["server_cpu_s"])  # fmt: skip
 
 
+def alternate_rounds(
+    args: argparse.Namespace,
+    runtimes: list[str],
+    levels: list[int],
+    measure: Callable[[str, int, float], Result],
+    extra: Callable[[Result], str],
+) -> dict[tuple[str, int], list[Result]]:
+    """Every (runtime, sessions) cell measured once a round, rounds in turn, not one runtime's repeats
+    back to back, so that a slow spell of the machine falls on every runtime alike."""
+    rounds: dict[tuple[str, int], list[Result]] = {}
+    for round_no in range(1, args.rounds + 1):
+        for runtime in runtimes:
+            for n in levels:
+                print(f"round {round_no} {runtime:>14} x {n:<5}", end=" ", flush=True)
+                r = measure(runtime, n, args.seconds)
+                rounds.setdefault((runtime, n), []).append(r)
+                print(f"{r.steps_per_s:9,.0f} steps/s  p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms{extra(r)}")
+    return rounds
+
+
 def compare_openenv_protocol(args: argparse.Namespace, levels: list[int]) -> None:
     """Rounds in turn (each measurement in a fresh process), medians, and a dated section of runtimes.md."""
     load_before = os.getloadavg()
-    rounds: dict[tuple[str, int], list[Result]] = {}
-    for round_no in range(1, args.rounds + 1):
-        for runtime in OPENENV_PROTOCOL:
-            for n in levels:
-                print(f"round {round_no} {runtime:>14} x {n:<4}", end=" ", flush=True)
-                r = measure_openenv_protocol_in_fresh_process(runtime, n, args.seconds)
-                rounds.setdefault((runtime, n), []).append(r)
-                print(f"{r.steps_per_s:9,.0f} steps/s  p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms")
+    rounds = alternate_rounds(args, OPENENV_PROTOCOL, levels, measure_openenv_protocol_in_fresh_process,
+                              lambda r: "")  # fmt: skip
     write_openenv_protocol_section(rounds, levels, args, (load_before, os.getloadavg()), args.out)
     print(f"wrote the OpenEnv-protocol section of {args.out}")
 
@@ -549,17 +564,10 @@ def main() -> None:
         except EnvhubError as exc:
             skipped["docker"] = str(exc)
             runtimes.remove("docker")
-    # Rounds in turn, not one runtime's repeats back to back, so that a slow spell of the machine
-    # falls on every runtime alike; each cell reports its median-throughput round.
-    rounds: dict[tuple[str, int], list[Result]] = {}
-    for round_no in range(1, args.rounds + 1):
-        for runtime in runtimes:
-            for n in levels:
-                print(f"round {round_no} {runtime:>9} x {n:<5}", end=" ", flush=True)
-                r = measure_in_fresh_process(runtime, n, args.seconds)
-                rounds.setdefault((runtime, n), []).append(r)
-                print(f"{r.steps_per_s:9,.0f} steps/s  p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms  setup {r.setup_s:.1f} s  "
-                      f"CPU µs/step client {r.us_per_step(r.client_cpu_s)} server {r.us_per_step(r.server_cpu_s)}")  # fmt: skip
+    # Each cell reports its median-throughput round.
+    rounds = alternate_rounds(args, runtimes, levels, measure_in_fresh_process,
+                              lambda r: f"  setup {r.setup_s:.1f} s  CPU µs/step client {r.us_per_step(r.client_cpu_s)} "
+                                        f"server {r.us_per_step(r.server_cpu_s)}")  # fmt: skip
     for runs in rounds.values():
         results.append(sorted(runs, key=lambda r: r.steps_per_s)[len(runs) // 2])
     startup = {}

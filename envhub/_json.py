@@ -41,3 +41,17 @@ if orjson is not None:
 else:
     dumps = _dumps_std
     loads = json.loads
+
+
+def plain(value: Any) -> Any:
+    """The ``default`` for what environments put in ``info`` beyond JSON: numpy scalars and arrays
+    as numbers and lists, sets and tuples as lists, anything else as its text."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return item()
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)

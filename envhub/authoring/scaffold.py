@@ -91,14 +91,21 @@ def make_env(**kwargs) -> {cls}:
     return {cls}(**kwargs)
 '''
 
-TEST = '''\
-from pathlib import Path
+def contract_tests(own_tests: str, *, docstring: str = "", audited: bool = False) -> str:
+    """The tests file of a new environment folder: it passes ``validate`` and gymnasium's ``check_env``
+    (and, ``audited``, the reward-hacking audit), then the folder's ``own_tests``. Shared by
+    ``envhub init`` and ``envhub import``."""
+    head = f'"""{docstring}"""\n\n' if docstring else ""
+    pytest_import = "import pytest\n" if "pytest." in own_tests else ""
+    audit_import = "from envhub.authoring.audit import audit\n" if audited else ""
+    audit_test = AUDIT_TEST if audited else ""
+    return f"""{head}from pathlib import Path
 
-from gymnasium.utils.env_checker import check_env
+{pytest_import}from gymnasium.utils.env_checker import check_env
 
 import envhub
 from envhub.authoring import validate
-
+{audit_import}
 FOLDER = Path(__file__).resolve().parents[1]
 
 
@@ -109,14 +116,26 @@ def test_passes_validation():
 
 def test_check_env():
     check_env(envhub.make(FOLDER), skip_render_check=True)
+{audit_test}""" + own_tests
 
+
+AUDIT_TEST = """
+
+def test_passes_the_reward_hacking_audit():
+    report = audit(str(FOLDER), tasks=4)
+    assert report.passed, report.failures
+"""
+
+TEST = contract_tests(
+    """
 
 def test_reference_answer_scores_full():
     env = envhub.make(FOLDER)
     env.reset(seed=0)
     _, reward, terminated, _, info = env.step(env.reference_action(env.episode))
     assert terminated and reward == 1.0
-'''
+"""
+)
 
 README = """\
 # {name}

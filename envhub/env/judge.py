@@ -53,7 +53,26 @@ JUDGE_MODEL_ENV = "ENVHUB_JUDGE_MODEL"
 JUDGE_API_KEY_ENV = "ENVHUB_JUDGE_API_KEY"
 
 
-class JudgeCriterion(Criterion):
+class _Endpoint:
+    """The endpoint settings both judges keep: ``base_url`` and ``model`` left unset are read from
+    ``$ENVHUB_JUDGE_BASE_URL`` and ``$ENVHUB_JUDGE_MODEL`` when a request is made, not when built."""
+
+    def _keep_endpoint(self, base_url: str | None, model: str | None, timeout_s: float, max_retries: int) -> None:
+        self._base_url = base_url
+        self._model = model
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+
+    @property
+    def base_url(self) -> str | None:
+        return self._base_url or os.environ.get(JUDGE_BASE_URL_ENV) or None
+
+    @property
+    def model(self) -> str | None:
+        return self._model or os.environ.get(JUDGE_MODEL_ENV) or None
+
+
+class JudgeCriterion(_Endpoint, Criterion):
     """An LLM-judge criterion: a judging prompt sent to any OpenAI-compatible chat endpoint.
 
     ``base_url`` and ``model`` default to ``$ENVHUB_JUDGE_BASE_URL`` and ``$ENVHUB_JUDGE_MODEL``,
@@ -81,19 +100,8 @@ class JudgeCriterion(Criterion):
     ) -> None:
         super().__init__(name, weight=weight)
         self.prompt = prompt
-        self._base_url = base_url
-        self._model = model
         self.api_key_env = api_key_env
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-
-    @property
-    def base_url(self) -> str | None:
-        return self._base_url or os.environ.get(JUDGE_BASE_URL_ENV) or None
-
-    @property
-    def model(self) -> str | None:
-        return self._model or os.environ.get(JUDGE_MODEL_ENV) or None
+        self._keep_endpoint(base_url, model, timeout_s, max_retries)
 
     def fingerprint(self) -> str:
         # The judge model is part of the hash: a different judge is a different rubric.
@@ -376,7 +384,7 @@ def judge_episode(criterion: JudgeCriterion, episode: Episode) -> Score:
     return client.score(criterion.prompt, episode)
 
 
-class GroupJudge:
+class GroupJudge(_Endpoint):
     """A group-relative LLM reward: all episodes of a group scored in one call (as RULER does).
 
     ``GroupJudge(prompt)(episodes)`` returns one :class:`~envhub.env.rubric.Score` per episode, in order.
@@ -397,16 +405,12 @@ class GroupJudge:
         cache: bool | None = None,
     ) -> None:
         self.prompt = prompt
-        self._base_url = base_url
-        self._model = model
         self.api_key = api_key
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
         self.cache = cache
+        self._keep_endpoint(base_url, model, timeout_s, max_retries)
 
     def client(self) -> JudgeClient:
-        base_url = self._base_url or os.environ.get(JUDGE_BASE_URL_ENV)
-        model = self._model or os.environ.get(JUDGE_MODEL_ENV)
+        base_url, model = self.base_url, self.model
         if not base_url or not model:
             raise Unscored(
                 f"no judge endpoint configured: set {JUDGE_BASE_URL_ENV} and {JUDGE_MODEL_ENV} "

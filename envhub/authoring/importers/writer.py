@@ -10,6 +10,7 @@ from typing import Any
 
 from envhub.authoring.importers import kind_module
 from envhub.authoring.importers.common import Generated, Source, installed_source, parse_options
+from envhub.authoring.scaffold import contract_tests
 from envhub.errors import EnvhubError, ImportSourceError, InvalidEnvIdError
 from envhub.identity.ids import NAME_RE, Version
 from envhub.identity.manifest import Manifest
@@ -198,32 +199,9 @@ envhub train . --algo cispo
 ```
 
 {_requirement_note(source)}"""
-    tests = f'''"""Written by `envhub import {kind}`: the folder passes validate and the audit, and plays."""
-
-from pathlib import Path
-
-{"import pytest" + chr(10) if "pytest." in g.tests else ""}from gymnasium.utils.env_checker import check_env
-
-import envhub
-from envhub.authoring import validate
-from envhub.authoring.audit import audit
-
-FOLDER = Path(__file__).resolve().parents[1]
-
-
-def test_passes_validation():
-    report = validate(FOLDER)
-    assert report.ok, report.failures
-
-
-def test_check_env():
-    check_env(envhub.make(FOLDER), skip_render_check=True)
-
-
-def test_passes_the_reward_hacking_audit():
-    report = audit(str(FOLDER), tasks=4)
-    assert report.passed, report.failures
-''' + g.tests
+    tests = contract_tests(
+        g.tests, docstring=f"Written by `envhub import {kind}`: the folder passes validate and the audit, and plays.", audited=True
+    )
     files = {"envhub.toml": manifest, f"{module}.py": code, "README.md": readme, f"tests/test_{module}.py": tests}
     files.update(g.files)
     return files

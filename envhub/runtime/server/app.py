@@ -104,21 +104,8 @@ class Session:
     abandoned: str | None = None
 
 
-def _jsonable(value: Any) -> Any:
-    """``json.dumps`` fallback: numpy scalars and arrays as numbers and lists, anything else as text."""
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "shape", None) == ():
-        return item()
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist):
-        return tolist()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
-
-
 def json_response(payload: Any, status: int = 200, *, headers: dict[str, str] | None = None) -> Response:
-    return Response(_json.dumps(payload, _jsonable), status_code=status, media_type="application/json", headers=headers)
+    return Response(_json.dumps(payload, _json.plain), status_code=status, media_type="application/json", headers=headers)
 
 
 def error_response(exc: BaseException, *, where: str) -> Response:
@@ -592,7 +579,7 @@ BATCH_BODY_SCALE = 4
 
 def _answer_line(i: int, status: int, answer: dict[str, Any]) -> bytes:
     """One line of a batch's answer: call ``i``'s HTTP status and body."""
-    return _json.dumps({"i": i, "status": status, "body": answer}, _jsonable) + b"\n"
+    return _json.dumps({"i": i, "status": status, "body": answer}, _json.plain) + b"\n"
 
 
 def answer_error(exc: BaseException, *, where: str = "batch call") -> tuple[int, dict[str, Any]]:

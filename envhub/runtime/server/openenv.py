@@ -133,22 +133,12 @@ def _error_data(exc: BaseException, ws_code: str | None = None) -> dict[str, Any
     return {"message": f"{error['code']}: {error['message']}", "code": ws_code or _ws_code(exc), "status": status, "error": error}
 
 
-def _plain(value: Any) -> Any:
-    """JSON fallback for what environments put in info: numpy scalars and arrays, sets, the rest as text."""
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist):
-        return tolist()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
-
-
 def _dumps(payload: Any) -> str:
-    return _json.dumps(payload, _plain).decode()
+    return _json.dumps(payload, _json.plain).decode()
 
 
 def _json_response(payload: Any, status: int = 200, *, headers: dict[str, str] | None = None) -> Response:
-    return Response(_json.dumps(payload, _plain), status_code=status, media_type="application/json", headers=headers)
+    return Response(_json.dumps(payload, _json.plain), status_code=status, media_type="application/json", headers=headers)
 
 
 def _observation(messages: list, *, full: bool, reward: float | None, done: bool, info: dict[str, Any]) -> dict[str, Any]:
