@@ -4,6 +4,12 @@ A server holds up to ``sessions_per_server`` sessions: ``make`` leases a seat on
 with room, or starts one. Released servers stay warm: ``warm`` idle servers are kept ready, and any
 more are stopped after ``idle_ttl_s`` seconds. A server that failed (died, hung) is stopped and never
 lent again. Every pool is closed when the interpreter exits.
+
+The fleet grows and shrinks with demand within bounds: it never runs more than ``max_servers`` live
+servers (unbounded by default), and shrinks back to ``warm`` idle ones. When every seat of a pool at
+``max_servers`` is taken, ``make`` waits up to ``lease_timeout_s`` for a seat to come free (an
+environment closed, a server stopped) and then raises :class:`~envhub.errors.CapacityError`, which
+names the bound; it never seats more than ``sessions_per_server`` sessions on one server.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from envhub.errors import RuntimeDiedError
+from envhub.errors import CapacityError, RuntimeDiedError
 from envhub.http.transport import ConnectionPool, run_blocking
 from envhub.runtime.client import UDS_BASE_URL
 
@@ -47,6 +53,12 @@ class PoolOptions:
     idle_ttl_s: float = 30.0
     #: Seconds to wait for a new server to answer its health check.
     start_timeout_s: float = 60.0
+    #: Most live servers at once (None: unbounded); ``warm`` is the lower bound. Past it, ``make``
+    #: waits for a seat on a full fleet instead of starting a server.
+    max_servers: int | None = None
+    #: Seconds ``make`` waits for a seat when every server is full and the pool is at ``max_servers``,
+    #: before it raises :class:`~envhub.errors.CapacityError`.
+    lease_timeout_s: float = 60.0
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None, *, runtime: str = "docker") -> PoolOptions:
@@ -61,8 +73,14 @@ class PoolOptions:
         if os.environ.get(WARM_ENV):
             defaults["warm"] = int(os.environ[WARM_ENV])
         out = cls(**{**defaults, **options})
-        if out.sessions_per_server < 1 or out.warm < 0 or out.idle_ttl_s < 0:
-            raise ValueError("sessions_per_server must be >= 1, warm and idle_ttl_s >= 0")
+        if out.sessions_per_server < 1 or out.warm < 0 or out.idle_ttl_s < 0 or out.lease_timeout_s < 0:
+            raise ValueError("sessions_per_server must be >= 1, warm, idle_ttl_s and lease_timeout_s >= 0")
+        if out.max_servers is not None and not (isinstance(out.max_servers, int) and out.max_servers >= max(1, out.warm)):
+            raise ValueError(f"max_servers must be None or an integer >= 1 and >= warm ({out.warm}), not {out.max_servers!r}")
+        from envhub.runtime.server.app import ServerConfig
+
+        if out.sessions_per_server > ServerConfig.max_sessions:  # the server would refuse the seats past it
+            raise ValueError(f"sessions_per_server must be <= {ServerConfig.max_sessions}, the sessions one server holds")
         return out
 
 
@@ -153,6 +171,8 @@ class ServerPool:
         self.options = options
         self.servers: list[ManagedServer] = []
         self._lock = threading.Lock()
+        #: Notified under ``_lock`` whenever a seat or a server's room comes free, for waiting leases.
+        self._changed = threading.Condition(self._lock)
         self._start_lock = threading.Lock()
         self._closed = False
         _register(self)
@@ -161,28 +181,62 @@ class ServerPool:
         """A seat on a live server with room (the fullest first, to keep few servers), else a new one.
 
         Starts are one at a time: callers that arrive while a server starts wait for it and take its
-        free seats, rather than each starting a server of their own.
+        free seats, rather than each starting a server of their own. At ``max_servers`` live servers
+        with every seat taken, the caller waits up to ``lease_timeout_s`` for a seat or for room to
+        start a server, then gets :class:`~envhub.errors.CapacityError`.
         """
-        lease = self._take_seat()
-        if lease is not None:
-            return lease
-        with self._start_lock:
-            lease = self._take_seat()  # a server started while this caller waited may have room
+        deadline: float | None = None
+        while True:
+            lease = self._take_seat()
             if lease is not None:
                 return lease
-            server = self._start_one()
-            with self._lock:
-                server.sessions += 1
-                server.idle_since = None
-                self.servers.append(server)
-            return Lease(self, server)
+            with self._start_lock:
+                lease = self._take_seat()  # a server started while this caller waited may have room
+                if lease is not None:
+                    return lease
+                if self._may_start():
+                    server = self._start_one()
+                    with self._lock:
+                        server.sessions += 1
+                        server.idle_since = None
+                        self.servers.append(server)
+                    return Lease(self, server)
+            if deadline is None:
+                deadline = time.monotonic() + self.options.lease_timeout_s
+            with self._changed:
+                if not self._changed.wait_for(self._seat_or_room, timeout=max(0.0, deadline - time.monotonic())):
+                    raise self._full_error()
+
+    def _live(self) -> list[ManagedServer]:
+        return [s for s in self.servers if not s.broken]
+
+    def _may_start(self) -> bool:
+        """Room for one more server under ``max_servers`` (callers hold ``_start_lock``)."""
+        with self._lock:
+            return self.options.max_servers is None or len(self._live()) < self.options.max_servers
+
+    def _seat_or_room(self) -> bool:
+        """A free seat, room for a server, or a closed pool (callers hold ``_lock``)."""
+        live = self._live()
+        cap, bound = self.options.sessions_per_server, self.options.max_servers
+        return self._closed or any(s.sessions < cap for s in live) or bound is None or len(live) < bound
+
+    def _full_error(self) -> CapacityError:
+        o = self.options
+        return CapacityError(
+            (o.max_servers or 0) * o.sessions_per_server,
+            where=f"the {self.name} pool, at max_servers={o.max_servers} of sessions_per_server={o.sessions_per_server},",
+            what=f"sessions, and none came free within lease_timeout_s={o.lease_timeout_s:g} s",
+            hint="close environments you no longer use, or raise runtime_options max_servers (or sessions_per_server, "
+            "or lease_timeout_s to wait longer)",
+        )
 
     def _take_seat(self) -> Lease | None:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"pool {self.name} is closed")
             cap = self.options.sessions_per_server
-            candidates = [s for s in self.servers if not s.broken and s.sessions < cap]
+            candidates = [s for s in self._live() if s.sessions < cap]
             if not candidates:
                 return None
             server = max(candidates, key=lambda s: s.sessions)
@@ -207,9 +261,12 @@ class ServerPool:
             idle = sum(1 for s in self.servers if s.sessions == 0 and not s.broken)
         started = 0
         for _ in range(max(0, n - idle)):
-            server = self._start_one()
-            with self._lock:
-                self.servers.append(server)
+            with self._start_lock:
+                if not self._may_start():  # never past max_servers
+                    break
+                server = self._start_one()
+                with self._lock:
+                    self.servers.append(server)
             started += 1
         return started
 
@@ -227,14 +284,17 @@ class ServerPool:
                 stop = True
             elif server.sessions == 0:
                 server.idle_since = time.monotonic()
+            self._changed.notify_all()
         if stop:
             _stop_quietly(server)
         elif server.broken is False and server.sessions == 0:
             _ensure_janitor()
 
     def _forget(self, server: ManagedServer) -> None:
+        """Drop a server from the pool (callers hold ``_lock``); its room goes to a waiting lease."""
         with contextlib.suppress(ValueError):
             self.servers.remove(server)
+        self._changed.notify_all()
 
     def tidy(self) -> None:
         """Stop dead servers, and idle ones past ``idle_ttl_s`` beyond the ``warm`` kept ready."""
@@ -269,6 +329,7 @@ class ServerPool:
         with self._lock:
             self._closed = True
             servers, self.servers = self.servers, []
+            self._changed.notify_all()
         for server in servers:
             _stop_quietly(server)
 

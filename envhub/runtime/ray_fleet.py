@@ -4,6 +4,9 @@ Each pooled server is one actor, placed by Ray (``SPREAD`` over the nodes) with 
 manifest's ``[limits]`` (``cpus`` as ``num_cpus``, ``memory_mb`` as ``memory``). The actor starts the
 unchanged :class:`~envhub.runtime.process.ProcessServer` on its node; the caller talks the session
 protocol to it directly, so Ray carries only the control plane (start, liveness, stop), not the steps.
+The pool's bounds hold the actors: at most ``max_servers`` of them, shrunk back to ``warm`` when idle
+(see :mod:`envhub.runtime.pool`); unbounded, a start the cluster has no CPUs for waits up to
+``start_timeout_s`` for Ray to place it, then fails with :class:`~envhub.errors.RuntimeDiedError`.
 
 The caller's ``ray.init(address=...)`` is used when Ray is already initialised; else ``$RAY_ADDRESS``
 names the cluster; with neither, a local Ray instance starts on 127.0.0.1.

@@ -1,6 +1,7 @@
 """The ray runtime on a real cluster of three nodes on 127.0.0.1 (a head, two workers): the Env
-contract of inprocess, servers spread over the nodes, dead actors and nodes end their episodes with
-RuntimeDiedError without hanging, and nothing is left once the pools close."""
+contract of inprocess, servers spread over the nodes, the fleet held within ``max_servers`` and
+shrunk back to ``warm``, dead actors and nodes end their episodes with RuntimeDiedError without
+hanging, and nothing is left once the pools close."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import envhub  # noqa: E402
-from envhub.errors import RuntimeDiedError  # noqa: E402
+from envhub.errors import CapacityError, RuntimeDiedError  # noqa: E402
 from envhub.runtime.pool import close_all_pools  # noqa: E402
+from envhub.runtime.remote import pool_for  # noqa: E402
 from envhub.runtime.ray_fleet import RayServer  # noqa: E402
 from ray_test_cluster import Cluster, keep_ray_on_loopback  # noqa: E402
 
@@ -80,6 +82,30 @@ def test_episodes_match_inprocess_and_spread_over_the_nodes(cluster):
             await env.close()
 
     assert asyncio.run(one_async_episode()) == (local.reset(seed=3), local.step(ACTIONS[0]))
+
+
+def test_the_fleet_grows_to_max_servers_waits_and_shrinks_to_warm(cluster):
+    # Unbounded, a third make would start a third actor; at max_servers=2 it waits lease_timeout_s
+    # for a seat and then says which bound it hit.
+    opts = {"sessions_per_server": 1, "max_servers": 2, "warm": 0, "idle_ttl_s": 1.0, "lease_timeout_s": 1.0}
+    envs = [envhub.make("arithmetic", runtime="ray", runtime_options=opts) for _ in range(2)]
+    pool = pool_for("ray", envhub.locate("arithmetic"))
+    try:
+        assert len({_server(env).placed["node_id"] for env in envs}) == 2 and len(pool.servers) == 2
+        with pytest.raises(CapacityError, match="max_servers=2"):
+            envhub.make("arithmetic", runtime="ray", runtime_options=opts)
+        reused = _server(envs[0])
+        envs[0].close()  # its seat comes free and stays warm for idle_ttl_s: the next make takes it
+        envs[0] = envhub.make("arithmetic", runtime="ray", runtime_options=opts)
+        assert _server(envs[0]) is reused and len(pool.servers) == 2
+        assert envs[0].reset(seed=0) is not None
+    finally:
+        for env in envs:
+            env.close()
+    deadline = time.monotonic() + 30
+    while (pool.servers or _live_actors()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pool.servers == [] and _live_actors() == [], "shrunk back to warm=0: every actor stopped"
 
 
 def _alive(pid: int) -> bool:
