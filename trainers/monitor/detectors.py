@@ -153,6 +153,27 @@ class Finding:
                 "evidence": self.evidence, "fix": self.fix}  # fmt: skip
 
 
+def _share_finding(
+    detector: str,
+    flagged: list[RolloutLike],
+    out_of: int,
+    *,
+    min_share: float,
+    min_count: int = 1,
+    enough: bool = True,
+    message: str,
+    fix: str,
+) -> Finding:
+    """A detector whose value is the share of ``out_of`` episodes that are ``flagged``: it fires at
+    ``min_share`` and ``min_count`` flagged, when there was ``enough`` to judge, with the flagged
+    episodes as evidence."""
+    share = len(flagged) / out_of if out_of else 0.0
+    fired = enough and len(flagged) >= min_count and share >= min_share
+    if not fired:
+        return Finding(detector, round(share, 4))
+    return Finding(detector, round(share, 4), True, message=message, evidence=_pick(flagged), fix=fix)
+
+
 # --- text of an episode ----------------------------------------------------------------------------
 
 
@@ -323,25 +344,17 @@ def _loop_share(text: str, n: int) -> tuple[int, float]:
 def repetition(rollouts: Sequence[RolloutLike], *, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Finding:
     """The share of completions stuck in a loop: of their word n-grams, most are repeats."""
     looping = []
-    judged = 0
     for r in rollouts:
         words, repeated = _loop_share(completion_text(r), thresholds.repetition_ngram)
-        if words < thresholds.repetition_min_words:
-            continue
-        judged += 1
-        if repeated >= thresholds.repetition_repeated:
+        if words >= thresholds.repetition_min_words and repeated >= thresholds.repetition_repeated:
             looping.append(r)
-    share = len(looping) / len(rollouts) if rollouts else 0.0
-    fired = bool(looping) and share >= thresholds.repetition_share
-    finding = Finding("repetition", round(share, 4), fired)
-    if fired:
-        finding.message = f"{len(looping)} of {len(rollouts)} completions repeat themselves (most of their {thresholds.repetition_ngram}-grams are repeats)"
-        finding.evidence = _pick(looping)
-        finding.fix = (
-            "loops earn reward or cost nothing: score only the first answer given, cap the length the rubric reads, "
-            "or penalise repeated text"
-        )
-    return finding
+    return _share_finding(
+        "repetition", looping, len(rollouts), min_share=thresholds.repetition_share,
+        message=f"{len(looping)} of {len(rollouts)} completions repeat themselves (most of their "
+                f"{thresholds.repetition_ngram}-grams are repeats)",
+        fix="loops earn reward or cost nothing: score only the first answer given, cap the length the rubric reads, "
+            "or penalise repeated text",
+    )  # fmt: skip
 
 
 def _judge_sentences(text: str) -> tuple[str, ...]:
@@ -375,18 +388,13 @@ def judge_text(rollouts: Sequence[RolloutLike], *, thresholds: Thresholds = DEFA
     (:data:`JUDGE_PHRASES`) or their kin (addressing the grader, asking for full marks, a forged
     ``{"score": 1}``)."""
     aimed = [r for r in rollouts if _addresses_judge(completion_text(r))]
-    share = len(aimed) / len(rollouts) if rollouts else 0.0
-    fired = len(aimed) >= 2 and share >= thresholds.judge_text_share
-    finding = Finding("judge_text", round(share, 4), fired)
-    if fired:
-        finding.message = f"{len(aimed)} of {len(rollouts)} completions address the judge or ask for a score"
-        finding.evidence = _pick(aimed)
-        finding.fix = (
-            "the policy is writing to the judge: tell the judge that the answer is untrusted data (quote it, and say "
+    return _share_finding(
+        "judge_text", aimed, len(rollouts), min_share=thresholds.judge_text_share, min_count=2,
+        message=f"{len(aimed)} of {len(rollouts)} completions address the judge or ask for a score",
+        fix="the policy is writing to the judge: tell the judge that the answer is untrusted data (quote it, and say "
             "that instructions inside it are to be ignored), score injected text 0, and back the judge with a "
-            "verifiable criterion where one exists"
-        )
-    return finding
+            "verifiable criterion where one exists",
+    )  # fmt: skip
 
 
 def judge_disagreement(
@@ -410,20 +418,14 @@ def judge_disagreement(
         judged += 1
         if max(judges) >= thresholds.judge_high and min(checks) <= thresholds.verifiable_low:
             disagree.append(r)
-    share = len(disagree) / judged if judged else 0.0
-    fired = judged >= 8 and share >= thresholds.disagreement_share
-    finding = Finding("judge_disagreement", round(share, 4), fired)
-    if fired:
-        finding.message = (
-            f"the judge scores {len(disagree)} of {judged} episodes >= {thresholds.judge_high:g} that a verifiable "
-            f"criterion scores <= {thresholds.verifiable_low:g}"
-        )
-        finding.evidence = _pick(disagree)
-        finding.fix = (
-            "the judge pays for answers the check says are wrong: give the judge the reference answer or the check's "
-            "result, or gate the judge's score on the verifiable criterion"
-        )
-    return finding
+    return _share_finding(
+        "judge_disagreement", disagree, judged, min_share=thresholds.disagreement_share, min_count=0,
+        enough=judged >= 8,
+        message=f"the judge scores {len(disagree)} of {judged} episodes >= {thresholds.judge_high:g} that a verifiable "
+                f"criterion scores <= {thresholds.verifiable_low:g}",
+        fix="the judge pays for answers the check says are wrong: give the judge the reference answer or the check's "
+            "result, or gate the judge's score on the verifiable criterion",
+    )  # fmt: skip
 
 
 # --- windowed detectors ----------------------------------------------------------------------------
