@@ -6,9 +6,7 @@ commands as the README, through the CLI. Bounded: imports, publishes and one res
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,6 @@ from envhub.registry.packs import verify_pack
 pytest.importorskip("reasoning_gym", reason="the `import` extra (pip install 'envhub[import]') is not installed")
 pytest.importorskip("textarena", reason="the `import` extra (pip install 'envhub[import]') is not installed")
 
-ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ["basic_arithmetic", "chain_sum", "gcd", "lcm", "prime_factorization", "fraction_simplification", "simple_equations",
             "count_bits", "base_conversion", "letter_counting", "word_sorting", "caesar_cipher"]  # fmt: skip
 GAMES = {"ta-tictactoe": "TicTacToe-v0", "ta-nim": "Nim-v0"}
@@ -30,29 +27,12 @@ PACK = "acme/reasoning-and-games@1.0.0"
 LICENSE = "Licensed to the buyer for training and evaluating models; no redistribution of the environments.\n"
 
 
-def _hub_fixtures():
-    spec = importlib.util.spec_from_file_location("_hub_fixtures_pack", ROOT / "tests" / "hub" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-_hubs = _hub_fixtures()
-
-
 @pytest.fixture
-def author(tmp_path, monkeypatch) -> Path:
-    return _hubs._fixtures.isolate(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def hub(tmp_path, author):
-    running = _hubs.start_hub(tmp_path / "hub-data")
+def hub(hub):
+    """tests/conftest.py's hub, with the seller (acme) and the buyer (lab) as users."""
     for user in ("acme", "lab"):
-        running.tokens[user] = running.hub.create_user(user)[1]
-    yield running
-    running.stop()
+        hub.tokens[user] = hub.hub.create_user(user)[1]
+    return hub
 
 
 def envhub_cli(*args: str) -> str:
@@ -65,7 +45,7 @@ def names() -> list[str]:
     return [f"rg-{f.replace('_', '-')}" for f in FAMILIES] + list(GAMES)
 
 
-def test_a_signed_licensed_pack_of_imported_environments(author, hub, tmp_path, monkeypatch):
+def test_a_signed_licensed_pack_of_imported_environments(home, hub, tmp_path, monkeypatch):  # home: the author's
     # import: one environment per reasoning-gym family, one per game, each pinned to its source
     for family in FAMILIES:
         name = f"rg-{family.replace('_', '-')}"

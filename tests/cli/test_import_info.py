@@ -3,32 +3,21 @@ recorded for it in the local registry, as JSON and in the table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from envhub.cli import build_app
 
-ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("reasoning_gym", reason="the `import` extra is not installed")
 
 
-def _isolate(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("_registry_fixtures", ROOT / "tests" / "registry" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.isolate(tmp_path, monkeypatch)
-
-
-def test_info_shows_dependencies_and_the_recorded_image(tmp_path, monkeypatch):
+def test_info_shows_dependencies_and_the_recorded_image(home, tmp_path):
     from envhub.authoring.importers import import_environment
     from envhub.identity.artifact import pack_bytes, sha256_digest
     from envhub.runtime.images import BuiltImage, image_tag, record_image
 
-    home = _isolate(tmp_path, monkeypatch)
     folder = tmp_path / "rg"
     result = import_environment("reasoning-gym", "reasoning-gym==0.1.25", output=folder, name="acme/counting",
                                 options={"tasks": "letter_counting", "test_size": "5"})  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
@@ -10,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from registry_setup import make_env_folder
 from typer.testing import CliRunner
 
 from envhub.cli import build_app
@@ -18,23 +17,6 @@ from envhub.errors import EnvNotFoundError, VersionConflictError
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-
-
-def _registry_fixtures():
-    """The helpers shared with tests/registry (one copy of them)."""
-    spec = importlib.util.spec_from_file_location("_registry_fixtures", ROOT / "tests" / "registry" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _registry_fixtures()
-make_env_folder = _fixtures.make_env_folder
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    return _fixtures.isolate(tmp_path, monkeypatch)
 
 
 def run(*args: str):

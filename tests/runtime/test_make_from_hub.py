@@ -4,10 +4,6 @@ under the trust rules; where it cannot be pulled, the error names the `envhub pu
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 from typer.testing import CliRunner
 
@@ -17,38 +13,11 @@ from envhub.errors import DigestMismatchError, EnvNotFoundError, RegistryError, 
 from envhub.registry import LocalRegistry
 from envhub.registry.installed import PULLED
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _hub_fixtures():
-    spec = importlib.util.spec_from_file_location("_hub_fixtures_make", ROOT / "tests" / "hub" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-_hubs = _hub_fixtures()
-
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    return _hubs._fixtures.isolate(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def hub(tmp_path, home):
-    running = _hubs.start_hub(tmp_path / "hub-data")
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def alice_adder(hub, tmp_path):
+def alice_adder(hub, env_factory):
     """alice/adder@1.0.0, private on the hub: only a token of alice's may see it."""
-    src = tmp_path / "src"
-    src.mkdir()
-    entry, _ = hub.client("alice").publish(_hubs.make_env_folder(src, namespace="alice"), private=True)
+    entry, _ = hub.client("alice").publish(env_factory(namespace="alice"), private=True)
     return entry
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for registry tests: an isolated ENVHUB_HOME and environment folders to publish."""
+"""What a registry test starts from: an ENVHUB_HOME of its own, and environment folders to publish."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
-
-ARITHMETIC = Path(__file__).resolve().parents[2] / "environments" / "arithmetic"
+ARITHMETIC = Path(__file__).resolve().parents[1] / "environments" / "arithmetic"
 
 
 def make_env_folder(parent: Path, *, name: str = "adder", version: str = "1.0.0", namespace: str = "acme", extra: str = "") -> Path:
@@ -38,19 +36,3 @@ def isolate(tmp_path: Path, monkeypatch) -> Path:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     return path
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    return isolate(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def env_factory(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir(exist_ok=True)
-
-    def factory(**kwargs) -> Path:
-        return make_env_folder(src, **kwargs)
-
-    return factory
