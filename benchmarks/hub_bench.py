@@ -407,7 +407,8 @@ def write_report(path: Path, r: dict) -> None:
     text = f"""# Hub and registry benchmarks
 
 Produced by `python benchmarks/hub_bench.py` in {r['run_s']} s (raw numbers in `hub.json`). Machine: {r['machine']};
-load average (1, 5, 15 minutes) {lb[0]}, {lb[1]}, {lb[2]} before the run and {la[0]}, {la[1]}, {la[2]} after it (the machine was shared with other work).
+load average (1, 5, 15 minutes) {lb[0]}, {lb[1]}, {lb[2]} before the run and {la[0]}, {la[1]}, {la[2]} after it (the machine was shared with other work; the figure after
+includes this run's own servers and {r['concurrent_pulls_disk']['clients']} client threads).
 Everything runs on loopback against real `envhub hub serve` processes, with the client in another
 process and every server on the same CPUs as it: a hub over a SQLite file with artifacts on local disk,
 {stores}.
