@@ -1,4 +1,5 @@
-"""Servers on 127.0.0.1 for the tests: a free port, and waiting for a server to answer its health check."""
+"""Servers on 127.0.0.1 for the tests: a free port, waiting for a server to answer its health check,
+and a server command run in a child process for as long as a ``with`` block."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 
@@ -42,3 +44,22 @@ def wait_healthy(
             raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
         assert time.monotonic() < deadline, f"{url} did not answer {path} within {timeout_s} s"
         time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def serve(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, **health) -> Iterator[str]:
+    """``cmd --host 127.0.0.1 --port P`` in a child process; yields its URL once it is healthy (``health``:
+    :func:`wait_healthy`'s options), and stops it when the block ends."""
+    port = free_port()
+    proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, **health)
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()

@@ -5,56 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from loopback import serve
 
 OPENENV_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "openenv_reverse"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
 def serve_openenv(app: str):
     """OpenEnv's server for ``server:<app>`` under uvicorn in a child process on a loopback port."""
     cmd = [sys.executable, "-m", "uvicorn", f"server:{app}", "--app-dir", str(OPENENV_FIXTURE), "--log-level", "warning"]
-    with serve_command(cmd) as url:
-        yield url
+    return serve_command(cmd)
 
 
-@contextlib.contextmanager
 def serve_command(cmd: list[str], *, home: Path | None = None):
-    """``cmd --host 127.0.0.1 --port P`` (a server) in a child process, until it answers /health."""
-    import httpx
-
-    port = _free_port()
+    """``cmd --host 127.0.0.1 --port P`` (a server) in a child process, until it answers /health
+    (:func:`loopback.serve`)."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **({"ENVHUB_HOME": str(home)} if home else {})}
-    proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited: {proc.stderr.read().decode()[-2000:]}")
-            assert time.monotonic() < deadline, f"{url} did not come up"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
+    return serve(cmd, env=env, timeout_s=90, poll_s=0.2)
 
 
 def build_openenv_image(client, app: str = "app") -> str:

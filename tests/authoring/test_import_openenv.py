@@ -22,6 +22,7 @@ from envhub.authoring.importers.openenv_runtime import OpenEnvEnv
 from envhub.errors import EnvironmentFailure, ImportSourceError
 
 from imported_checks import assert_its_own_tests_pass, assert_validates_and_passes_the_audit
+from loopback import free_port
 
 pytest.importorskip("openenv.core", reason="the `interop` extra (pip install 'envhub[interop]') is not installed")
 
@@ -164,15 +165,13 @@ def test_the_envhub_protocol_round_trip(tmp_path, served_guess_number):
 
 
 def test_sources_that_are_missing_or_not_openenv_are_refused(tmp_path, reverse_url):
-    from openenv_servers import _free_port
-
     def refused(source, **options):
         with pytest.raises(ImportSourceError) as caught:
             import_environment("openenv", source, output=tmp_path / "x", options=options)
         assert not (tmp_path / "x").exists()
         return caught.value
 
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     assert "no OpenEnv server answers" in str(refused(dead))
     assert "the action has no text field `text`" in str(refused(reverse_url, action_field="text"))
     assert "the observation has no field `board`" in str(refused(reverse_url, observation_field="board"))
@@ -206,9 +205,8 @@ def test_a_server_that_fails_or_hangs_ends_the_episode_with_no_reward(folder, re
     changed = OpenEnvEnv(url=reverse_url, pin="sha256:" + "0" * 64)
     with pytest.raises(EnvironmentFailure, match="serves another schema than the one imported"):
         changed.reset(seed=0)
-    from openenv_servers import _free_port
 
-    gone = OpenEnvEnv(url=f"http://127.0.0.1:{_free_port()}")
+    gone = OpenEnvEnv(url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(EnvironmentFailure, match="cannot open an OpenEnv session"):
         gone.reset(seed=0)
 
@@ -269,9 +267,8 @@ def test_the_command_line(tmp_path, reverse_url):
                            "--reward", "last", "--max-turns", "3", "-o", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "acme/reverse@0.1.0 from openenv==0.10.0" in done.stderr and "'reward': 'last'" in (out / "reverse_env.py").read_text()
-    from openenv_servers import _free_port
 
-    dead = subprocess.run([sys.executable, "-m", "envhub", "import", "openenv", f"http://127.0.0.1:{_free_port()}", "-o",
+    dead = subprocess.run([sys.executable, "-m", "envhub", "import", "openenv", f"http://127.0.0.1:{free_port()}", "-o",
                            str(tmp_path / "dead")], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert dead.returncode == 1 and "no OpenEnv server answers" in dead.stderr and "Traceback" not in dead.stderr
     helped = subprocess.run([sys.executable, "-m", "envhub", "import", "--help"], capture_output=True, text=True, timeout=300)

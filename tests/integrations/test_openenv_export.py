@@ -3,16 +3,13 @@ serves OpenEnv's protocol (checked by OpenEnv's runtime graders on OpenEnv's evi
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from loopback import serve
 from typer.testing import CliRunner
 
 import envhub
@@ -72,34 +69,10 @@ def test_export_refuses_to_overwrite_without_asking(tmp_path):
     assert not (out / "mine.txt").exists() and (out / "openenv.yaml").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
 def exported_server(package: Path):
     """The package's own entry point (`python server/app.py`), as the image's CMD runs the server."""
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # envhub from vendor/, as in the image
-    proc = subprocess.Popen([sys.executable, str(package / "server" / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=package, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the exported server did not start"
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
+    return serve([sys.executable, str(package / "server" / "app.py")], cwd=package, env=env)
 
 
 @pytest.mark.parametrize("name", ["guess-number", "calculator-tools"])

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from pathlib import Path
 
+import loopback
 import pytest
 import uvicorn
 
@@ -52,6 +52,4 @@ def serve_env(tmp_path):
 @pytest.fixture
 def free_port() -> int:
     """A loopback TCP port free right now, for ``serve_env(..., port=free_port)``."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return loopback.free_port()

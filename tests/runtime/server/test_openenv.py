@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from loopback import serve, wait_healthy
 
 import envhub
 
@@ -35,42 +34,14 @@ FAULTY = ROOT / "tests" / "fixtures" / "faulty"
 WRONG = "I am not sure."
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def says_healthy(response: httpx.Response) -> bool:
+    return response.json() == {"status": "healthy"}  # OpenEnv's health answer, not only a 200
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2).json() == {"status": "healthy"}:
-                return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"envhub serve exited: {proc.stderr.read().decode()[-2000:]}")
-        assert time.monotonic() < deadline, f"{url} did not become healthy"
-        time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def envhub_serve(target: str | Path, home: Path, *args: str) -> Iterator[str]:
+def envhub_serve(target: str | Path, home: Path, *args: str) -> contextlib.AbstractContextManager[str]:
     """`envhub serve TARGET` in a child process on a loopback port; yields its base URL."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "envhub", "serve", str(target), "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", *args]
-    env = {**os.environ, "ENVHUB_HOME": str(home)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc)
-        yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
+    cmd = [sys.executable, "-m", "envhub", "serve", str(target), "--log-level", "warning", *args]
+    return serve(cmd, cwd=ROOT, env={**os.environ, "ENVHUB_HOME": str(home)}, healthy=says_healthy)
 
 
 @pytest.fixture(scope="module")
@@ -463,7 +434,7 @@ def test_openenv_client_against_the_docker_runtime_container(docker_engine, name
     lease = pool.lease()
     try:
         with tcp_relay(lease.uds) as url:
-            _wait_healthy(url)
+            wait_healthy(url, healthy=says_healthy)
             for seed in (1, 2):
                 played = inprocess_episode(name, seed, "reference")
                 with GenericEnvClient(base_url=url).sync() as env:
