@@ -23,7 +23,7 @@ from typing import Any
 from envhub.evaluation.results import Summary, load_run
 from envhub.evaluation.stats import Difference, paired_difference, welch_difference
 
-__all__ = ["Comparison", "compare_runs"]
+__all__ = ["Comparison", "compare_runs", "in_words"]
 
 
 @dataclass
@@ -177,6 +177,31 @@ def comparison_rows(comparison: Comparison) -> list[tuple[str, ...]]:
         ci = "n/a" if _nan(d.ci_low) or _nan(d.ci_high) else f"{d.ci_low:+.3f} to {d.ci_high:+.3f}"
         rows.append((name, better_direction(name) or "neither", num(d.a), num(d.b), num(d.diff, "+"), ci, verdict(name, d)))
     return rows
+
+
+def in_words(comparison: Comparison) -> str:
+    """Each criterion's change in one line a person reads, the heaviest criterion first: its mean
+    score before and after, and the paired interval where that says it moved, e.g.
+    ``correct up, 9% -> 21% (+12 points, 95% CI +3 to +21); answer_format up, 20% -> 100% (...)``."""
+    weights = {name: c.get("weight", 0.0)
+               for summary in (comparison.summary_b, comparison.summary_a) for name, c in summary.criteria.items()}  # fmt: skip
+    names = sorted((m.split("/", 1)[1] for m in comparison.metrics if m.startswith("criterion/")),
+                   key=lambda n: (-weights.get(n, 0.0), n))  # fmt: skip
+    parts = []
+    for name in names:
+        d = comparison.metrics[f"criterion/{name}"]
+        said = verdict(f"criterion/{name}", d)
+        if _nan(d.a) or _nan(d.b):
+            parts.append(f"{name}: {said}")
+            continue
+        change = f"{d.a:.0%} -> {d.b:.0%}"
+        if said in ("better", "worse"):
+            moved = "up" if said == "better" else "down"
+            interval = f"{d.ci_low * 100:+.0f} to {d.ci_high * 100:+.0f}"
+            parts.append(f"{name} {moved}, {change} ({d.diff * 100:+.0f} points, 95% CI {interval})")
+        else:
+            parts.append(f"{name} {change} ({said})")
+    return "; ".join(parts)
 
 
 _VERDICT_STYLE = {"better": "green", "worse": "red", "changed": "yellow"}

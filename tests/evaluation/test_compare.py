@@ -15,7 +15,7 @@ from evalhelpers import solve
 
 from envhub.errors import EvalRunError
 from envhub.evaluation import compare_runs
-from envhub.evaluation.compare import COLUMNS, comparison_rows, comparison_table
+from envhub.evaluation.compare import COLUMNS, comparison_rows, comparison_table, in_words
 from envhub.evaluation.model_server.scripted import ScriptedEndpoint, serve_in_thread
 from envhub.evaluation.runner import EvalConfig, run_eval
 
@@ -72,6 +72,14 @@ def test_a_significantly_lower_reward_is_worse(home, tmp_path):
     assert verdicts["reward"] == ("higher", "worse") and verdicts["pass_rate"] == ("higher", "worse")
     assert verdicts["error_rate"][1] == "no clear change"  # no errors on either side
     assert verdicts["criterion/answer_format"][1] == "no clear change"
+    # In words, heaviest criterion first, from the sloppy run to the good one: correct rose to 100%.
+    words = in_words(compare_runs(tmp_path / "b", tmp_path / "a"))
+    assert re.fullmatch(r"correct up, \d+% -> 100% \(\+\d+ points, 95% CI \+\d+ to \+\d+\); "
+                        r"answer_format 100% -> 100% \(no clear change\)", words), words  # fmt: skip
+
+
+def test_in_words_says_no_data_rather_than_a_number(failed_and_fixed):
+    assert in_words(compare_runs(*failed_and_fixed)) == "correct: no data in A; answer_format: no data in A"
 
 
 def test_cli_compare_writes_an_html_page_and_strict_json(failed_and_fixed, tmp_path):
