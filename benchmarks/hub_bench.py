@@ -476,10 +476,11 @@ errors and audit-log entries their sums.
 
 Latency under this load is queueing: the servers and the {cd['clients']} client threads share the machine's
 CPUs, so a second process helps only as far as a core is free. The S3 rows pay for more than the
-store: PostgreSQL and SeaweedFS run on the same {r['machine'].split(', ')[1]} as the replicas and the
-clients, and each pull costs the replica a `HEAD` and a `GET` to S3 and a round trip to PostgreSQL
-for the audit entry; on a deployment where those run elsewhere the replicas keep the CPU to
-themselves. SQLite is meant for one machine; replicas on several machines need PostgreSQL and S3.
+store: PostgreSQL and SeaweedFS run on the same {r['machine'].split(', ')[1]} as the replicas and the clients, and
+each pull costs the replica a `HEAD` and a `GET` to S3 and its queries (token, version, audit
+entry) over TCP to PostgreSQL rather than into a local file; on a deployment where those run
+elsewhere the replicas keep the CPU to themselves. SQLite is meant for one machine; replicas on
+several machines need PostgreSQL and S3.
 """
     path.write_text(text)
 
