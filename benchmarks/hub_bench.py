@@ -463,8 +463,8 @@ other replica than the one it was published to. Medians of 5.
 
 ## 3. {cd['clients']} concurrent pull clients (target: no errors)
 
-{cd['clients']} threads (each on its own keep-alive connection from one pool) start together (a barrier) and each pull
-the same artifact {cd['pulls'] // cd['clients'] // cd['rounds']} times, checking its digest; every pull is written
+{cd['clients']} threads (sharing one client's connection pool: up to 200 connections open, 50 kept alive
+between requests) start together (a barrier) and each pull the same artifact {cd['pulls'] // cd['clients'] // cd['rounds']} times, checking its digest; every pull is written
 to the audit log (SQLite in WAL mode, or PostgreSQL). Against the two S3 replicas, even-numbered clients
 pull from one and odd-numbered from the other. {cd['rounds']} rounds per server, the servers taking turns;
 pulls/s, median, p99 and max are the medians of the rounds (pulls/s: the range in brackets), pulls,
