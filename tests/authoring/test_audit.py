@@ -52,12 +52,8 @@ def home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def hackable(tmp_path) -> Path:
-    folder = tmp_path / "essay"
-    folder.mkdir()
-    (folder / "essay_env.py").write_text(HACKABLE)
-    (folder / "envhub.toml").write_text('name = "essay"\nversion = "0.1.0"\nentrypoint = "essay_env:make_env"\n')
-    return folder
+def hackable(one_module_env) -> Path:
+    return one_module_env("essay", "essay_env", HACKABLE)
 
 
 @pytest.mark.parametrize("name", BUNDLED)

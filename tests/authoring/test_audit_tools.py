@@ -115,12 +115,8 @@ def make_env(**kwargs):
 
 
 @pytest.fixture
-def kv_store(tmp_path) -> Path:
-    folder = tmp_path / "kv-store"
-    folder.mkdir()
-    (folder / "kv_env.py").write_text(KV_STORE)
-    (folder / "envhub.toml").write_text('name = "kv-store"\nversion = "0.1.0"\nentrypoint = "kv_env:make_env"\nmax_turns = 8\n')
-    return folder
+def kv_store(one_module_env) -> Path:
+    return one_module_env("kv-store", "kv_env", KV_STORE, "max_turns = 8\n")
 
 
 def test_the_bundled_tool_environment_pays_nothing_for_tool_probes(home):
