@@ -19,7 +19,7 @@ import envhub
 from envhub.authoring.importers import import_environment
 from envhub.errors import ImportSourceError, InvalidOptionError
 
-from imported_checks import assert_validates_and_passes_the_audit
+from imported_checks import assert_the_readme_says, assert_validates_and_passes_the_audit
 
 pytestmark = pytest.mark.docker
 
@@ -53,9 +53,7 @@ def test_the_folder_holds_the_tasks_pinned_by_digest(folder):
             assert (folder / "tasks" / task / rel).read_bytes() == (DATASET / task / rel).read_bytes()
     module = (folder / "harbor_demo_env.py").read_text()
     assert "'digests': {" in module and "'hello-file': 'sha256:" in module
-    readme = (folder / "README.md").read_text()
-    for expected in ("| `hello-file` |", "bash /tests/test.sh", "never a made-up reward", "no network"):
-        assert expected in readme, expected
+    assert_the_readme_says(folder, "| `hello-file` |", "bash /tests/test.sh", "never a made-up reward", "no network")
 
 
 def test_validate_and_audit(folder, docker_engine):

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 import envhub
 from envhub.authoring import validate
@@ -21,7 +20,12 @@ from envhub.authoring.importers import import_environment
 from envhub.authoring.importers.openenv_runtime import OpenEnvEnv
 from envhub.errors import EnvironmentFailure, ImportSourceError
 
-from imported_checks import assert_its_own_tests_pass, assert_validates_and_passes_the_audit
+from imported_checks import (
+    assert_its_own_tests_pass,
+    assert_the_process_runtime_plays_it_alike,
+    assert_the_readme_says,
+    assert_validates_and_passes_the_audit,
+)
 from loopback import free_port
 
 pytest.importorskip("openenv.core", reason="the `interop` extra (pip install 'envhub[interop]') is not installed")
@@ -57,9 +61,7 @@ def test_the_folder_pins_the_client_and_the_servers_schema(folder, reverse_url):
     assert manifest.max_turns == 4 and "openenv" in manifest.tags
     module = (folder / "openenv_reverseenvironment_env.py").read_text()
     assert f"'url': '{reverse_url}'" in module and "'pin': 'sha256:" in module and "'action_field': 'message'" in module
-    readme = (folder / "README.md").read_text()
-    for expected in ("GenericEnvClient", "Reverse the word:", f"envhub import openenv {reverse_url}", "openenv_reward"):
-        assert expected in readme, expected
+    assert_the_readme_says(folder, "GenericEnvClient", "Reverse the word:", f"envhub import openenv {reverse_url}", "openenv_reward")
 
 
 def test_validate_audit_and_the_folders_own_tests(folder):
@@ -102,12 +104,7 @@ def _episodes(env, seeds=(0, 1, 2), *, same_source=True):
 
 
 def test_one_episode_per_runtime_equals_inprocess(folder):
-    local = envhub.make(folder)
-    remote = envhub.make(folder, runtime="process")
-    assert _episodes(remote) == _episodes(local)
-    check_env(remote, skip_render_check=True)
-    remote.close()
-    local.close()
+    assert_the_process_runtime_plays_it_alike(folder, _episodes)
 
 
 def test_json_actions_when_the_action_has_several_fields(tmp_path, sum_url):

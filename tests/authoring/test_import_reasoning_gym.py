@@ -23,7 +23,7 @@ from envhub.authoring.importers.common import installed_source
 from envhub.authoring.importers.reasoning_gym_runtime import HELD_OUT_FILE, ReasoningGymEnv, question_digest
 from envhub.errors import CriterionError, EnvironmentFailure, ImageBuildError, ImportSourceError, MissingDependencyError
 
-from imported_checks import assert_its_own_tests_pass
+from imported_checks import assert_its_own_tests_pass, assert_the_readme_says
 
 pytest.importorskip("reasoning_gym", reason="the `import` extra (pip install 'envhub[import]') is not installed")
 
@@ -47,10 +47,9 @@ def test_the_folder_pins_the_source_and_says_what_it_is(folder):
     module = (folder / "rg_mix_env.py").read_text()
     assert "from envhub.authoring.importers.reasoning_gym_runtime import ReasoningGymEnv" in module
     assert len(module.splitlines()) < 40  # thin: the adapter is the SDK's, not copied here
-    readme = (folder / "README.md").read_text()
-    for expected in ("reasoning-gym 0.1.25", "envhub import reasoning-gym reasoning-gym==0.1.25", "--task-config letter_counting.max_words=6",
-                     "score_answer", "`letter_counting`: max_words=6", "held_out.json"):  # fmt: skip
-        assert expected in readme, expected
+    assert_the_readme_says(folder, "reasoning-gym 0.1.25", "envhub import reasoning-gym reasoning-gym==0.1.25",
+                           "--task-config letter_counting.max_words=6", "score_answer", "`letter_counting`: max_words=6",
+                           "held_out.json")  # fmt: skip
     held_out = json.loads((folder / HELD_OUT_FILE).read_text())["tasks"]
     assert sorted(held_out) == sorted(TASKS.split(",")) and all(0 < len(v["digests"]) <= 40 for v in held_out.values())
     assert held_out["letter_counting"]["config"] == {"max_words": 6} and held_out["word_sorting"]["test_size"] == 40

@@ -19,7 +19,7 @@ from envhub.authoring.importers import import_environment
 from envhub.authoring.importers.textarena_runtime import TextArenaEnv, listed_moves
 from envhub.errors import EnvironmentFailure, ImportSourceError, InvalidOptionError
 
-from imported_checks import assert_its_own_tests_pass, assert_validates_and_passes_the_audit
+from imported_checks import assert_its_own_tests_pass, assert_the_readme_says, assert_validates_and_passes_the_audit
 
 pytest.importorskip("textarena", reason="the `import` extra (pip install 'envhub[import]') is not installed")
 
@@ -49,9 +49,7 @@ def test_the_folder_pins_the_source_and_says_what_it_is(folder):
     assert manifest.max_turns == 12 and manifest.license == "MIT" and "2-player" in manifest.tags
     module = (folder / "textarena_tictactoe_v0_env.py").read_text()
     assert "from envhub.authoring.importers.textarena_runtime import TextArenaEnv" in module and len(module.splitlines()) < 40
-    readme = (folder / "README.md").read_text()
-    for expected in ("TextArena's `TicTacToe-v0`", "greedy", "(reward + 1) / 2", "envhub import textarena textarena==0.7.4"):
-        assert expected in readme, expected
+    assert_the_readme_says(folder, "TextArena's `TicTacToe-v0`", "greedy", "(reward + 1) / 2", "envhub import textarena textarena==0.7.4")
 
 
 def test_validate_audit_and_the_folders_own_tests(folder):

@@ -14,14 +14,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 import envhub
 from envhub.authoring.importers import import_environment
 from envhub.authoring.importers.verifiers import installed_version, verifiers_python
 from envhub.errors import ImportSourceError
 
-from imported_checks import assert_its_own_tests_pass, assert_validates_and_passes_the_audit
+from imported_checks import (
+    assert_its_own_tests_pass,
+    assert_the_process_runtime_plays_it_alike,
+    assert_the_readme_says,
+    assert_validates_and_passes_the_audit,
+)
 
 if installed_version(verifiers_python(), "verifiers") != "0.4.0":
     pytest.skip("verifiers 0.4 is not installed in its own interpreter (make verifiers)", allow_module_level=True)
@@ -168,9 +172,7 @@ def test_the_folder_pins_verifiers_its_interpreter_and_the_source(folder, source
     module = (folder / "verifiers_vf_add_env.py").read_text()
     assert "'rewards': [{'name': 'correct', 'weight': 0.75}, {'name': 'digits_only', 'weight': 0.25}]" in module
     assert "'source_digest': 'sha256:" in module and "'args': {'size': 8}" in module
-    readme = (folder / "README.md").read_text()
-    for expected in ("a verifiers 0.4 taskset", "`AddTaskset`", "`correct` (0.75)", "envhub import verifiers"):
-        assert expected in readme, expected
+    assert_the_readme_says(folder, "a verifiers 0.4 taskset", "`AddTaskset`", "`correct` (0.75)", "envhub import verifiers")
 
 
 def test_validate_audit_and_the_folders_own_tests(folder):
@@ -191,16 +193,10 @@ def test_scored_by_the_sources_reward_functions_with_their_weights(folder):
 
 
 def test_one_episode_per_runtime_equals_inprocess(folder):
-    local = envhub.make(folder)
-    remote = envhub.make(folder, runtime="process")
-
     def episodes(env):
         return [json.loads(json.dumps(play(env, sum_of if seed % 2 else (lambda obs: "7"), seed=seed))) for seed in range(4)]
 
-    assert episodes(remote) == episodes(local)
-    check_env(remote, skip_render_check=True)
-    remote.close()
-    local.close()
+    assert_the_process_runtime_plays_it_alike(folder, episodes)
 
 
 def test_a_reward_function_that_raises_is_unscored_and_reported(tmp_path, sources):
