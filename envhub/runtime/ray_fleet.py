@@ -134,6 +134,10 @@ class RayServer(ManagedServer):
 
     def stop(self) -> None:
         ray = self._ray
+        if not ray.is_initialized():
+            # This driver left Ray (its own exit hook runs before the pools'): the actors it owned,
+            # and their servers, went with it. Asking would only connect to the cluster again.
+            return
         try:
             ray.get(self.actor.stop.remote(), timeout=STOP_WAIT_S)
         except Exception:  # a dead actor: its server exited with it
