@@ -115,9 +115,10 @@ class TrainConfig:
     """Sampling temperature, applied identically when sampling and in the loss's log-probs."""
     top_p: float = 1.0
     """Nucleus sampling mass, applied identically when sampling and in the loss's log-probs."""
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["auto", "transformers", "vllm"] = "auto"
     """Generation backend: transformers in this process, or vllm, a vLLM server in its own environment
-    (`make vllm`; the CPU build here, the CUDA one on a GPU machine)."""
+    (`make vllm`; the CPU build here, the CUDA one on a GPU machine); auto: vllm where it is installed
+    and a GPU is present, else transformers (on a CPU vLLM was the slower here); the run says which."""
     weight_sync: Literal["auto", "merged", "adapter"] = "auto"
     """vllm: how the server gets each update: merged weights pushed in place, or the LoRA adapter
     hot-loaded; auto merges up to 1B parameters (trainers/generation.py says why)."""

@@ -326,6 +326,25 @@ def vllm_available() -> tuple[bool, str]:
     return vllm_status()
 
 
+#: What the vLLM backend measured against the transformers one on this project's CPU machines, for
+#: the default model (benchmarks/trainer_vs_trl.md): why ``auto`` keeps transformers on a CPU.
+CPU_MEASUREMENT = "on a CPU it was slower for the default model: 10.3 s a step against 7.7 s, benchmarks/trainer_vs_trl.md"
+
+
+def choose_backend(requested: str) -> tuple[str, str]:
+    """The backend to run for ``requested`` (``auto``, ``transformers`` or ``vllm``), and why, in words."""
+    if requested != "auto":
+        return requested, "as configured"
+    installed, why = vllm_available()
+    if not installed:
+        return "transformers", f"auto: {why}"
+    from envhub.models.vllm_server import on_cpu
+
+    if on_cpu():
+        return "transformers", f"auto: vLLM is installed, but {CPU_MEASUREMENT}"
+    return "vllm", "auto: vLLM is installed and this machine has an NVIDIA GPU"
+
+
 def pick_weight_sync(model: Any) -> str:
     """``merged`` for models up to :data:`MERGED_SYNC_MAX_PARAMS` parameters, else ``adapter``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

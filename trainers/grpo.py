@@ -70,7 +70,7 @@ from envhub.env.judge import GroupJudge
 from envhub.errors import EntrypointError, EvalRunError, JudgeError, TrainRunError
 from envhub.runtime.env_pool import EnvPool
 from trainers.config import DEFAULT_RUNS_DIR, DEMO_SETTINGS, TrainConfig, make_config, validate
-from trainers.generation import make_backend
+from trainers.generation import choose_backend, make_backend
 from trainers.monitor import HackMonitor
 from trainers.outputs import Progress, RunOutputs, environment_identities, rollout_record
 from trainers.rollout import Rollout, derive_seed, micro_batches, pad_rows, rollout, sampled_logprobs, split_rows
@@ -397,8 +397,10 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
     )
     outputs.load_checkpoint(model, optimizer, scheduler)
 
+    backend_name, why = choose_backend(config.backend)
+    say(f"generation: {backend_name} ({why})")
     backend = make_backend(
-        config.backend,
+        backend_name,
         model,
         tokenizer,
         model_path=model_path,
@@ -417,7 +419,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
     old_source = config.old_logprobs
     if old_source == "auto":
         old_source = "current" if config.minibatches * config.epochs_per_batch == 1 else "recompute"
-    if old_source == "sampler" and config.backend != "transformers":
+    if old_source == "sampler" and backend_name != "transformers":
         old_source = "recompute"
 
     # the reward-hacking monitor: detectors on every step's rollouts, the sentinel, report.html

@@ -29,7 +29,7 @@ def quickstart(
     """Pull, evaluate, train with CISPO, evaluate again: the before and after on held-out tasks."""
     from envhub.runtime.make import pull
     from envhub.evaluation import compare_runs, evaluate
-    from envhub.evaluation.compare import comparison_table
+    from envhub.evaluation.compare import comparison_table, in_words
     from trainers.config import DEMO_SETTINGS, EnvSpec, make_config
     from trainers.grpo import train
 
@@ -93,7 +93,9 @@ def quickstart(
         )
     table.add_row("errors", str(before.errors), str(after.errors))
     console.print(table)
-    console.print(comparison_table(compare_runs(out / "eval-before", out / "eval-after")))
+    comparison = compare_runs(out / "eval-before", out / "eval-after")
+    console.print(comparison_table(comparison))
+    console.print(f"What changed on the held-out tasks: {in_words(comparison)}.", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,7 @@ def test_quickstart_runs_the_whole_loop(tmp_path):
         timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "before and after" in result.stdout
+    assert "before and after" in result.stdout and "What changed on the held-out tasks: correct" in result.stdout
     before = json.loads((out / "eval-before" / "summary.json").read_text())
     after = json.loads((out / "eval-after" / "summary.json").read_text())
     assert before["episodes"] == after["episodes"] == 4 and before["errors"] == after["errors"] == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 
 import pytest
 
@@ -19,7 +20,7 @@ peft = pytest.importorskip("peft")
 from envhub.errors import ModelLoadError  # noqa: E402
 from envhub.models.loading import default_model_path, load_policy  # noqa: E402
 from envhub.models.vllm_server import VLLM_PYTHON_ENV, LoraSlots, VLLMServer, vllm_status  # noqa: E402
-from trainers.generation import VLLMBackend, pick_weight_sync, token_logprobs  # noqa: E402
+from trainers.generation import VLLMBackend, choose_backend, pick_weight_sync, token_logprobs  # noqa: E402
 
 installed, why = vllm_status()
 needs_vllm = pytest.mark.skipif(not installed and not os.environ.get("CI"), reason=why)
@@ -30,6 +31,18 @@ def test_a_missing_environment_names_the_make_target(monkeypatch, tmp_path):
     monkeypatch.setenv(VLLM_PYTHON_ENV, str(tmp_path / "nowhere" / "python"))
     with pytest.raises(ModelLoadError, match="make vllm"):
         VLLMServer(default_model_path())
+
+
+def test_auto_keeps_transformers_on_a_cpu_and_says_why(monkeypatch, tmp_path):
+    """``backend = "auto"`` (the default) picks vLLM only where it is installed and a GPU is present:
+    on this CPU it measured slower (benchmarks/trainer_vs_trl.md), and the reason says so."""
+    assert shutil.which("nvidia-smi") is None, "this test describes a CPU machine"
+    name, reason = choose_backend("auto")
+    assert name == "transformers"
+    assert ("slower" in reason and "trainer_vs_trl.md" in reason) if installed else "make vllm" in reason
+    monkeypatch.setenv(VLLM_PYTHON_ENV, str(tmp_path / "nowhere" / "python"))
+    assert choose_backend("auto") == ("transformers", f"auto: {vllm_status()[1]}")
+    assert choose_backend("vllm") == ("vllm", "as configured")
 
 
 def _policy(seed: int):
