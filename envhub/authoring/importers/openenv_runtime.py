@@ -41,11 +41,13 @@ import time
 import weakref
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from envhub.authoring.importers.seeded import SeedTasks
 from envhub.env.core import ChatEnv, Episode, Msg, Reply, Task, system, user
 from envhub.env.rubric import Criterion, Rubric, Score
-from envhub.errors import EnvironmentFailure, EnvhubError, InvalidOptionError, Unscored
+from envhub.errors import EnvironmentFailure, EnvhubError, InvalidOptionError, TransportError, Unscored
+from envhub.http.transport import ConnectionPool, Response, run_blocking
 
 #: Observation fields that are OpenEnv's own, not what the environment shows.
 OBSERVATION_FIELDS = frozenset({"done", "reward", "metadata"})
@@ -67,28 +69,34 @@ def text_fields(schema: dict[str, Any], *, skip: frozenset[str]) -> list[str]:
     return [name for name, prop in props.items() if name not in skip and prop.get("type") == "string"]
 
 
+def _get(url: str, path: str, timeout: float) -> Response:
+    """One GET through envhub's HTTP client; the URL's own path, if it has one, comes before ``path``."""
+    pool = ConnectionPool.for_url(url)
+    try:
+        return run_blocking(pool.request("GET", urlsplit(url).path.rstrip("/") + path, timeout=timeout))
+    finally:
+        run_blocking(pool.aclose())
+
+
 def fetch_json(url: str, path: str, *, timeout: float = 30.0) -> Any:
     """GET ``url + path`` as JSON (the import's and the adapter's look at ``/schema``, ``/metadata``)."""
-    import httpx
-
-    response = httpx.get(url.rstrip("/") + path, timeout=timeout, trust_env=False)
-    response.raise_for_status()
+    response = _get(url, path, timeout)
+    if response.status_code != 200:
+        raise TransportError(url.rstrip("/") + path, f"HTTP {response.status_code}: {response.text[:200]}")
     return response.json()
 
 
 def wait_healthy(url: str, *, timeout_s: float, alive: Any = None) -> None:
     """Until ``GET /health`` answers healthy; ``alive()`` returns why the server is gone, or None."""
-    import httpx
-
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            answer = httpx.get(url + "/health", timeout=5, trust_env=False)
-            if answer.status_code == 200:
+            status = _get(url, "/health", 5.0).status_code
+            if status == 200:
                 return
-            last = f"HTTP {answer.status_code}"
-        except httpx.HTTPError as exc:
+            last = f"HTTP {status}"
+        except (OSError, TimeoutError) as exc:  # TransportError is an OSError
             last = f"{type(exc).__name__}"
         gone = alive() if alive is not None else None
         if gone:
