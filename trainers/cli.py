@@ -22,6 +22,8 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand
 
+from envhub.runtime.make import RUNTIMES
+
 from trainers.config import (
     ALGO_PRESETS,
     EnvSpec,
@@ -42,6 +44,8 @@ __all__ = ["config_from_options", "main", "parse_args", "register"]
 ENV_HELP = "NAME[?key=value&...][*WEIGHT], e.g. `arithmetic?level=easy*2`: a bundled name, a folder or ns/name@version."
 CONFIG_HELP = "TOML file of TrainConfig fields (a \\[train] table or top-level keys); the flags given override it."
 ENV_KWARGS_HELP = "Factory arguments for every ENV given: key=value,key=value (an ENV's own ?key=value wins)."
+RUNTIME_HELP = ("Where every environment of the run runs: inprocess, process, docker, or ray (servers on a Ray "
+                "cluster: $RAY_ADDRESS's, else a local one); beats a config file's per-environment runtime.")  # fmt: skip
 
 #: Fields that are not plain options: ENV arguments, and --algo (which picks the preset first).
 _OWN = ("envs", "algo")
@@ -147,6 +151,12 @@ def _parameters() -> list[inspect.Parameter]:
             annotation=Optional[str],
             default=typer.Option(None, "--env-kwargs", metavar="K=V,...", help=_help(ENV_KWARGS_HELP), show_default=False),
         ),
+        inspect.Parameter(
+            "runtime",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[Literal[RUNTIMES]],  # type: ignore[valid-type]
+            default=typer.Option(None, "--runtime", help=_help(RUNTIME_HELP), show_default="inprocess"),
+        ),
     ]
     fields = [_option(docs[name], shapes[name]) for name in docs if name not in _OWN]
     return own + fields
@@ -165,8 +175,13 @@ def config_from_options(options: dict[str, Any]) -> TrainConfig:
         extra = {k: parse_scalar(v) for k, _, v in (pair.partition("=") for pair in env_kwargs.split(",") if pair)}
         for spec in envs:
             spec.kwargs = {**extra, **spec.kwargs}
+    runtime = options.pop("runtime")
     overrides = {name: value for name, value in options.items() if value is not None}
-    return make_config(algo, envs=envs or None, config_file=config_file, overrides=overrides)
+    config = make_config(algo, envs=envs or None, config_file=config_file, overrides=overrides)
+    if runtime is not None:
+        for spec in config.envs:
+            spec.runtime = runtime
+    return config
 
 
 def _train(**options: Any) -> None:

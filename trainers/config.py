@@ -62,7 +62,7 @@ class EnvSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the environment's factory (e.g. ``{"level": "easy"}``)."""
     runtime: str = "inprocess"
-    """Where the environment runs: ``inprocess``, ``process``, ``docker``."""
+    """Where the environment runs: ``inprocess``, ``process``, ``docker`` or ``ray`` (``--runtime``)."""
 
     @classmethod
     def parse(cls, text: str) -> EnvSpec:

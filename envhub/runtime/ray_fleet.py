@@ -45,16 +45,31 @@ def ensure_ray() -> Any:
 
     with _init_lock:
         if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-            else:
-                # A local instance on loopback only, never an existing cluster found by chance. Ray
-                # rewrites 127.0.0.1 to the machine's outward address, even for a local instance.
-                import ray._private.services as services
-
-                services.resolve_ip_for_localhost = lambda host: host
+            address = os.environ.get("RAY_ADDRESS")
+            if not address:
+                # A local instance on loopback only, never an existing cluster found by chance.
+                _stay_on_loopback()
                 ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+            elif _is_loopback(address):
+                # A cluster on this machine's loopback: this driver must join it there too.
+                _stay_on_loopback()
+                ray.init(address=address, _node_ip_address="127.0.0.1", log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
     return ray
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _stay_on_loopback() -> None:
+    """Ray rewrites 127.0.0.1 to the machine's outward address (so a driver joining
+    ``127.0.0.1:PORT`` dials another address and waits there for ever): keep loopback as given."""
+    import ray._private.services as services
+
+    services.resolve_ip_for_localhost = lambda host: host
 
 
 def _server_host_class(ray: Any) -> Any:

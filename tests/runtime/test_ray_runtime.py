@@ -1,13 +1,17 @@
 """The ray runtime on a real cluster of three nodes on 127.0.0.1 (a head, two workers): the Env
 contract of inprocess, servers spread over the nodes, the fleet held within ``max_servers`` and
-shrunk back to ``warm``, dead actors and nodes end their episodes with RuntimeDiedError without
+shrunk back to ``warm``, ``envhub train --runtime ray`` driving its episodes there, dead actors and
+nodes end their episodes with RuntimeDiedError without
 hanging, and nothing is left once the pools close."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -129,6 +133,24 @@ def _step_dies_quickly(env) -> float:
     with pytest.raises(RuntimeDiedError):
         env.step(ACTIONS[0])
     return time.monotonic() - started
+
+
+def test_envhub_train_runs_its_episodes_on_the_cluster(cluster, tmp_path):
+    """`envhub train --runtime ray`: one CISPO step whose episodes ran in servers on the cluster."""
+    out = tmp_path / "run"
+    flags = ["--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8", "--lora-r", "2", "--lora-alpha", "4",
+             "--no-dynamic-sampling", "--on-hack", "off", "--no-progress", "--steps", "1"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "envhub", "train", "arithmetic", "--algo", "cispo", "--runtime", "ray",
+         "--env-kwargs", "level=easy", "--output-dir", str(out), *flags],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    episodes = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(episodes) == 4 and not any(e.get("error") for e in episodes)
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert [spec["runtime"] for spec in provenance["config"]["envs"]] == ["ray"]
+    assert (out / "adapter" / "adapter_config.json").is_file()
 
 
 def test_a_killed_actor_ends_its_episode_and_is_replaced(cluster):
