@@ -125,7 +125,12 @@ class RayServer(ManagedServer):
             self._kill()
             from envhub.errors import RuntimeDiedError
 
-            raise RuntimeDiedError(self.env_ref, f"its Ray actor did not start: {exc}") from exc
+            why = f"its Ray actor did not start: {exc}"
+            if isinstance(exc, ray.exceptions.GetTimeoutError):  # most often: no node has room for it
+                why = (f"no Ray node started its actor within {start_timeout_s:g} s; each server asks for "
+                       f"{limits.cpus:g} CPU and {limits.memory_mb} MB ([limits]): add nodes, or seat more "
+                       "sessions a server (runtime_options sessions_per_server) or bound the fleet (max_servers)")  # fmt: skip
+            raise RuntimeDiedError(self.env_ref, why) from exc
         self.uds = self.placed["uds"]
 
     def exit_reason(self) -> str | None:

@@ -112,6 +112,23 @@ def test_the_fleet_grows_to_max_servers_waits_and_shrinks_to_warm(cluster):
     assert pool.servers == [] and _live_actors() == [], "shrunk back to warm=0: every actor stopped"
 
 
+def test_a_server_no_node_has_room_for_is_refused_in_words(cluster):
+    # The two one-CPU workers hold four servers of arithmetic's [limits] cpus = 0.5; Ray keeps a
+    # fifth actor pending, and the make says why rather than only that it timed out.
+    opts = {"sessions_per_server": 1, "warm": 0, "idle_ttl_s": 0.0, "start_timeout_s": 15.0}
+    envs = [envhub.make("arithmetic", runtime="ray", runtime_options=opts) for _ in range(4)]
+    try:
+        with pytest.raises(RuntimeDiedError, match=r"no Ray node started its actor within 15 s; each server asks for 0\.5 CPU"):
+            envhub.make("arithmetic", runtime="ray", runtime_options=opts)
+    finally:
+        for env in envs:
+            env.close()
+    deadline = time.monotonic() + 30
+    while _live_actors() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _live_actors() == []
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
