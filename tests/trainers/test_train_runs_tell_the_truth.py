@@ -157,7 +157,8 @@ def test_a_folder_resumes_only_its_own_run(tmp_path):
     out = tmp_path / "run"
     notes: list[str] = []
     train(_config(out), log=notes.append)
-    assert not notes  # a fresh run says nothing about resuming
+    assert [n.split(" (")[0] for n in notes] == ["generation: transformers"]  # and nothing about resuming
+    notes.clear()
 
     # every episode of the step, as an eval record plus the trainer's fields
     rows = _rows(out / "rollouts.jsonl")
@@ -182,7 +183,8 @@ def test_a_folder_resumes_only_its_own_run(tmp_path):
 
     # the same run, more steps: resumes and says so; the provenance still describes this run
     resumed = train(_config(out, steps=2), log=notes.append)
-    assert notes == [f"resuming from step 1 of 2 in {out}"]
+    assert len(notes) == 2 and notes[0] == f"resuming from step 1 of 2 in {out}"
+    assert notes[1].startswith("generation: transformers (")
     assert [m["step"] for m in resumed.metrics] == [1, 2]
     assert [r["step"] for r in _rows(out / "rollouts.jsonl")] == [1] * 4 + [2] * 4
     provenance = json.loads((out / "provenance.json").read_text())
