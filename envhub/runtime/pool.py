@@ -29,6 +29,7 @@ from typing import Any
 from envhub.errors import CapacityError, RuntimeDiedError
 from envhub.http.transport import ConnectionPool, run_blocking
 from envhub.runtime.client import UDS_BASE_URL
+from envhub.runtime.server.protocol import MAX_SESSIONS
 
 log = logging.getLogger("envhub.runtime.remote")
 
@@ -77,10 +78,8 @@ class PoolOptions:
             raise ValueError("sessions_per_server must be >= 1, warm, idle_ttl_s and lease_timeout_s >= 0")
         if out.max_servers is not None and not (isinstance(out.max_servers, int) and out.max_servers >= max(1, out.warm)):
             raise ValueError(f"max_servers must be None or an integer >= 1 and >= warm ({out.warm}), not {out.max_servers!r}")
-        from envhub.runtime.server.app import ServerConfig
-
-        if out.sessions_per_server > ServerConfig.max_sessions:  # the server would refuse the seats past it
-            raise ValueError(f"sessions_per_server must be <= {ServerConfig.max_sessions}, the sessions one server holds")
+        if out.sessions_per_server > MAX_SESSIONS:  # the server would refuse the seats past it
+            raise ValueError(f"sessions_per_server must be <= {MAX_SESSIONS}, the sessions one server holds")
         return out
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 
 from envhub.errors import EnvhubError
+from envhub.runtime.server.protocol import MAX_SESSIONS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--digest", help="the artifact digest to report (computed from the folder when absent)")
-    p.add_argument("--max-sessions", type=int, default=4096)
+    p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS)
     p.add_argument("--idle-timeout", type=float, default=600.0, help="seconds; 0 keeps idle sessions")
     p.add_argument("--step-timeout", type=float, default=None, help="seconds; default: the manifest's limits")
     p.add_argument("--max-body-mb", type=float, default=8.0)

@@ -52,7 +52,7 @@ from envhub.runtime.loading import attach_manifest, load_factory
 from envhub.identity.manifest import EnvIdentity, load_manifest
 from envhub.runtime.server.auth import BearerAuth
 from envhub.runtime.server.openenv import openenv_routes
-from envhub.runtime.server.protocol import PROTOCOL_VERSION, error_headers
+from envhub.runtime.server.protocol import MAX_SESSIONS, PROTOCOL_VERSION, error_headers
 from envhub.runtime.server.requests import checked_options, checked_seed, json_object, read_body
 from envhub.wire import to_body
 
@@ -65,7 +65,7 @@ class ServerConfig:
 
     #: Most sessions held at once; past it a new one takes the seat of the session idle longest
     #: (if idle ``evict_idle_s``), else it is refused with ``capacity`` (HTTP 503, ``Retry-After``).
-    max_sessions: int = 4096
+    max_sessions: int = MAX_SESSIONS
     #: Sessions untouched this long are closed; 0 or None keeps them until they are deleted.
     idle_timeout_s: float | None = 600.0
     #: When the server is full, sessions idle this long are closed to seat new ones (least recently

@@ -33,6 +33,8 @@ from __future__ import annotations
 from envhub import errors as E
 
 PROTOCOL_VERSION = 1
+#: Sessions one server holds by default (``--max-sessions``); the runtimes' pools seat no more on one.
+MAX_SESSIONS = 4096
 
 #: The errors a session server answers with. Each class carries its stable code and HTTP status;
 #: clients match on codes, never on messages. The root's code, ``internal``, answers a bug.
