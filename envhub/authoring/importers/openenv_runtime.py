@@ -47,7 +47,7 @@ from envhub.authoring.importers.seeded import SeedTasks
 from envhub.env.core import ChatEnv, Episode, Msg, Reply, Task, system, user
 from envhub.env.rubric import Criterion, Rubric, Score
 from envhub.errors import EnvironmentFailure, EnvhubError, InvalidOptionError, TransportError, Unscored
-from envhub.http.transport import ConnectionPool, Response, run_blocking
+from envhub.http.transport import ConnectionPool, run_blocking
 
 #: Observation fields that are OpenEnv's own, not what the environment shows.
 OBSERVATION_FIELDS = frozenset({"done", "reward", "metadata"})
@@ -69,18 +69,18 @@ def text_fields(schema: dict[str, Any], *, skip: frozenset[str]) -> list[str]:
     return [name for name, prop in props.items() if name not in skip and prop.get("type") == "string"]
 
 
-def _get(url: str, path: str, timeout: float) -> Response:
-    """One GET through envhub's HTTP client; the URL's own path, if it has one, comes before ``path``."""
-    pool = ConnectionPool.for_url(url)
-    try:
-        return run_blocking(pool.request("GET", urlsplit(url).path.rstrip("/") + path, timeout=timeout))
-    finally:
-        run_blocking(pool.aclose())
+def _path(url: str, path: str) -> str:
+    """``path`` under the URL's own path, if it has one."""
+    return urlsplit(url).path.rstrip("/") + path
 
 
 def fetch_json(url: str, path: str, *, timeout: float = 30.0) -> Any:
     """GET ``url + path`` as JSON (the import's and the adapter's look at ``/schema``, ``/metadata``)."""
-    response = _get(url, path, timeout)
+    pool = ConnectionPool.for_url(url)
+    try:
+        response = run_blocking(pool.request("GET", _path(url, path), timeout=timeout))
+    finally:
+        run_blocking(pool.aclose())
     if response.status_code != 200:
         raise TransportError(url.rstrip("/") + path, f"HTTP {response.status_code}: {response.text[:200]}")
     return response.json()
@@ -90,18 +90,22 @@ def wait_healthy(url: str, *, timeout_s: float, alive: Any = None) -> None:
     """Until ``GET /health`` answers healthy; ``alive()`` returns why the server is gone, or None."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            status = _get(url, "/health", 5.0).status_code
-            if status == 200:
-                return
-            last = f"HTTP {status}"
-        except (OSError, TimeoutError) as exc:  # TransportError is an OSError
-            last = f"{type(exc).__name__}"
-        gone = alive() if alive is not None else None
-        if gone:
-            raise RuntimeError(gone)
-        time.sleep(0.25)
+    pool = ConnectionPool.for_url(url)  # one for every poll: a kept-alive connection is reused
+    try:
+        while time.monotonic() < deadline:
+            try:
+                status = run_blocking(pool.request("GET", _path(url, "/health"), timeout=5.0)).status_code
+                if status == 200:
+                    return
+                last = f"HTTP {status}"
+            except (OSError, TimeoutError) as exc:  # TransportError is an OSError
+                last = f"{type(exc).__name__}"
+            gone = alive() if alive is not None else None
+            if gone:
+                raise RuntimeError(gone)
+            time.sleep(0.25)
+    finally:
+        run_blocking(pool.aclose())
     raise TimeoutError(f"{url}/health did not answer healthy within {timeout_s:g} s ({last})")
 
 
