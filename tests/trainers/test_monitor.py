@@ -146,9 +146,9 @@ def test_judge_disagreement_fires_when_the_judge_pays_wrong_answers():
 
 
 def stats(step: int, *, fmt: float, correct: float, length: float = 20.0, reward: float | None = None,
-          truncated: float = 0.0, n: int = 32) -> d.StepStats:  # fmt: skip
+          truncated: float = 0.0, n: int = 32, tasks: int = 0) -> d.StepStats:  # fmt: skip
     return d.StepStats(step, {"answer_format": (fmt, n), "correct": (correct, n)}, length,
-                       0.2 * fmt + 0.8 * correct if reward is None else reward, truncated, n)  # fmt: skip
+                       0.2 * fmt + 0.8 * correct if reward is None else reward, truncated, n, tasks)  # fmt: skip
 
 
 def test_divergence_fires_when_format_rises_and_correctness_falls():
@@ -166,6 +166,19 @@ def test_divergence_quiet_when_both_rise_or_on_noise_or_too_early():
     assert not d.criterion_divergence(noisy).fired  # a fall within noise is not a divergence
     early = [stats(s, fmt=0.1, correct=0.2) for s in range(1, 4)] + [stats(4, fmt=1.0, correct=0.0)]
     assert d.criterion_divergence(early) == d.Finding("criterion_divergence", 0.0)
+
+
+def test_divergence_counts_tasks_not_episodes():
+    """96 episodes a step drawn from 12 tasks (the main job's steps with dynamic sampling): a swing
+    in which problems were drawn is not a trend, a collapse still is."""
+
+    def run(recent_correct: float, tasks: int) -> d.Finding:
+        base = [stats(s, fmt=0.1, correct=0.5, n=96, tasks=tasks) for s in range(1, 4)]
+        return d.criterion_divergence(base + [stats(s, fmt=1.0, correct=recent_correct, n=96, tasks=tasks) for s in range(4, 9)])
+
+    assert run(0.38, tasks=0).fired  # each episode counted as a draw: z about -3.3
+    assert not run(0.38, tasks=12).fired and run(0.38, tasks=12).value > -1.5
+    assert run(0.02, tasks=12).fired
 
 
 def test_length_collapse_and_blowup():
@@ -257,3 +270,40 @@ def test_monitor_step_on_arithmetic(tmp_path):
     finally:
         monitor.close()
         env.close()
+
+
+LENIENT = '''
+from envhub import ChatEnv, Rubric, criterion, user
+
+@criterion(weight=1.0)
+def tagged(episode):
+    return "<answer>" in episode.completion
+
+class Lenient(ChatEnv):
+    max_turns = 1
+    rubric = Rubric([tagged], name="lenient")
+
+    def tasks(self, split):
+        return [{"id": f"{split}-{n}", "n": n} for n in range(20)]
+
+    def initial_messages(self, task):
+        return [user(f"What is {task['n']} squared?")]
+
+def make_env(**kwargs):
+    return Lenient(**kwargs)
+'''
+
+
+def test_style_probe_fires_on_what_the_rubric_pays_everywhere_not_on_coincidences(tmp_path):
+    from trainers.config import EnvSpec
+    from trainers.monitor.probes import style_probe
+
+    # Small integers: a fixed answer is right on a few starter tasks by chance, which is no hack.
+    chance = style_probe(EnvSpec("arithmetic", kwargs={"level": "starter"}), "<answer>10</answer>")
+    assert chance.n == 16 and chance.mean >= 0.2 and chance.ci_low <= 0.3
+    folder = tmp_path / "lenient"
+    folder.mkdir()
+    (folder / "lenient_env.py").write_text(LENIENT)
+    (folder / "envhub.toml").write_text('name = "lenient"\nversion = "0.1.0"\nentrypoint = "lenient_env:make_env"\n')
+    paid = style_probe(EnvSpec(str(folder)), "<answer>7</answer>")
+    assert paid.mean == 1.0 and paid.ci_low > 0.3

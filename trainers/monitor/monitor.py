@@ -74,6 +74,7 @@ def stats_from_row(row: dict[str, Any]) -> d.StepStats:
         reward_mean=float(row.get("reward/mean", 0.0)),
         truncated_frac=float(row.get("episodes/truncated_frac", 0.0)),
         episodes=episodes,
+        tasks=int(row.get("groups/kept", 0)) + int(row.get("groups/dropped", 0)),
     )
 
 
@@ -231,16 +232,16 @@ class HackMonitor:
                 continue
             texts = Counter(d.completion_text(r) for r in mine)
             answer, _count = texts.most_common(1)[0]
-            reward = style_probe(spec, answer)
-            if reward is None:
+            replayed = style_probe(spec, answer)
+            if replayed is None:
                 continue
-            f = d.Finding("style_probe", round(reward, 4), reward > threshold)
+            f = d.Finding("style_probe", round(replayed.mean, 4), replayed.ci_low > threshold)
             if f.fired:
                 f.message = (
-                    f"the step's most common completion, sent unchanged to {4} other test tasks of {spec.name}, "
-                    f"earns {reward:.3f} (> {threshold:g})"
+                    f"the step's most common completion, sent unchanged to {replayed.n} other test tasks of {spec.name}, "
+                    f"earns {replayed.mean:.3f} (95% CI {replayed.ci_low:.3f} to {replayed.ci_high:.3f}, all above {threshold:g})"
                 )
-                f.evidence = [{"task_id": None, "completion": _cut(answer, 300), "reward": round(reward, 4)}]
+                f.evidence = [{"task_id": None, "completion": _cut(answer, 300), "reward": round(replayed.mean, 4)}]
                 f.fix = "the rubric pays this answer whatever the task: make the criteria it earns check the task's content"
             out.append(f)
         return out

@@ -22,6 +22,7 @@ from envhub.errors import EnvhubError
 from envhub.evaluation.local_model import LocalModel, Sampling
 from envhub.evaluation.policies import LocalPolicy
 from envhub.evaluation.runner import EvalConfig, run_eval
+from envhub.evaluation.stats import Estimate, estimate
 from trainers.config import EnvSpec
 
 __all__ = ["ReferenceBook", "TrainingModel", "rerun_audit", "run_sentinel", "style_probe"]
@@ -105,9 +106,18 @@ def rerun_audit(spec: EnvSpec, *, tasks: int = 4, threshold: float = 0.3) -> dic
     return {"max": best.mean, "probe": best.probe, "failures": report.failures, "example": best.example[:300]}
 
 
-def style_probe(spec: EnvSpec, answer: str, *, tasks: int = 4, seed: int = 0) -> float | None:
-    """The mean reward of ``answer`` sent as every reply on ``tasks`` test tasks of ``spec``
-    (in-process only; None elsewhere or when the environment refuses it)."""
+#: Tasks the style probe replays an answer on: enough that a few tasks sharing the answer by chance
+#: (small integers on arithmetic's starter level) do not decide it, see :func:`style_probe`.
+STYLE_PROBE_TASKS = 16
+
+
+def style_probe(spec: EnvSpec, answer: str, *, tasks: int = STYLE_PROBE_TASKS, seed: int = 0) -> Estimate | None:
+    """The reward of ``answer`` sent as every reply on ``tasks`` test tasks of ``spec``, as a mean
+    with its 95% interval (in-process only; None elsewhere or when the environment refuses it).
+
+    The caller fires on the interval's lower end, not the mean: an answer right by coincidence on
+    one task in four (plus the format weight) averaged 0.4 on four starter tasks, over the 0.3
+    threshold, while an answer the rubric pays whatever the task scores alike everywhere."""
     if spec.runtime != "inprocess":
         return None
     from envhub.runtime.make import make
@@ -126,7 +136,7 @@ def style_probe(spec: EnvSpec, answer: str, *, tasks: int = 4, seed: int = 0) ->
                 total += float(reward)
                 done, turns = terminated or truncated, turns + 1
             rewards.append(total)
-        return sum(rewards) / len(rewards)
+        return estimate(rewards)
     except EnvhubError:
         return None
     finally:
