@@ -238,8 +238,8 @@ def _serve(port: int, latency_s: float) -> None:
     from envhub.evaluation.model_server.scripted import ScriptedEndpoint
 
     def solve(messages) -> str:
-        match = re.search(r"What is (.*)\?", messages[-1]["content"])
-        return f"<answer>{eval(match.group(1), {'__builtins__': {}})}</answer>" if match else "?"
+        questions = re.findall(r"What is ([^?\n]*)\?", messages[-1]["content"])  # the last: after the example
+        return f"<answer>{eval(questions[-1], {'__builtins__': {}})}</answer>" if questions else "?"
 
     endpoint = ScriptedEndpoint(solve, latency_s=latency_s)
     uvicorn.run(endpoint.app, host="127.0.0.1", port=port, log_level="error", backlog=2048)

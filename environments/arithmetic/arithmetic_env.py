@@ -13,11 +13,12 @@ import re
 
 import numpy as np
 
-from envhub import ChatEnv, Rubric, Score, criterion, system, user
+from envhub import ChatEnv, Rubric, Score, criterion, user
 from envhub.errors import InvalidOptionError, TaskNotFoundError
 
 LEVELS = {
     # level: (operand count, operand range, operators)
+    "starter": (2, (0, 20), "+-"),
     "easy": (2, (0, 50), "+-"),
     "medium": (2, (10, 999), "+-*"),
     "hard": (3, (2, 99), "+-*"),
@@ -25,9 +26,10 @@ LEVELS = {
 TEST_FRACTION = 0.2
 
 # A worked example, not a bare tag: SmolLM2-135M-Instruct wrote the tag in none of 224 samples
-# when the prompt only said "for example <answer>42</answer>", and told so in the user turn, a
-# trained policy copied the 42 (README.md, "Versions", has the measurements).
-SYSTEM_PROMPT = (
+# when the prompt only said "for example <answer>42</answer>", and a trained policy copied a bare
+# 42. The instructions go in the user turn, before the question: there the same model follows them
+# (greedy, 70% with the tag against 22% from a system message; README.md, "Versions").
+INSTRUCTIONS = (
     "Solve the arithmetic problem. Think briefly if you need to, then give the final answer as an "
     "integer inside answer tags.\n\nExample:\nWhat is 7 + 5?\n7 + 5 = 12. <answer>12</answer>"
 )
@@ -123,7 +125,7 @@ class Arithmetic(ChatEnv):
         return task
 
     def initial_messages(self, task: dict) -> list[dict]:
-        return [system(SYSTEM_PROMPT), user(f"What is {task['expression']}?")]
+        return [user(f"{INSTRUCTIONS}\n\nWhat is {task['expression']}?")]
 
     def reference_action(self, episode) -> str:
         return f"<answer>{episode.task['answer']}</answer>"

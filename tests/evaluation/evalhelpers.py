@@ -9,9 +9,10 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def solve(messages) -> str:
-    """A perfect arithmetic policy: reads the problem from the last user turn."""
-    match = re.search(r"What is (.*)\?", messages[-1]["content"])
-    if not match:
+    """A perfect arithmetic policy: reads the problem from the last user turn (its last question:
+    the worked example before it asks one too)."""
+    questions = re.findall(r"What is ([^?\n]*)\?", messages[-1]["content"])
+    if not questions:
         return "no idea"
-    assert re.fullmatch(r"[\d\s+\-*()]+", match.group(1))
-    return f"<answer>{eval(match.group(1))}</answer>"
+    assert re.fullmatch(r"[\d\s+\-*()]+", questions[-1])
+    return f"<answer>{eval(questions[-1])}</answer>"

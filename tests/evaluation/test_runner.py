@@ -36,7 +36,7 @@ def test_run_writes_results_summary_and_report(endpoint, tmp_path):
     assert r["error"] is None and r["reward"] == 1.0
     assert r["messages"][-1] == {"role": "assistant", "content": solve(r["messages"][:-1])}
     assert r["rubric"]["criteria"]["correct"]["reason"].startswith("answered")
-    assert r["env"]["ref"] == "envhub/arithmetic@1.1.1" and r["env"]["digest"].startswith("sha256:")
+    assert r["env"]["ref"] == "envhub/arithmetic@1.2.0" and r["env"]["digest"].startswith("sha256:")
     assert r["rubric_hash"].startswith("sha256:") and r["rubric"]["hash"] == r["rubric_hash"]
     assert r["model"] == {"kind": "endpoint", "name": "scripted", "base_url": url}
     assert r["sampling"] == {"temperature": 0.5, "top_p": 1.0, "max_tokens": 32}

@@ -175,7 +175,7 @@ def test_tiny_training_run_produces_a_loadable_adapter_and_resumes_exactly(tmp_p
 
     provenance = json.loads((full.adapter_dir / "provenance.json").read_text())
     (environment,) = provenance["environments"]
-    assert environment["ref"] == "envhub/arithmetic@1.1.1" and environment["digest"].startswith("sha256:")
+    assert environment["ref"] == "envhub/arithmetic@1.2.0" and environment["digest"].startswith("sha256:")
     assert environment["rubric_hash"].startswith("sha256:")
     assert provenance["model"]["source_digest"].startswith("sha256:")
     assert provenance["config"]["algo"] == "cispo" and provenance["config"]["cispo_max_ratio"] == 5.0

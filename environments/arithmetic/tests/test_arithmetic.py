@@ -13,7 +13,7 @@ FOLDER = Path(__file__).resolve().parents[1]
 def test_passes_validation_and_check_env():
     report = validate(FOLDER)
     assert report.ok, report.failures
-    for level in ("easy", "medium", "hard"):
+    for level in ("starter", "easy", "medium", "hard"):
         check_env(envhub.make(FOLDER, level=level), skip_render_check=True)
 
 
@@ -62,3 +62,14 @@ def test_levels_and_bad_level():
     assert obs[-1]["content"].count(" ") >= 5  # three operands
     with pytest.raises(InvalidOptionError, match="level"):
         envhub.make(FOLDER, level="impossible")
+
+
+def test_starter_problems_stay_small_and_the_instructions_share_the_user_turn():
+    env = envhub.make(FOLDER, level="starter")
+    for seed in range(50):
+        obs, info = env.reset(seed=seed)
+        assert [m["role"] for m in obs] == ["user"]
+        instructions, question = obs[0]["content"].rsplit("\n\n", 1)
+        assert "<answer>12</answer>" in instructions and info["task_id"].startswith("starter-")
+        operands = [int(n) for n in question.removeprefix("What is ").rstrip("?").split(" ")[::2]]
+        assert all(0 <= n <= 20 for n in operands), question
