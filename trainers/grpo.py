@@ -704,11 +704,11 @@ def _std(values: Sequence[float]) -> float:
 
 
 def demo(minutes: float = 5.0, *, output_dir: str = "runs/demo-cispo", **overrides: Any) -> TrainResult:
-    """Train CISPO on ``arithmetic`` (easy) for ``minutes`` of wall clock and return the result
+    """Train CISPO on ``arithmetic`` (starter) for ``minutes`` of wall clock and return the result
     (``result.adapter_dir`` is the peft adapter). Runs on CPU with the embedded default model."""
     config = make_config(
         "cispo",
-        envs=["arithmetic?level=easy"],
+        envs=["arithmetic?level=starter"],
         overrides={**DEMO_SETTINGS, "output_dir": output_dir, "max_train_seconds": minutes * 60, "overwrite": True, **overrides},
     )
     return train(config)
