@@ -299,6 +299,8 @@ def write(report: dict) -> None:
         "afterwards), drops finished sequences from the batch, and its loss forward runs the vocabulary head only "
         "on completion positions. The load averages say how busy the 2 cores were besides each row's run.",
         "",
+        *report.get("notes", []),  # the author's reading of the figures (markdown lines), kept in the JSON
+        "",
     ]
     (HERE / "trainer_vs_trl.md").write_text("\n".join(lines))
 
