@@ -20,8 +20,9 @@ from envhub.authoring import validate
 from envhub.authoring.audit import audit
 from envhub.authoring.importers import import_environment
 from envhub.authoring.importers.common import installed_source
-from envhub.authoring.importers.reasoning_gym_runtime import HELD_OUT_FILE, ReasoningGymEnv, question_digest
-from envhub.errors import CriterionError, EnvironmentFailure, ImageBuildError, ImportSourceError, MissingDependencyError
+from envhub.authoring.importers.reasoning_gym_runtime import HELD_OUT_FILE, INSTRUCTIONS, ReasoningGymEnv, question_digest
+from envhub.errors import (CriterionError, EnvironmentFailure, ImageBuildError, ImportSourceError, InvalidOptionError,
+                           MissingDependencyError)  # fmt: skip
 
 from imported_checks import assert_its_own_tests_pass, assert_the_readme_says
 
@@ -49,7 +50,7 @@ def test_the_folder_pins_the_source_and_says_what_it_is(folder):
     assert len(module.splitlines()) < 40  # thin: the adapter is the SDK's, not copied here
     assert_the_readme_says(folder, "reasoning-gym 0.1.25", "envhub import reasoning-gym reasoning-gym==0.1.25",
                            "--task-config letter_counting.max_words=6", "score_answer", "`letter_counting`: max_words=6",
-                           "held_out.json")  # fmt: skip
+                           "held_out.json", "`--prompt few-shot --shots 2`")  # fmt: skip
     held_out = json.loads((folder / HELD_OUT_FILE).read_text())["tasks"]
     assert sorted(held_out) == sorted(TASKS.split(",")) and all(0 < len(v["digests"]) <= 40 for v in held_out.values())
     assert held_out["letter_counting"]["config"] == {"max_words": 6} and held_out["word_sorting"]["test_size"] == 40
@@ -89,6 +90,32 @@ def test_splits_never_share_a_problem_and_difficulty_passes_through(folder):
     test = {other.reset(seed=s, options={"split": "test"})[0][-1]["content"] for s in range(40)}
     train = {other.reset(seed=s, options={"split": "train"})[0][-1]["content"] for s in range(300)}
     assert len(test) <= 15 and not test & train
+
+
+def test_the_few_shot_prompt_solves_train_problems_of_the_same_task_first(folder):
+    env = envhub.make(folder)
+    held_out = {task: set(v["digests"]) for task, v in json.loads((folder / HELD_OUT_FILE).read_text())["tasks"].items()}
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed, options={"split": "test"})
+        task = env.episode.task["task"]
+        assert [m["role"] for m in obs] == ["user", "assistant", "user", "assistant", "user"]
+        examples = env.examples(task)
+        assert len(examples) == 2 and examples[0]["index"] != examples[1]["index"]
+        for example, (asked, replied) in zip(examples, [obs[0:2], obs[2:4]]):
+            assert example["task"] == task and question_digest(example["question"]) not in held_out[task]
+            assert asked["content"].endswith(example["question"])
+            answer = example["entry"]["answer"]
+            assert replied["content"] == f"The answer is {answer}. <answer>{answer}</answer>"
+            assert env.dataset(task, "train").score_answer(answer, example["entry"]) == 1.0  # solved right
+        assert obs[0]["content"].startswith(INSTRUCTIONS) and obs[4]["content"] == env.episode.task["question"]
+    assert len(envhub.make(folder, shots=1).reset(seed=0)[0]) == 3
+    # folders imported before the option play as they did: the instructions in a system message
+    obs, _ = envhub.make(folder, prompt="system").reset(seed=0, options={"split": "test"})
+    assert [m["role"] for m in obs] == ["system", "user"]
+    with pytest.raises(InvalidOptionError, match="'one-shot' is not one of few-shot, system"):
+        envhub.make(folder, prompt="one-shot")
+    with pytest.raises(InvalidOptionError, match="shots.*must be an int >= 1, got 0"):
+        envhub.make(folder, shots=0)
 
 
 def _play(env, answer_of, seed=3, task=None):

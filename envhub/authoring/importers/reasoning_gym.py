@@ -44,6 +44,9 @@ OPTIONS = (
     Option("seed", "seed fixing every task's train and test problems", parse=int, default=0),
     Option("train-size", "problems per task the train split draws from", parse=int, default=10_000),
     Option("test-size", "problems per task in the test split (held out from train)", parse=int, default=100),
+    Option("prompt", "few-shot (solved train problems of the same task first) or system (instructions in a "
+           "system message)", default="few-shot", choices=("few-shot", "system")),  # fmt: skip
+    Option("shots", "solved problems the few-shot prompt shows", parse=int, default=2),
 )
 
 
@@ -82,7 +85,8 @@ def build(source: Source, options: dict[str, Any]) -> Generated:
     config = _config(factory, tasks, options["task_config"])
     settings: dict[str, Any] = {
         "tasks": tasks, "config": config, "seed": options["seed"], "train_size": options["train_size"],
-        "test_size": options["test_size"], "package_version": source.version,
+        "test_size": options["test_size"], "package_version": source.version, "prompt": options["prompt"],
+        "shots": options["shots"],
     }  # fmt: skip
     try:
         env = ReasoningGymEnv(**settings)
@@ -123,8 +127,8 @@ def _readme(source: Source, tasks: list[str], config: dict, settings: dict, no_r
         "",
         "## Episodes",
         "",
-        "Single-turn: a system message asking for the final answer inside `<answer></answer>` tags, then the",
-        "task's question as the user turn. Task ids are `TASK/INDEX` (the index into the task's split).",
+        *_episodes(settings["prompt"], settings["shots"]),
+        "Task ids are `TASK/INDEX` (the index into the task's split).",
         "",
         "## Splits",
         "",
@@ -146,6 +150,21 @@ def _readme(source: Source, tasks: list[str], config: dict, settings: dict, no_r
         lines += ["", "Tasks with no single expected answer (their scorer checks the answer itself, and the",
                   f"environment has no reference answer for them): {', '.join(no_reference)}."]  # fmt: skip
     return "\n".join(lines)
+
+
+def _episodes(prompt: str, shots: int) -> list[str]:
+    if prompt == "system":
+        return ["Single-turn: a system message asking for the final answer inside `<answer></answer>` tags, then the",
+                "task's question as the user turn."]  # fmt: skip
+    return [
+        f"Single-turn, few-shot (`--prompt few-shot --shots {shots}`): first exchanges solve {shots} problems of the",
+        "same task (its first train problems outside `test`; the first question comes after a line of",
+        "instructions, and each reply is `The answer is X. <answer>X</answer>`), then the task's question is",
+        "the user turn the model answers. A task with no single expected answer gets the instructions as a",
+        "system message instead. `--prompt system` does that for every task: small models then rarely write",
+        "the tag (SmolLM2-135M-Instruct, greedy, on easy settings of 9 families: none of 216 replies, against",
+        "216 of 216 with two shots).",
+    ]
 
 
 _TESTS = '''
