@@ -162,8 +162,8 @@ def _episodes(prompt: str, shots: int) -> list[str]:
         "instructions, and each reply is `The answer is X. <answer>X</answer>`), then the task's question is",
         "the user turn the model answers. A task with no single expected answer gets the instructions as a",
         "system message instead. `--prompt system` does that for every task: small models then rarely write",
-        "the tag (SmolLM2-135M-Instruct, greedy, on easy settings of 9 families: none of 216 replies, against",
-        "216 of 216 with two shots).",
+        "the tag (SmolLM2-135M-Instruct, greedy, on easy settings of 9 families: 216 of 216 replies with two",
+        "shots, none of 192 with the system message).",
     ]
 
 
