@@ -35,8 +35,30 @@ from child_run import run_child  # noqa: E402  (beside this script)
 HERE = Path(__file__).resolve().parent
 SOURCE = "reasoning-gym==0.1.25"
 SINGLE = ["basic_arithmetic"]
-MIX = ["basic_arithmetic", "chain_sum", "gcd", "lcm", "count_bits", "letter_counting", "word_sorting", "caesar_cipher"]
-HELD_OUT = ["simple_equations", "base_conversion", "fraction_simplification"]
+MIX = ["basic_arithmetic", "chain_sum", "products", "gcd", "lcm", "count_bits", "letter_counting", "spell_backward"]
+HELD_OUT = ["simple_equations", "base_conversion", "fraction_simplification", "number_filtering"]
+# Easy settings (reasoning-gym's defaults are beyond the 135M model), each family's own difficulty
+# fields, passed as --task-config. Measured greedy on 24 test problems each with the import's
+# two-shot prompt, tag / correct: basic_arithmetic 24/10, products 24/20, gcd 24/8, lcm 24/12,
+# count_bits (up to 16) 24/6; held out: simple_equations 24/0, base_conversion 24/3, fraction_simplification
+# 24/2, number_filtering 24/1 (with a system-message prompt: no tag at all, so no reward to learn from).
+# Test problems per family: small enough that a family's easy problems are not all held out (count_bits
+# up to 16 has 16 problems, and a test split of 100 left its train split none).
+TEST_SIZE = 40
+EASY = {
+    "basic_arithmetic": {"max_terms": 2, "max_digits": 1, "operators": ["+", "-"], "allow_parentheses": False, "allow_negation": False},
+    "chain_sum": {"max_terms": 3, "max_digits": 1},
+    "products": {"max_digits": 1},
+    "gcd": {"max_value": 30},
+    "lcm": {"max_value": 12},
+    "count_bits": {"max_n": 63},
+    "letter_counting": {"min_words": 3, "max_words": 5},
+    "spell_backward": {"max_word_len": 4},
+    "simple_equations": {"max_terms": 2, "max_value": 10, "operators": ["+", "-"], "operators_weights": [0.5, 0.5]},
+    "base_conversion": {"max_value": 15, "max_base": 10},
+    "fraction_simplification": {"max_value": 10, "max_factor": 5, "styles": ["plain"]},
+    "number_filtering": {"min_numbers": 3, "max_numbers": 4, "max_decimals": 0, "min_value": 0, "max_value": 50},
+}
 CASES = {"single": SINGLE, "mix": MIX}
 
 
@@ -45,7 +67,9 @@ def import_env(name: str, families: list[str], where: Path) -> Path:
     folder = where / name
     shutil.rmtree(folder, ignore_errors=True)
     command = [sys.executable, "-m", "envhub", "import", "reasoning-gym", SOURCE, "--tasks", ",".join(families),
-               "--name", f"bench/{name}", "-o", str(folder)]  # fmt: skip
+               "--name", f"bench/{name}", "--test-size", str(TEST_SIZE), "-o", str(folder)]  # fmt: skip
+    for family in families:
+        command += [arg for field, value in EASY[family].items() for arg in ("--task-config", f"{family}.{field}={json.dumps(value)}")]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"envhub import failed for {name}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -116,7 +140,7 @@ def child(job: str, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=14.0, help="training budget per run")
-    parser.add_argument("--eval-episodes", type=int, default=120, help="held-out test problems per model")
+    parser.add_argument("--eval-episodes", type=int, default=160, help="held-out test problems per model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -144,49 +168,104 @@ def main(argv: list[str] | None = None) -> int:
     base = child("base", args)
     report = {"started": started, "minutes": args.minutes, "seed": args.seed, "eval_episodes": args.eval_episodes,
               "load_before": load_before, "load_after": os.getloadavg(), "cores": os.cpu_count(), "held_out": HELD_OUT,
-              "base": base, "runs": trained}  # fmt: skip
+              "settings": settings(), "base": base, "runs": trained}  # fmt: skip
     for case, r in trained.items():
         if r["held_out"]["tasks"] != base["held_out"]["tasks"]:
             raise SystemExit(f"{case} was scored on other problems than the base model: the comparison would not be paired")
         r["gain"] = {k: paired(r["held_out"][k], base["held_out"][k]) for k in ("reward", "correct")}
-    (HERE / "diversity.json").write_text(json.dumps(report, indent=1))
-    write(report)
+    page = add_to_page(report)
+    (HERE / "diversity.json").write_text(json.dumps(page, indent=1))
+    write(page)
     print((HERE / "diversity.md").read_text())
     return 0
 
 
-def write(report: dict) -> None:
-    base = report["base"]["held_out"]
+def settings() -> dict:
+    """What makes two seeds' runs comparable: the families, their difficulty and the test split."""
+    return {"single": SINGLE, "mix": MIX, "held_out": HELD_OUT, "easy": EASY, "test_size": TEST_SIZE, "source": SOURCE}
+
+
+def add_to_page(report: dict) -> dict:
+    """The page's reports: this seed's, beside earlier seeds' at the same settings (a rerun of a seed replaces it)."""
+    path = HERE / "diversity.json"
+    earlier = json.loads(path.read_text()).get("reports", []) if path.exists() else []
+    same = ("minutes", "eval_episodes", "settings")
+    kept = [r for r in earlier if all(r.get(k) == report[k] for k in same) and r["seed"] != report["seed"]]
+    # the author's reading of the figures: kept while the settings stand, dropped with the runs they read
+    notes = json.loads(path.read_text()).get("notes", []) if kept else []
+    return {"reports": sorted([*kept, report], key=lambda r: r["seed"]), "notes": notes}
+
+
+def write(page: dict) -> None:
+    reports = page["reports"]
+    first = reports[0]
+    base = first["base"]["held_out"]  # the same for every seed: greedy, on the same problems
     n = len(base["reward"])
+    when = "; ".join(f"seed {r['seed']} {r['started']}, load {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after"
+                     for r in reports)  # fmt: skip
     lines = [
         "# One task family or a mix: held-out families after the same training time",
         "",
-        f"Written by `python benchmarks/diversity.py` ({report['started']}): CISPO with the main job's settings",
-        f"(DEMO_SETTINGS), seed {report['seed']}, {report['minutes']:g} minutes of training per run, both runs at once",
-        f"with one torch thread each on {report['cores']} cores (load {report['load_before'][0]:.1f} before,",
-        f"{report['load_after'][0]:.1f} after). Environments from `envhub import reasoning-gym {SOURCE}`.",
+        f"Written by `python benchmarks/diversity.py` (each `--seed` adds its runs: {when}): CISPO with the main",
+        f"job's settings (DEMO_SETTINGS), {first['minutes']:g} minutes of training per run, a seed's two runs at once",
+        f"with one torch thread each on {first['cores']} cores. Environments from `envhub import reasoning-gym {SOURCE}` with",
+        f"its two-shot prompt and --test-size {TEST_SIZE}, each family at the easy settings in `EASY` (benchmarks/diversity.py).",
         f"Held-out families, seen by neither run: {', '.join(HELD_OUT)}; {n} fixed test problems, greedy,",
         "the same for every model; gains are paired problem by problem (95% intervals, normal approximation).",
         "`correct` is reasoning-gym's own scorer (the task, 0.9 of the reward), `reward` adds the answer-tag format (0.1).",
         "",
-        "| model | trained on | steps | train reward first -> last | held-out correct | gain in correct | held-out reward | gain in reward |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| base | - | - | - | {_mean(base['correct']):.3f} | - | {_mean(base['reward']):.3f} | - |",
+        "| model | seed | trained on | steps | train reward first -> last | held-out correct | gain in correct | held-out reward | gain in reward |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| base | - | - | - | - | {_mean(base['correct']):.3f} | - | {_mean(base['reward']):.3f} | - |",
     ]
-    for case, r in report["runs"].items():
-        h, (gs, hs), (gr, hr) = r["held_out"], r["gain"]["correct"], r["gain"]["reward"]
-        lines.append(
-            f"| {case} | {', '.join(r['families'])} | {r['steps']} | {r['train_reward'][0]:.3f} -> {r['train_reward'][1]:.3f} | "
-            f"{_mean(h['correct']):.3f} | {gs:+.3f} ± {hs:.3f} | {_mean(h['reward']):.3f} | {gr:+.3f} ± {hr:.3f} |"
-        )
-    silent = [case for case, r in report["runs"].items()
-              if r.get("train_reward_max", max(r["train_reward"])) == 0 and _mean(r["held_out"]["reward"]) == 0]
+    for report in reports:
+        for case, r in report["runs"].items():
+            h, (gs, hs), (gr, hr) = r["held_out"], r["gain"]["correct"], r["gain"]["reward"]
+            lines.append(
+                f"| {case} | {report['seed']} | {', '.join(r['families'])} | {r['steps']} | {r['train_reward'][0]:.3f} -> "
+                f"{r['train_reward'][1]:.3f} | {_mean(h['correct']):.3f} | {gs:+.3f} ± {hs:.3f} | {_mean(h['reward']):.3f} | {gr:+.3f} ± {hr:.3f} |"
+            )
+    columns = {"base": base, **{f"{case} s{r['seed']}": run["held_out"] for r in reports for case, run in r["runs"].items()}}
+    by_family = {name: _by_family(h) for name, h in columns.items()}
+    lines += ["", "Held-out correct by family (problems each):", "",
+              "| family | " + " | ".join(by_family) + " |", "| --- |" + " --- |" * len(by_family)]  # fmt: skip
+    for family in HELD_OUT:
+        cells = [f"{_mean(by_family[name].get(family, [])):.3f}" for name in by_family]
+        lines.append(f"| {family} ({len(by_family['base'].get(family, []))}) | " + " | ".join(cells) + " |")
+    both = [r for r in reports if {"single", "mix"} <= set(r["runs"])]
+    if both:  # the question itself: the two adapters, paired on the same problems (seeds averaged per problem)
+        lines.append("")
+        for r in both:
+            lines.append(f"Mix minus single, held-out correct, paired, seed {r['seed']}: {_verdict(r['runs']['mix'], r['runs']['single'])}.")
+        if len(both) > 1:
+            mix = [_mean(v) for v in zip(*(r["runs"]["mix"]["held_out"]["correct"] for r in both))]
+            single = [_mean(v) for v in zip(*(r["runs"]["single"]["held_out"]["correct"] for r in both))]
+            lines.append(f"Over the {len(both)} seeds (each problem's scores averaged over the seeds): "
+                         f"{_verdict({'held_out': {'correct': mix}}, {'held_out': {'correct': single}})}.")  # fmt: skip
+    silent = [f"{case} s{report['seed']}" for report in reports for case, r in report["runs"].items()
+              if r.get("train_reward_max", max(r["train_reward"])) == 0 and _mean(r["held_out"]["reward"]) == 0]  # fmt: skip
     if silent:  # a run that never earned reward learned nothing: say so rather than print zeros as a result
-        seen = "at every step" if all("train_reward_max" in report["runs"][c] for c in silent) else "at its first and last step"
-        lines += ["", f"No learning signal in {', '.join(silent)}: training reward was 0 {seen} and every held-out reply",
-                  "scored 0 (no `<answer>` tag), so the group advantages were zero and this says nothing about diversity.",
+        lines += ["", f"No learning signal in {', '.join(silent)}: training reward was 0 at every step and every held-out reply",
+                  "scored 0, so the group advantages were zero and this says nothing about diversity.",
                   "The question needs a policy that earns some reward at the start: a larger model, or longer replies."]
+    if page.get("notes"):
+        lines += ["", *page["notes"]]
     (HERE / "diversity.md").write_text("\n".join(lines) + "\n")
+
+
+def _verdict(mix: dict, single: dict) -> str:
+    diff, half = paired(mix["held_out"]["correct"], single["held_out"]["correct"])
+    said = ("the mix generalised better" if diff - half > 0 else "the single family generalised better" if diff + half < 0
+            else "no difference the interval can tell")  # fmt: skip
+    return f"{diff:+.3f} ± {half:.3f} ({said})"
+
+
+def _by_family(held_out: dict) -> dict[str, list[float]]:
+    """Each held-out family's correct scores (task ids are ``FAMILY/INDEX``)."""
+    out: dict[str, list[float]] = {}
+    for task, value in zip(held_out["tasks"], held_out["correct"]):
+        out.setdefault(task.rpartition("/")[0], []).append(value)
+    return out
 
 
 def _mean(values: list[float]) -> float:
