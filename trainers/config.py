@@ -170,6 +170,9 @@ class TrainConfig:
     """AdamW betas."""
     warmup_steps: int = 0
     """Linear learning-rate warmup, in optimizer steps."""
+    lr_decay: Literal["constant", "linear", "cosine"] = "constant"
+    """After warmup: keep the learning rate, or decay it to zero at the end of the run (its step count
+    or its ``max_train_seconds``, whichever is further along)."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm (0 disables)."""
     minibatches: int = 1

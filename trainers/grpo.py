@@ -74,6 +74,7 @@ from trainers.generation import choose_backend, make_backend
 from trainers.monitor import HackMonitor
 from trainers.outputs import Progress, RunOutputs, environment_identities, rollout_record
 from trainers.rollout import Rollout, derive_seed, micro_batches, pad_rows, rollout, sampled_logprobs, split_rows
+from trainers.schedule import lr_multiplier
 
 __all__ = [
     "LossOutput",
@@ -391,9 +392,14 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, betas=tuple(config.adam_betas), weight_decay=config.weight_decay
     )
-    warmup = max(config.warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup else 1.0
+        optimizer,
+        lr_multiplier(
+            warmup=config.warmup_steps,
+            decay=config.lr_decay,
+            total_updates=config.steps * config.minibatches * config.epochs_per_batch,
+            budget_s=config.max_train_seconds,
+        ),
     )
     outputs.load_checkpoint(model, optimizer, scheduler)
 
@@ -518,6 +524,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
             if config.beta:
                 stats["kl/mean"] = 0.0
             progress.updating()
+            step_lr = scheduler.get_last_lr()[0]  # the rate of this step's (first) update, recorded below
             t_sync = 0.0  # the sampler brought up to the new weights (part of the update's time)
             # What to go back to if Ctrl-C comes before this step is written: its update is all or nothing.
             snapshot = ([p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict()), scheduler.state_dict())
@@ -639,7 +646,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                     "perf/step_s": step_s,
                     "perf/tokens_per_s": tokens / step_s,  # verl: (prompt + completion tokens) / step time
                     "perf/completions_per_s": len(generated) / step_s,
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": step_lr,
                 }
             )
             errors = [r.error for r in generated if r.error]
