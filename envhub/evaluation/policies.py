@@ -130,7 +130,9 @@ class LocalPolicy(Policy):
         self.local = local_model or LocalModel(model, device=device, max_batch=max_batch)
         self.adapter_dir = adapter
         self.adapter_name: str | None = None
-        if adapter is not None:
+        if adapter is not None and local_model is None:
+            self.local.fold_adapter(adapter)  # our own model, one adapter: generate at the base model's speed
+        elif adapter is not None:
             self.adapter_name = "eval-adapter"
             if self.adapter_name not in self.local.adapters:
                 self.local.load_adapter(self.adapter_name, adapter)

@@ -132,6 +132,29 @@ def test_local_evaluation_with_the_default_model_and_an_adapter(lora_dir, tmp_pa
     assert json.loads((tmp_path / "tuned" / "run.json").read_text())["model"]["adapter"] == str(lora_dir)
 
 
+def test_a_folded_adapter_answers_as_the_adapter_loaded_by_name(lora_dir, foreign_lora_dir, local_model):
+    """An evaluation folds its one adapter into the weights (for speed): the same greedy answers as
+    the adapter applied by peft, which differ from the base model's; a folded model takes no more."""
+    chats = [CHAT, [{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "What is 7 * 6?"}]]
+    greedy = Sampling(0.0, 1.0, 12)
+    local_model.load_adapter("fold-check", lora_dir)
+    by_name = [g.text for g in local_model.generate(chats, greedy, adapter="fold-check")]
+    base = [g.text for g in local_model.generate(chats, greedy)]
+    assert by_name != base  # the adapter changes the answers, so the comparison below can fail
+
+    folded = LocalModel(None, device="cpu")
+    with pytest.raises(AdapterMismatchError):
+        folded.fold_adapter(foreign_lora_dir)  # refused as load_adapter refuses it, nothing folded
+    assert folded.folded is None
+    assert not any("lora" in name for name, _ in folded.model.named_parameters())  # the base model, untouched
+    folded.fold_adapter(lora_dir)
+    assert folded.folded == str(lora_dir) and not folded.adapters
+    assert not any("lora" in name for name, _ in folded.model.named_parameters())
+    assert [g.text for g in folded.generate(chats, greedy)] == by_name
+    with pytest.raises(ValueError, match="folded into this model"):
+        folded.load_adapter("more", lora_dir)
+
+
 def test_generate_batches_and_reports_lengths(local_model):
     gens = local_model.generate([CHAT, CHAT[:1] + [], [{"role": "user", "content": "Hi"}]], Sampling(0.0, 1.0, 5))
     assert len(gens) == 3 and all(g.completion_tokens <= 5 for g in gens)
