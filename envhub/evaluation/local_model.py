@@ -159,8 +159,9 @@ class LocalModel:
 
         Generation then runs at the base model's speed: unfolded, peft's LoRA layers made the main
         job's greedy evaluation of 200 tasks take 87 s on CPU against the base model's 52 s;
-        folded, 59-68 s against 56-60 s. For a model that runs one adapter and nothing else (an evaluation); adapters
-        served by name stay apart (:meth:`load_adapter`). Checked and refused as load_adapter does.
+        folded, 59-68 s against 56-60 s. For a model that runs one adapter and nothing else (an
+        evaluation); adapters served by name stay apart (:meth:`load_adapter`). Checked and
+        refused as load_adapter does.
         """
         if self.adapters:
             raise ValueError("adapters are loaded by name: fold an adapter only into a model that has none")
