@@ -2,14 +2,14 @@
 
 Two backends share one interface, :class:`Backend`:
 
-- :class:`TransformersBackend` (CPU and GPU): our own batched sampling loop over the KV cache.
-  Identical prompts in a batch (the G members of a GRPO group) are prefilled once and their
-  cache rows are copied G times; finished rows are pruned from the cache as they stop.
+- :class:`TransformersBackend` (CPU and GPU): envhub's batched decoding loop over the KV cache
+  (:func:`envhub.models.decoding.decode`): a GRPO group's shared prompt, and the head common to
+  all prompts, are prefilled once; finished rows are pruned from the cache as they stop.
 - :class:`VLLMBackend` (CPU or GPU, ``make vllm``): a vLLM server in its own process and
   environment (:mod:`envhub.models.vllm_server`), its weights synced after every update by
   hot-loading the LoRA adapter or by pushing merged weights.
 
-Both sample from the distribution that :func:`token_logprobs` defines (temperature, then top-p),
+Both sample from the distribution that :func:`~envhub.models.decoding.token_logprobs` defines (temperature, then top-p),
 and the trainer scores the sampled tokens with that same function, so the probabilities used in
 the loss are those of the distribution the tokens were drawn from.
 """
@@ -17,7 +17,6 @@ the loss are those of the distribution the tokens were drawn from.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
+from envhub.models.decoding import cache_kwarg, decode, processed_logprobs, token_logprobs
 from envhub.models.loading import stop_token_ids
 
 __all__ = [
@@ -69,64 +69,6 @@ class Backend(Protocol):
     def update_weights(self, model: Any) -> None:
         """Called after every optimizer step with the trained (peft) model."""
         ...
-
-
-# ---------------------------------------------------------------------------------------------
-# The sampling distribution, shared by generation and by the loss
-# ---------------------------------------------------------------------------------------------
-
-
-def _nucleus_mask(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Boolean mask [..., V] of the top-p nucleus of softmax(scaled): the smallest set of most
-    likely tokens whose mass reaches top_p (always at least the most likely token)."""
-    sorted_logits, order = scaled.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
-    keep_sorted = mass_before < top_p
-    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-
-
-def processed_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """log-probabilities [..., V] of the sampling distribution: softmax(logits / T) restricted to
-    its top-p nucleus and renormalised (tokens outside the nucleus get -inf)."""
-    scaled = logits.float() / temperature
-    if top_p < 1.0:
-        scaled = scaled.masked_fill(~_nucleus_mask(scaled, top_p), float("-inf"))
-    return scaled.log_softmax(dim=-1)
-
-
-def token_logprobs(
-    logits: torch.Tensor, ids: torch.Tensor, temperature: float, top_p: float
-) -> torch.Tensor:
-    """log pi(ids | ...) under the sampling distribution, differentiable in ``logits``.
-
-    logits: [..., V]; ids: [...] -> [...]. Computed as logit - logsumexp (no [..., V] log-softmax
-    kept for backward). With top_p < 1 the nucleus is taken from the current logits (a
-    non-differentiable selection) and always contains ``ids`` itself, so a token the sampler drew
-    never gets probability 0 after the policy has moved.
-    """
-    scaled = logits.float() / temperature
-    if top_p < 1.0:
-        with torch.no_grad():
-            keep = _nucleus_mask(scaled, top_p)
-            keep.scatter_(-1, ids.unsqueeze(-1), True)
-        scaled = scaled.masked_fill(~keep, float("-inf"))
-    picked = scaled.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    return picked - scaled.logsumexp(dim=-1)
-
-
-def cache_kwarg(model: Any) -> str:
-    """The keyword under which ``model``'s forward takes a KV cache object.
-
-    transformers 5 names it ``cache`` (``past_key_values`` still works there, with a deprecation
-    warning, until its removal); older releases and remote-code models know only ``past_key_values``.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        parameters = inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _lora_layers(model: Any) -> list[Any]:
@@ -223,88 +165,27 @@ class TransformersBackend:
         with merged_lora(self.model, self._snapshot):
             yield
 
-    @torch.no_grad()
     def _generate(
         self, prompts: Sequence[Sequence[int]], limit: int, generator: torch.Generator
     ) -> list[Completion]:
-        from transformers import DynamicCache
-
-        device = self.device
-        # 1. Prefill each distinct prompt once. A GRPO group repeats its prompt G times.
-        unique: dict[tuple[int, ...], int] = {}
-        row_of = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
-        distinct = list(unique)
-        width = max(len(p) for p in distinct)
-        ids = torch.full((len(distinct), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(distinct), width), dtype=torch.long)
-        for i, p in enumerate(distinct):  # left padding: every prompt ends at column width-1
-            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # positions count real tokens only
-        cache = DynamicCache()  # filled in place by every forward below
-        cache_arg = cache_kwarg(self.model)
-        prefill = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_arg: cache},
+        decoded = decode(
+            self.model,
+            prompts,
+            limit=limit,
+            stop_ids=self.stop_ids,
+            pad_id=self.pad_id,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            generator=generator,
         )
-        # 2. Copy each distinct prompt's cache row to every sequence that uses it: [B, ...].
-        index = torch.tensor(row_of, device=device)
-        cache.batch_select_indices(index)
-        logits = prefill.logits[:, -1][index]  # [B, V]
-        mask = mask[index]  # [B, L]
-        next_pos = positions[index, -1] + 1  # [B]
-
-        n = len(prompts)
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        logps: list[list[float]] = [[] for _ in range(n)]
-        finished = [False] * n
-        alive = torch.arange(n, device=device)  # rows of the cache -> sequence index
-        stop = torch.tensor(self.stop_ids, device=device)
-        # 3. Decode: sample, record the sampled id and its log-prob, prune rows that stopped.
-        for t in range(limit):
-            if self.temperature > 0:
-                logp = processed_logprobs(logits, self.temperature, self.top_p)  # [b, V]
-                choice = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # [b]
-                chosen_logp = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
-            else:  # temperature 0: greedy decoding (evaluation only; its log-prob is 0)
-                choice = logits.argmax(-1)
-                chosen_logp = torch.zeros(choice.shape, device=choice.device)
-            done = torch.isin(choice, stop)
-            for row, (seq, tok, lp, d) in enumerate(
-                zip(alive.tolist(), choice.tolist(), chosen_logp.tolist(), done.tolist())
-            ):
-                tokens[seq].append(tok)
-                logps[seq].append(lp)
-                finished[seq] = d
-            if t == limit - 1 or bool(done.all()):
-                break
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(-1)
-                cache.batch_select_indices(keep)
-                alive, choice, mask, next_pos = alive[keep], choice[keep], mask[keep], next_pos[keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            step = self.model(
-                input_ids=choice.unsqueeze(-1),
-                attention_mask=mask,
-                position_ids=next_pos.unsqueeze(-1),
-                use_cache=True,
-                **{cache_arg: cache},
-            )
-            logits = step.logits[:, -1]
-            next_pos = next_pos + 1
         return [
             Completion(
-                token_ids=tokens[i],
-                logprobs=logps[i],
-                finished=finished[i],
-                text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
+                token_ids=d.token_ids,
+                logprobs=d.logprobs,
+                finished=d.finished,
+                text=self.tokenizer.decode(d.token_ids, skip_special_tokens=True),
             )
-            for i in range(n)
+            for d in decoded
         ]
 
 

@@ -5,9 +5,10 @@ The base model is loaded with the trainer's ``load_policy`` (the embedded SmolLM
 default). Adapters are peft adapter folders (what the trainer writes); each is checked against the
 base model when it is loaded, and one that does not fit raises
 :class:`~envhub.errors.AdapterMismatchError` naming the reason, rather than generating nonsense.
-Generation is batched: many conversations with the same sampling settings and adapter go through
-one ``generate`` call, left-padded. Each conversation's answer is handed over (``on_done``) as soon
-as it ends, while the longer ones of its batch are still generating: an evaluation's episodes go on
+Generation is batched: many conversations with the same sampling settings and adapter are decoded
+together by :func:`envhub.models.decoding.decode` (the head their prompts share is prefilled once,
+finished rows leave the batch). Each conversation's answer is handed over (``on_done``) as soon as
+it ends, while the longer ones of its batch are still generating: an evaluation's episodes go on
 (and its progress moves) one by one, not all at once when the longest answer ends.
 """
 
@@ -80,7 +81,7 @@ class LocalModel:
         model: Hugging Face id or folder; ``None`` or ``"default"`` for the embedded default.
         adapters: ``{name: folder}`` of peft adapters to load now (more with :meth:`load_adapter`).
         device, dtype: passed to ``load_policy``.
-        max_batch: most conversations in one ``generate`` call.
+        max_batch: most conversations decoded as one batch.
     """
 
     def __init__(
@@ -239,29 +240,24 @@ class LocalModel:
     def _generate(
         self, prompts: list[list[int]], sampling: Sampling, *, on_done: Callable[[int, Generation], None] | None = None
     ) -> list[Generation]:
-        torch = self._torch
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
-            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
+        from envhub.models.decoding import decode
+
         stop = self._stop_ids()
         stop_set = set(stop)
-        reported: set[int] = set()
-        extra: dict[str, Any] = {}
+        done = None
         if on_done is not None:
-            extra["stopping_criteria"] = self._finish_watch(prompts, width, stop_set, reported, on_done)
-        kwargs = self._generate_kwargs(sampling, stop, pad_token_id=pad, **extra)
-        with torch.no_grad():
-            output = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
-        results = [self._finished(p, output[i, width:].tolist(), stop_set) for i, p in enumerate(prompts)]
-        if on_done is not None:
-            for i, gen in enumerate(results):
-                if i not in reported:  # ran to max_tokens: it ends with the batch
-                    on_done(i, gen)
-        return results
+            done = lambda i, d: on_done(i, self._finished(prompts[i], d.token_ids, stop_set))  # noqa: E731
+        decoded = decode(
+            self.model,
+            prompts,
+            limit=sampling.max_tokens,
+            stop_ids=stop,
+            pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop[0],
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            on_done=done,
+        )
+        return [self._finished(p, d.token_ids, stop_set) for p, d in zip(prompts, decoded)]
 
     def _finished(self, prompt: list[int], new: list[int], stop_set: set[int]) -> Generation:
         """The Generation of ``new`` tokens, cut at the first stop token."""
@@ -272,32 +268,6 @@ class LocalModel:
                 break
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         return Generation(text, finish, len(prompt), len(new) + (finish == "stop"))
-
-    def _finish_watch(
-        self,
-        prompts: list[list[int]],
-        width: int,
-        stop_set: set[int],
-        reported: set[int],
-        on_done: Callable[[int, Generation], None],
-    ) -> Any:
-        """A StoppingCriteria that stops nothing: after each decoding step it hands over the rows
-        whose newest token is their first stop token (``generate`` itself stops them)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        torch = self._torch
-        model = self
-
-        class FinishWatch(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                last = input_ids[:, -1].tolist()
-                for i, tok in enumerate(last):
-                    if tok in stop_set and i not in reported:
-                        reported.add(i)
-                        on_done(i, model._finished(prompts[i], input_ids[i, width:].tolist(), stop_set))
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-        return StoppingCriteriaList([FinishWatch()])
 
     def stream(
         self, conversation: Sequence[dict[str, str]], sampling: Sampling, *, adapter: str | None = None

@@ -1,0 +1,207 @@
+"""Batched decoding over the KV cache, and the sampling distribution it draws from.
+
+One loop serves the trainer's sampler (trainers/generation.py) and local evaluation
+(envhub/evaluation/local_model.py). What makes it faster than ``model.generate`` on a CPU:
+
+- **Shared prompts are prefilled once.** Identical prompts (a GRPO group's G members) share one
+  cache row; the common head of distinct prompts (a chat template's system prompt and an
+  environment's instructions) is prefilled once for all of them. Prefill dominated the main job's
+  evaluation: 64 arithmetic prompts of 97 tokens, 85 of them common, took 10 s to prefill whole
+  and 1.7 s with the common head shared.
+- **Finished rows leave the batch**, so late decoding steps run on the rows still generating.
+
+The distribution is softmax(logits / temperature) restricted to its top-p nucleus;
+:func:`token_logprobs` scores tokens under the same definition, so a trainer's loss uses the
+probabilities the tokens were drawn with.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Decoded", "cache_kwarg", "common_prefix_length", "decode", "processed_logprobs", "token_logprobs"]
+
+#: A common head shorter than this is prefilled with each prompt: an extra forward costs more.
+MIN_SHARED_TOKENS = 16
+
+
+@dataclass
+class Decoded:
+    """One prompt's decoded tokens."""
+
+    token_ids: list[int]
+    """The new ids, the stop token included when one was reached."""
+    logprobs: list[float]
+    """Each id's log-probability under the sampling distribution (0 when greedy)."""
+    finished: bool
+    """A stop token ended it (False: it reached the length limit)."""
+
+
+def _nucleus_mask(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Boolean mask [..., V] of the top-p nucleus of softmax(scaled): the smallest set of most
+    likely tokens whose mass reaches top_p (always at least the most likely token)."""
+    sorted_logits, order = scaled.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
+    keep_sorted = mass_before < top_p
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def processed_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """log-probabilities [..., V] of the sampling distribution: softmax(logits / T) restricted to
+    its top-p nucleus and renormalised (tokens outside the nucleus get -inf)."""
+    scaled = logits.float() / temperature
+    if top_p < 1.0:
+        scaled = scaled.masked_fill(~_nucleus_mask(scaled, top_p), float("-inf"))
+    return scaled.log_softmax(dim=-1)
+
+
+def token_logprobs(
+    logits: torch.Tensor, ids: torch.Tensor, temperature: float, top_p: float
+) -> torch.Tensor:
+    """log pi(ids | ...) under the sampling distribution, differentiable in ``logits``.
+
+    logits: [..., V]; ids: [...] -> [...]. Computed as logit - logsumexp (no [..., V] log-softmax
+    kept for backward). With top_p < 1 the nucleus is taken from the current logits (a
+    non-differentiable selection) and always contains ``ids`` itself, so a token the sampler drew
+    never gets probability 0 after the policy has moved.
+    """
+    scaled = logits.float() / temperature
+    if top_p < 1.0:
+        with torch.no_grad():
+            keep = _nucleus_mask(scaled, top_p)
+            keep.scatter_(-1, ids.unsqueeze(-1), True)
+        scaled = scaled.masked_fill(~keep, float("-inf"))
+    picked = scaled.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return picked - scaled.logsumexp(dim=-1)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword under which ``model``'s forward takes a KV cache object.
+
+    transformers 5 names it ``cache`` (``past_key_values`` still works there, with a deprecation
+    warning, until its removal); older releases and remote-code models know only ``past_key_values``.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        parameters = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens at the head of every prompt, short of the shortest prompt's last (each prompt keeps
+    a token of its own, whose logits start its decoding)."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def decode(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    limit: int,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    on_done: Callable[[int, Decoded], None] | None = None,
+) -> list[Decoded]:
+    """Decode up to ``limit`` new tokens for each prompt (token ids) in one batch.
+
+    temperature 0 is greedy. ``generator`` None draws from torch's global generator.
+    ``on_done(index, decoded)`` is called as each prompt's decoding ends (a stop token at once; the
+    length limit at the end), before the rest of the batch has finished.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    cache_arg = cache_kwarg(model)
+    cache = DynamicCache()  # filled in place by every forward below
+    unique: dict[tuple[int, ...], int] = {}
+    row_of = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+    distinct = list(unique)
+    shared = common_prefix_length(distinct)
+    if shared < MIN_SHARED_TOKENS:
+        shared = 0
+
+    # 1. Prefill: the common head once, copied to each distinct prompt's row, then each prompt's
+    #    own tail, left-padded so that every tail ends in the last column.
+    if shared:
+        head = torch.tensor([distinct[0][:shared]], dtype=torch.long, device=device)
+        model(input_ids=head, position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+        cache.batch_select_indices(torch.zeros(len(distinct), dtype=torch.long, device=device))
+    width = max(len(p) for p in distinct) - shared
+    ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
+    tail_mask = torch.zeros((len(distinct), width), dtype=torch.long)
+    for i, p in enumerate(distinct):
+        tail = p[shared:]
+        ids[i, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+        tail_mask[i, width - len(tail) :] = 1
+    ids, tail_mask = ids.to(device), tail_mask.to(device)
+    mask = torch.cat([tail_mask.new_ones((len(distinct), shared)), tail_mask], dim=1)  # [U, L]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # positions count real tokens only
+    prefill = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_arg: cache}
+    )
+    # 2. Copy each distinct prompt's cache row to every prompt that repeats it: [B, ...].
+    index = torch.tensor(row_of, device=device)
+    cache.batch_select_indices(index)
+    logits = prefill.logits[:, -1][index]  # [B, V]
+    mask = mask[index]
+    next_pos = positions[index, -1] + 1  # [B]
+
+    n = len(prompts)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    logps: list[list[float]] = [[] for _ in range(n)]
+    finished = [False] * n
+    alive = torch.arange(n, device=device)  # rows of the cache -> prompt index
+    stop = torch.tensor(list(stop_ids), device=device)
+    # 3. Decode: choose, record the id and its log-prob, prune the rows that stopped.
+    for t in range(limit):
+        if temperature > 0:
+            logp = processed_logprobs(logits, temperature, top_p)  # [b, V]
+            choice = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # [b]
+            chosen_logp = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+        else:
+            choice = logits.argmax(-1)
+            chosen_logp = torch.zeros(choice.shape, device=choice.device)
+        done = torch.isin(choice, stop)
+        for seq, tok, lp, d in zip(alive.tolist(), choice.tolist(), chosen_logp.tolist(), done.tolist()):
+            tokens[seq].append(tok)
+            logps[seq].append(lp)
+            finished[seq] = d
+            if d and on_done is not None:
+                on_done(seq, Decoded(tokens[seq], logps[seq], True))
+        if t == limit - 1 or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            alive, choice, mask, next_pos = alive[keep], choice[keep], mask[keep], next_pos[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        step = model(
+            input_ids=choice.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1), use_cache=True, **{cache_arg: cache}
+        )
+        logits = step.logits[:, -1]
+        next_pos = next_pos + 1
+    results = [Decoded(tokens[i], logps[i], finished[i]) for i in range(n)]
+    if on_done is not None:
+        for i, result in enumerate(results):
+            if not result.finished:
+                on_done(i, result)
+    return results
