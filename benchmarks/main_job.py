@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -45,7 +46,9 @@ def run_seed(seed: int, minutes: float | None, out: Path) -> dict:
     metrics = comparison.to_dict()["metrics"]
     steps = sum(1 for _ in (out / "train" / "metrics.jsonl").open())
     alerts = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("hack alert")]
-    return {"seed": seed, "wall_s": round(wall, 1), "steps": steps, "metrics": metrics,
+    # the quickstart's own line per evaluation: "eval-before: mean reward ... (52 s); report: ..."
+    eval_s = [int(m) for m in re.findall(r"^eval-(?:before|after): .* \((\d+) s\)", proc.stdout, re.MULTILINE)]
+    return {"seed": seed, "wall_s": round(wall, 1), "steps": steps, "metrics": metrics, "eval_s": eval_s,
             "in_words": in_words(comparison), "alerts": alerts}  # fmt: skip
 
 
@@ -61,13 +64,13 @@ def write_report(report: dict) -> None:
         "differences are paired task by task with 95% intervals. Wall time is the whole command (model already",
         "converted and cached).",
         "",
-        "| seed | wall | steps | correct before -> after | gain (95% CI) | format before -> after | hack alerts |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| seed | wall | evaluations before, after | steps | correct before -> after | gain (95% CI) | format before -> after | hack alerts |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in report["runs"]:
         c, f = run["metrics"]["criterion/correct"], run["metrics"]["criterion/answer_format"]
         lines.append(
-            f"| {run['seed']} | {run['wall_s'] / 60:.1f} min | {run['steps']} | {c['a']:.3f} -> {c['b']:.3f} | "
+            f"| {run['seed']} | {run['wall_s'] / 60:.1f} min | {', '.join(f'{s} s' for s in run.get('eval_s', [])) or '-'} | {run['steps']} | {c['a']:.3f} -> {c['b']:.3f} | "
             f"**{c['diff']:+.3f}** ({c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f}) | {f['a']:.3f} -> {f['b']:.3f} | "
             f"{len(run['alerts']) or 'none'} |"
         )
