@@ -295,9 +295,11 @@ def write(report: dict) -> None:
         *[f"- {label}: {', '.join(f'{x:.3f}' for x in run['reward'])}" for label, run in runs],
         "",
         "What envhub's trainer does differently: its sampler prefills a group's shared prompt once and copies its "
-        "KV cache to the G samples, folds the LoRA update into the base weights while decoding (restored exactly "
-        "afterwards), drops finished sequences from the batch, and its loss forward runs the vocabulary head only "
-        "on completion positions. The load averages say how busy the 2 cores were besides each row's run.",
+        "KV cache to the G samples, and the head that all prompts share (the chat template's system prompt and the "
+        "instructions) once for all groups; it folds the LoRA update into the base weights while decoding "
+        "(restored exactly afterwards) and drops finished sequences from the batch; its loss forward runs each "
+        "prompt, and the shared head, once for all the samples that share it, and the vocabulary head only on "
+        "completion positions. The load averages say how busy the 2 cores were besides each row's run.",
         "",
         *report.get("notes", []),  # the author's reading of the figures (markdown lines), kept in the JSON
         "",

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from envhub.models.decoding import MIN_SHARED_TOKENS, common_prefix_length
 from envhub.runtime.env_pool import EnvPool
 from trainers.config import EnvSpec
 from trainers.generation import Backend, Completion, cache_kwarg, make_backend, token_logprobs
@@ -274,7 +275,10 @@ def pack(
 ) -> dict[str, torch.Tensor]:
     """Split each episode into its first prompt (the prefix, shared by a group) and the rest.
 
-    prefix_ids [U, P]: the distinct first prompts, left-padded (all end at column P-1);
+    head_ids [1, C]: the tokens every distinct first prompt starts with (a chat template's system
+    prompt, an environment's instructions; C is 0 when they share too few, see
+    :func:`~envhub.models.decoding.common_prefix_length`); prefix_ids [U, P]: the rest of each
+    distinct first prompt, left-padded (all end at column P-1); prefix_mask [U, C + P] covers both;
     index [B]: the prefix row of each episode; suffix_ids [B, S]: everything after the first
     prompt (sampled, environment and later prompt tokens), right-padded. Per-token tensors
     (sampled, loss_mask, sampler_logp) are [B, S] in the suffix layout; loss_mask is filled from
@@ -283,12 +287,17 @@ def pack(
     unique: dict[tuple[int, ...], int] = {}
     index = [unique.setdefault(tuple(ep.ids[: ep.prompt_tokens]), len(unique)) for ep in episodes]
     prefixes = list(unique)
-    p_width = max(len(p) for p in prefixes)
+    shared = common_prefix_length(prefixes)
+    if shared < MIN_SHARED_TOKENS:
+        shared = 0
+    p_width = max(len(p) for p in prefixes) - shared
     prefix_ids = torch.full((len(prefixes), p_width), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros((len(prefixes), p_width), dtype=torch.long)
+    prefix_mask = torch.zeros((len(prefixes), shared + p_width), dtype=torch.long)
+    prefix_mask[:, :shared] = 1
     for i, p in enumerate(prefixes):
-        prefix_ids[i, p_width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        prefix_mask[i, p_width - len(p) :] = 1
+        tail = p[shared:]
+        prefix_ids[i, p_width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+        prefix_mask[i, shared + p_width - len(tail) :] = 1
     s_width = max(max(len(ep.ids) - ep.prompt_tokens for ep in episodes), 1)
     shape = (len(episodes), s_width)
     suffix_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -308,9 +317,10 @@ def pack(
             loss_mask[i, :n] = torch.tensor(ep.loss_sampled[ep.prompt_tokens :])
     prompt_lengths = torch.tensor([ep.prompt_tokens for ep in episodes])
     batch = {
+        "head_ids": torch.tensor([prefixes[0][:shared]], dtype=torch.long).reshape(1, shared),
         "prefix_ids": prefix_ids,
         "prefix_mask": prefix_mask,
-        "prefix_positions": (prefix_mask.cumsum(-1) - 1).clamp(min=0),
+        "prefix_positions": (prefix_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
         "index": torch.tensor(index),
         "suffix_ids": suffix_ids,
         "suffix_mask": suffix_mask,
@@ -374,9 +384,10 @@ def sampled_logprobs(
     """log pi(token | everything before it) of every sampled suffix token: (logp [B, S], sampled
     [B, S]); logp is 0 at the tokens the model did not sample (environment and tool messages).
 
-    Two forward passes, one graph: the distinct prompts [U, P] run once and their KV cache is
-    gathered to the B episodes (a group of G shares one prompt, so the prompt costs 1/G of a
-    full-sequence forward, and its gradient accumulates from all G through the gather); then the
+    Up to three forward passes, one graph: the head common to all prompts [1, C] runs once and its
+    KV cache is gathered to the U distinct prompts, whose rest [U, P] runs once, its cache gathered
+    in turn to the B episodes (a group of G shares one prompt, so the prompt costs 1/G of a
+    full-sequence forward, and its gradient accumulates from all G through the gathers); then the
     suffixes [B, S] run on top of that cache. The vocabulary head runs only where a sampled token
     is predicted: a multi-turn episode's suffix is mostly the environment's text, and [B, S, V]
     logits over all of it are kept for backward (16 guess-number episodes of 900 tokens: 2.8 GB
@@ -387,6 +398,11 @@ def sampled_logprobs(
     decoder, head = _decoder_and_head(model)
     cache = DynamicCache()  # filled in place by the prefix forward
     cache_arg = cache_kwarg(decoder)
+    common = batch["head_ids"]  # [1, C]
+    if common.shape[1]:
+        positions = torch.arange(common.shape[1], device=common.device)[None]
+        decoder(input_ids=common, position_ids=positions, use_cache=True, **{cache_arg: cache})
+        cache.batch_select_indices(torch.zeros(batch["prefix_ids"].shape[0], dtype=torch.long, device=common.device))
     prefix = decoder(
         input_ids=batch["prefix_ids"],
         attention_mask=batch["prefix_mask"],

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Decoded", "cache_kwarg", "common_prefix_length", "decode", "processed_logprobs", "token_logprobs"]
+__all__ = ["MIN_SHARED_TOKENS", "Decoded", "cache_kwarg", "common_prefix_length", "decode", "processed_logprobs", "token_logprobs"]
 
 #: A common head shorter than this is prefilled with each prompt: an extra forward costs more.
 MIN_SHARED_TOKENS = 16

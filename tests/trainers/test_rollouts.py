@@ -17,6 +17,7 @@ pytest.importorskip("peft")
 envhub = pytest.importorskip("envhub")
 
 from trainers.generation import TransformersBackend  # noqa: E402
+from envhub.models.decoding import MIN_SHARED_TOKENS  # noqa: E402
 from envhub.models.loading import load_policy, load_tokenizer  # noqa: E402
 from envhub.runtime.env_pool import EnvPool  # noqa: E402
 from trainers.config import make_config  # noqa: E402
@@ -127,6 +128,7 @@ def test_shared_prompt_forward_matches_full_sequences_values_and_gradients(polic
                 p.normal_(0, 0.02)
     batch = pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
     assert batch["prefix_ids"].shape[0] == 2  # two distinct prompts for five episodes
+    assert batch["head_ids"].shape[1] >= MIN_SHARED_TOKENS  # and the head they share runs once
     logp, mask = sampled_logprobs(model, batch, 1.0, 1.0)
     (logp * mask).sum().backward()
     shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
