@@ -9,9 +9,9 @@ Two backends share one interface, :class:`Backend`:
   environment (:mod:`envhub.models.vllm_server`), its weights synced after every update by
   hot-loading the LoRA adapter or by pushing merged weights.
 
-Both sample from the distribution that :func:`~envhub.models.decoding.token_logprobs` defines (temperature, then top-p),
-and the trainer scores the sampled tokens with that same function, so the probabilities used in
-the loss are those of the distribution the tokens were drawn from.
+Both sample from the distribution that :func:`~envhub.models.decoding.token_logprobs` defines
+(temperature, then top-p), and the trainer scores the sampled tokens with that same function, so
+the probabilities used in the loss are those of the distribution the tokens were drawn from.
 """
 
 from __future__ import annotations

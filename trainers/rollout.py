@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from envhub.models.decoding import MIN_SHARED_TOKENS, common_prefix_length
+from envhub.models.decoding import prefill_head, prompt_layout
 from envhub.runtime.env_pool import EnvPool
 from trainers.config import EnvSpec
 from trainers.generation import Backend, Completion, cache_kwarg, make_backend, token_logprobs
@@ -287,17 +287,7 @@ def pack(
     unique: dict[tuple[int, ...], int] = {}
     index = [unique.setdefault(tuple(ep.ids[: ep.prompt_tokens]), len(unique)) for ep in episodes]
     prefixes = list(unique)
-    shared = common_prefix_length(prefixes)
-    if shared < MIN_SHARED_TOKENS:
-        shared = 0
-    p_width = max(len(p) for p in prefixes) - shared
-    prefix_ids = torch.full((len(prefixes), p_width), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros((len(prefixes), shared + p_width), dtype=torch.long)
-    prefix_mask[:, :shared] = 1
-    for i, p in enumerate(prefixes):
-        tail = p[shared:]
-        prefix_ids[i, p_width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
-        prefix_mask[i, shared + p_width - len(tail) :] = 1
+    layout = prompt_layout(prefixes, pad_id)
     s_width = max(max(len(ep.ids) - ep.prompt_tokens for ep in episodes), 1)
     shape = (len(episodes), s_width)
     suffix_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -317,10 +307,10 @@ def pack(
             loss_mask[i, :n] = torch.tensor(ep.loss_sampled[ep.prompt_tokens :])
     prompt_lengths = torch.tensor([ep.prompt_tokens for ep in episodes])
     batch = {
-        "head_ids": torch.tensor([prefixes[0][:shared]], dtype=torch.long).reshape(1, shared),
-        "prefix_ids": prefix_ids,
-        "prefix_mask": prefix_mask,
-        "prefix_positions": (prefix_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
+        "head_ids": layout["head_ids"],
+        "prefix_ids": layout["tail_ids"],
+        "prefix_mask": layout["mask"],
+        "prefix_positions": layout["positions"],
         "index": torch.tensor(index),
         "suffix_ids": suffix_ids,
         "suffix_mask": suffix_mask,
@@ -398,11 +388,7 @@ def sampled_logprobs(
     decoder, head = _decoder_and_head(model)
     cache = DynamicCache()  # filled in place by the prefix forward
     cache_arg = cache_kwarg(decoder)
-    common = batch["head_ids"]  # [1, C]
-    if common.shape[1]:
-        positions = torch.arange(common.shape[1], device=common.device)[None]
-        decoder(input_ids=common, position_ids=positions, use_cache=True, **{cache_arg: cache})
-        cache.batch_select_indices(torch.zeros(batch["prefix_ids"].shape[0], dtype=torch.long, device=common.device))
+    prefill_head(decoder, batch["head_ids"], batch["prefix_ids"].shape[0], cache, cache_arg)
     prefix = decoder(
         input_ids=batch["prefix_ids"],
         attention_mask=batch["prefix_mask"],

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MIN_SHARED_TOKENS", "Decoded", "cache_kwarg", "common_prefix_length", "decode", "processed_logprobs", "token_logprobs"]
+__all__ = ["MIN_SHARED_TOKENS", "Decoded", "cache_kwarg", "common_prefix_length", "decode", "prefill_head", "prompt_layout", "processed_logprobs", "token_logprobs"]
 
 #: A common head shorter than this is prefilled with each prompt: an extra forward costs more.
 MIN_SHARED_TOKENS = 16
@@ -108,6 +108,43 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def prompt_layout(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Distinct prompts laid out for a shared-head prefill (on the CPU; move them where needed).
+
+    head_ids [1, C]: the tokens every prompt starts with (C is 0 below MIN_SHARED_TOKENS);
+    tail_ids [U, W]: the rest of each prompt, left-padded so that all end in the last column;
+    mask [U, C + W] covers both; positions [U, W] of the tails count real tokens only.
+    """
+    shared = common_prefix_length(prompts)
+    if shared < MIN_SHARED_TOKENS:
+        shared = 0
+    width = max(len(p) for p in prompts) - shared
+    tail_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    for i, p in enumerate(prompts):
+        tail = p[shared:]
+        tail_ids[i, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+        mask[i, shared + width - len(tail) :] = 1
+    return {
+        "head_ids": torch.tensor([list(prompts[0][:shared])], dtype=torch.long).reshape(1, shared),
+        "tail_ids": tail_ids,
+        "mask": mask,
+        "positions": (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
+    }
+
+
+def prefill_head(model: Any, head_ids: torch.Tensor, rows: int, cache: Any, cache_arg: str, **forward: Any) -> None:
+    """Run the shared head [1, C] into ``cache`` once and copy it to ``rows`` rows (differentiable:
+    a training forward's gradient reaches the head from every row). Nothing when C is 0.
+    ``forward``: further keywords for the model's forward (``logits_to_keep`` for a causal LM)."""
+    if not head_ids.shape[1]:
+        return
+    positions = torch.arange(head_ids.shape[1], device=head_ids.device)[None]
+    model(input_ids=head_ids, position_ids=positions, use_cache=True, **forward, **{cache_arg: cache})
+    cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=head_ids.device))
+
+
 @torch.no_grad()
 def decode(
     model: Any,
@@ -135,28 +172,14 @@ def decode(
     unique: dict[tuple[int, ...], int] = {}
     row_of = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
     distinct = list(unique)
-    shared = common_prefix_length(distinct)
-    if shared < MIN_SHARED_TOKENS:
-        shared = 0
 
     # 1. Prefill: the common head once, copied to each distinct prompt's row, then each prompt's
-    #    own tail, left-padded so that every tail ends in the last column.
-    if shared:
-        head = torch.tensor([distinct[0][:shared]], dtype=torch.long, device=device)
-        model(input_ids=head, position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1, **{cache_arg: cache})
-        cache.batch_select_indices(torch.zeros(len(distinct), dtype=torch.long, device=device))
-    width = max(len(p) for p in distinct) - shared
-    ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
-    tail_mask = torch.zeros((len(distinct), width), dtype=torch.long)
-    for i, p in enumerate(distinct):
-        tail = p[shared:]
-        ids[i, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
-        tail_mask[i, width - len(tail) :] = 1
-    ids, tail_mask = ids.to(device), tail_mask.to(device)
-    mask = torch.cat([tail_mask.new_ones((len(distinct), shared)), tail_mask], dim=1)  # [U, L]
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # positions count real tokens only
+    #    own tail.
+    layout = {k: v.to(device) for k, v in prompt_layout(distinct, pad_id).items()}
+    prefill_head(model, layout["head_ids"], len(distinct), cache, cache_arg, logits_to_keep=1)
+    mask, positions = layout["mask"], layout["positions"]  # [U, L], [U, W]
     prefill = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_arg: cache}
+        input_ids=layout["tail_ids"], attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_arg: cache}
     )
     # 2. Copy each distinct prompt's cache row to every prompt that repeats it: [B, ...].
     index = torch.tensor(row_of, device=device)
