@@ -807,6 +807,24 @@ class ModelLoadError(EnvhubError, OSError):
         )
 
 
+class UnsupportedModelError(EnvhubError, ValueError):
+    """A model whose KV cache envhub's batched decoding and training forward cannot use: its layers
+    keep a recurrent state, whose rows cannot be copied to a group's samples or dropped."""
+
+    code = "unsupported_model"
+    status = 400
+    fields = ("model", "reason")
+
+    def __init__(self, model: str, reason: str, *, hint: str | None = None) -> None:
+        self.model = model
+        self.reason = reason
+        super().__init__(
+            f"model {model} is not supported here: {reason}",
+            hint=hint or "train a model whose layers are all attention layers (full or sliding-window); "
+            "`envhub eval` still evaluates this one, with model.generate",
+        )
+
+
 class TransportError(EnvhubError, OSError):
     """An HTTP exchange that broke on the wire: no connection, a connection closed mid-answer, or an
     answer that is not HTTP/1.x (from :mod:`envhub.http.transport`)."""

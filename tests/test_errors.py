@@ -68,6 +68,7 @@ SAMPLES = {
     "TrainRunError": lambda: E.TrainRunError("runs/train", "it holds a run of another environment", hint="pass --overwrite"),
     "AuditFailed": lambda: E.AuditFailed(ENV, ["empty answer earns 0.5"]),
     "ModelLoadError": lambda: E.ModelLoadError("SmolLM2-135M", "torch is not installed"),
+    "UnsupportedModelError": lambda: E.UnsupportedModelError("Qwen3NextForCausalLM", "its cache keeps a recurrent state (LinearAttentionLayer)"),
     "TransportError": lambda: E.TransportError("127.0.0.1:8000", "the connection closed mid-answer"),
 }
 

