@@ -209,7 +209,7 @@ def vllm_available() -> tuple[bool, str]:
 
 #: What the vLLM backend measured against the transformers one on this project's CPU machines, for
 #: the default model (benchmarks/trainer_vs_trl.md): why ``auto`` keeps transformers on a CPU.
-CPU_MEASUREMENT = "on a CPU it was slower for the default model: 12.3 s a step against 9.5 s (2026-12-07), benchmarks/trainer_vs_trl.md"
+CPU_MEASUREMENT = "on a CPU it was slower for the default model: 10.1 s a step against 8.8 s, benchmarks/trainer_vs_trl.md"
 
 
 def choose_backend(requested: str) -> tuple[str, str]:

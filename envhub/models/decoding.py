@@ -46,7 +46,6 @@ __all__ = [
     "prompt_layout",
     "processed_logprobs",
     "require_row_selection",
-    "sample",
     "token_logprobs",
 ]
 
@@ -141,19 +140,6 @@ def processed_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -
     if top_p < 1.0:
         scaled = scaled.masked_fill(~_nucleus_mask(scaled, top_p), float("-inf"))
     return scaled.log_softmax(dim=-1)
-
-
-def sample(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token id per row [b] drawn from log-probabilities [b, V], by inverting the cumulative
-    distribution with one uniform draw per row. ``torch.multinomial`` draws V exponentials a row
-    instead: 22 ms against 0.5 ms for 16 rows of 49152 on 2 CPU cores, a seventh of a decoding
-    step. The sums run in float64, so no token's share drifts; zero-probability tokens (outside
-    the nucleus) have empty intervals and are never drawn."""
-    edges = logp.double().exp().cumsum(-1)  # [b, V], the last column is the total (~1)
-    total = edges[:, -1:]
-    u = torch.rand(total.shape, dtype=torch.float64, device=logp.device, generator=generator) * total
-    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
-    return torch.searchsorted(edges, u, right=True).squeeze(-1)
 
 
 def token_logprobs(
@@ -294,7 +280,7 @@ def decode(
     for t in range(limit):
         if temperature > 0:
             logp = processed_logprobs(logits, temperature, top_p)  # [b, V]
-            choice = sample(logp, generator)  # [b]
+            choice = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # [b]
             chosen_logp = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
         else:
             choice = logits.argmax(-1)
