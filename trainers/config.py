@@ -111,6 +111,9 @@ class TrainConfig:
     """Per-turn completion length limit (tokens)."""
     max_episode_tokens: int = 2048
     """An episode whose token sequence would exceed this ends, counted as truncated."""
+    env_stops: bool = True
+    """End each reply at its environment's stop strings (``[generation] stop`` in its manifest, e.g.
+    ``</answer>``), kept in the reply; false: only at the model's end-of-turn token or max_new_tokens."""
     temperature: float = 1.0
     """Sampling temperature, applied identically when sampling and in the loss's log-probs."""
     top_p: float = 1.0

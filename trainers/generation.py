@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
-from envhub.models.decoding import cache_kwarg, decode, processed_logprobs, token_logprobs
+from envhub.models.decoding import StopStrings, cache_kwarg, decode, processed_logprobs, token_logprobs
 from envhub.models.loading import stop_token_ids
 
 __all__ = [
@@ -54,7 +54,7 @@ class Completion:
     logprobs: list[float]
     """log pi_sampler(token_t | prefix) of each sampled id, under temperature and top-p."""
     finished: bool
-    """True when a stop token ended it; False when it hit the length limit (truncated)."""
+    """True when a stop token or stop string ended it; False when it hit the length limit (truncated)."""
     text: str
     """The decoded text, special tokens removed: what is sent to the environment."""
 
@@ -63,8 +63,15 @@ class Backend(Protocol):
     """Samples one completion per prompt (prompts given as token ids)."""
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, seed: int, max_new_tokens: int | None = None
-    ) -> list[Completion]: ...
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        seed: int,
+        max_new_tokens: int | None = None,
+        stop: Sequence[Sequence[str]] | None = None,
+    ) -> list[Completion]:
+        """``stop``: per prompt, the strings that end its completion (kept in it), or None."""
+        ...
 
     def update_weights(self, model: Any) -> None:
         """Called after every optimizer step with the trained (peft) model."""
@@ -138,17 +145,24 @@ class TransformersBackend:
         return next(self.model.parameters()).device
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, seed: int, max_new_tokens: int | None = None
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        seed: int,
+        max_new_tokens: int | None = None,
+        stop: Sequence[Sequence[str]] | None = None,
     ) -> list[Completion]:
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        stops = list(stop) if stop is not None else [()] * len(prompts)
         out: list[Completion] = []
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling: the sampler is the policy itself
         try:
             with self._merged_lora():
                 for start in range(0, len(prompts), self.max_batch):
-                    out.extend(self._generate(prompts[start : start + self.max_batch], limit, generator))
+                    part = slice(start, start + self.max_batch)
+                    out.extend(self._generate(prompts[part], limit, generator, stops[part]))
         finally:
             self.model.train(was_training)
         return out
@@ -166,7 +180,7 @@ class TransformersBackend:
             yield
 
     def _generate(
-        self, prompts: Sequence[Sequence[int]], limit: int, generator: torch.Generator
+        self, prompts: Sequence[Sequence[int]], limit: int, generator: torch.Generator, stops: Sequence[Sequence[str]]
     ) -> list[Completion]:
         decoded = decode(
             self.model,
@@ -177,6 +191,7 @@ class TransformersBackend:
             temperature=self.temperature,
             top_p=self.top_p,
             generator=generator,
+            stop_strings=StopStrings(self.tokenizer, stops),
         )
         return [
             Completion(
@@ -337,18 +352,25 @@ class VLLMBackend:
     # --- sampling -------------------------------------------------------------------------------
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], *, seed: int, max_new_tokens: int | None = None
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        seed: int,
+        max_new_tokens: int | None = None,
+        stop: Sequence[Sequence[str]] | None = None,
     ) -> list[Completion]:
         import asyncio
 
         from envhub.http.transport import run_blocking
 
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        # One request per distinct prompt with n samples (a GRPO group is one request): vLLM
-        # seeds its n samples seed, seed+1, ..., so they differ and are reproducible.
-        rows: dict[tuple[int, ...], list[int]] = {}
+        stops = [tuple(s) for s in stop] if stop is not None else [()] * len(prompts)
+        # One request per distinct prompt (and its stop strings) with n samples (a GRPO group is
+        # one request): vLLM seeds its n samples seed, seed+1, ..., so they differ and are
+        # reproducible.
+        rows: dict[tuple[tuple[int, ...], tuple[str, ...]], list[int]] = {}
         for i, p in enumerate(prompts):
-            rows.setdefault(tuple(p), []).append(i)
+            rows.setdefault((tuple(p), stops[i]), []).append(i)
         sampling: dict[str, Any] = {"temperature": self.temperature, "max_tokens": limit}
         if self.temperature > 0 and self.top_p < 1.0:
             sampling["top_p"] = self.top_p
@@ -361,9 +383,11 @@ class VLLMBackend:
                 "stop_token_ids": self.stop_ids,
                 "return_token_ids": True,
                 "skip_special_tokens": True,
+                # the ids vLLM returns run to the token that completed the string either way
+                **({"stop": list(strings), "include_stop_str_in_output": True} if strings else {}),
                 **sampling,
             }
-            for k, (prompt, members) in enumerate(rows.items())
+            for k, ((prompt, strings), members) in enumerate(rows.items())
         ]
 
         async def all_requests() -> list[Any]:

@@ -466,6 +466,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                     max_episode_tokens=config.max_episode_tokens,
                     seed=derive_seed(config.seed, "sample", step, rounds),
                     on_progress=lambda done, _n, before=len(generated): progress.rollouts(min(before + done, planned), planned),
+                    env_stops=config.env_stops,
                 )
                 rounds += 1
                 generated += episodes

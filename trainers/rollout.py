@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from envhub.identity.manifest import reply_stops
 from envhub.models.decoding import prefill_head, prompt_layout
 from envhub.runtime.env_pool import EnvPool
 from trainers.config import EnvSpec
@@ -141,13 +142,15 @@ def rollout(
     max_episode_tokens: int,
     seed: int,
     on_progress: Callable[[int, int], None] | None = None,
+    env_stops: bool = True,
 ) -> list[Rollout]:
     """Run one episode per ``(group, env_index, task_seed)`` of ``plan``, all turns in lockstep.
 
     ``pools[env_index]`` lends the environment instance. Every turn, the prompts of all live
     episodes go to the backend as one batch (identical prompts, i.e. a group's first turn, are
-    prefilled once). An exception from the environment ends that episode with ``error`` set; it
-    never propagates. ``on_progress(done, total)`` is called as episodes finish (after each turn).
+    prefilled once). A reply ends at its environment's stop strings unless ``env_stops`` is false.
+    An exception from the environment ends that episode with ``error`` set; it never propagates.
+    ``on_progress(done, total)`` is called as episodes finish (after each turn).
     """
     episodes = [Rollout(group=g, env_index=e, task_seed=s) for g, e, s in plan]
     envs: list[Any] = [None] * len(episodes)
@@ -173,7 +176,10 @@ def rollout(
         if not live:
             break
         completions: list[Completion] = backend.generate(
-            [episodes[k].ids for k in live], seed=derive_seed(seed, "turn", turn), max_new_tokens=max_new_tokens
+            [episodes[k].ids for k in live],
+            seed=derive_seed(seed, "turn", turn),
+            max_new_tokens=max_new_tokens,
+            stop=[reply_stops(envs[k]) for k in live] if env_stops else None,
         )
         for k, completion in zip(live, completions):
             ep = episodes[k]

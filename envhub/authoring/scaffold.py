@@ -29,6 +29,9 @@ splits = ["train", "test"]
 [rubric]
 summary = "correct: the reversed word (0.9); format: one <answer> tag (0.1)"
 
+[generation]
+stop = ["</answer>"]   # a reply ends with its answer tag: nothing after it to score or pay for
+
 [limits]
 memory_mb = 256
 step_timeout_s = 10

@@ -27,16 +27,18 @@ from typing import Any
 
 from envhub.errors import AdapterMismatchError, ModelLoadError
 
-__all__ = ["Batcher", "Generation", "LocalModel", "Sampling"]
+__all__ = ["Batcher", "Generation", "LocalModel", "Sampling", "cut_after_stop"]
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings of one request. ``temperature == 0`` means greedy decoding."""
+    """Sampling settings of one request. ``temperature == 0`` means greedy decoding. ``stop``: strings
+    that end the reply, kept in its text (an environment's ``[generation] stop``)."""
 
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 256
+    stop: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
@@ -50,6 +52,15 @@ class Generation:
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+
+
+def cut_after_stop(text: str, stop: Sequence[str], finish_reason: str | None) -> tuple[str, str | None]:
+    """``text`` up to and including the first of the ``stop`` strings in it, and the finish reason
+    ("stop" when one was found)."""
+    ends = [text.find(s) + len(s) for s in stop if s and s in text]
+    if not ends:
+        return text, finish_reason
+    return text[: min(ends)], "stop"
 
 
 def _read_adapter_config(folder: Path) -> dict[str, Any]:
@@ -236,6 +247,8 @@ class LocalModel:
     def _generate_kwargs(sampling: Sampling, stop: list[int], **extra: Any) -> dict[str, Any]:
         """``generate`` arguments for ``sampling``: sampled with temperature and top-p, or greedy."""
         kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "eos_token_id": stop, **extra}
+        if sampling.stop:  # generate needs the tokenizer to find them
+            kwargs["stop_strings"] = list(sampling.stop)
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         else:
@@ -245,7 +258,7 @@ class LocalModel:
     def _generate(
         self, prompts: list[list[int]], sampling: Sampling, *, on_done: Callable[[int, Generation], None] | None = None
     ) -> list[Generation]:
-        from envhub.models.decoding import decode
+        from envhub.models.decoding import StopStrings, decode
 
         if not self._batchable:
             return self._generate_whole(prompts, sampling, on_done=on_done)
@@ -253,7 +266,7 @@ class LocalModel:
         stop_set = set(stop)
         done = None
         if on_done is not None:
-            done = lambda i, d: on_done(i, self._finished(prompts[i], d.token_ids, stop_set))  # noqa: E731
+            done = lambda i, d: on_done(i, self._finished(prompts[i], d.token_ids, stop_set, sampling.stop))  # noqa: E731
         decoded = decode(
             self.model,
             prompts,
@@ -263,8 +276,9 @@ class LocalModel:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             on_done=done,
+            stop_strings=StopStrings(self.tokenizer, [sampling.stop] * len(prompts)),
         )
-        return [self._finished(p, d.token_ids, stop_set) for p, d in zip(prompts, decoded)]
+        return [self._finished(p, d.token_ids, stop_set, sampling.stop) for p, d in zip(prompts, decoded)]
 
     def _generate_whole(
         self, prompts: list[list[int]], sampling: Sampling, *, on_done: Callable[[int, Generation], None] | None = None
@@ -279,24 +293,26 @@ class LocalModel:
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
-        kwargs = self._generate_kwargs(sampling, stop, pad_token_id=pad)
+        kwargs = self._generate_kwargs(sampling, stop, pad_token_id=pad, tokenizer=self.tokenizer)
         with torch.no_grad():
             output = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
-        results = [self._finished(p, output[i, width:].tolist(), set(stop)) for i, p in enumerate(prompts)]
+        results = [self._finished(p, output[i, width:].tolist(), set(stop), sampling.stop) for i, p in enumerate(prompts)]
         for i, generation in enumerate(results):
             if on_done is not None:
                 on_done(i, generation)
         return results
 
-    def _finished(self, prompt: list[int], new: list[int], stop_set: set[int]) -> Generation:
-        """The Generation of ``new`` tokens, cut at the first stop token."""
+    def _finished(self, prompt: list[int], new: list[int], stop_set: set[int], stop_strings: Sequence[str] = ()) -> Generation:
+        """The Generation of ``new`` tokens, cut at the first stop token, its text cut after the
+        first of ``stop_strings`` (the last token may run a character or two past it)."""
         finish = "length"
         for j, tok in enumerate(new):
             if tok in stop_set:
                 new, finish = new[:j], "stop"
                 break
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(text, finish, len(prompt), len(new) + (finish == "stop"))
+        counted = len(new) + (finish == "stop")
+        text, finish = cut_after_stop(self.tokenizer.decode(new, skip_special_tokens=True), stop_strings, finish)
+        return Generation(text, finish, len(prompt), counted)
 
     def stream(
         self, conversation: Sequence[dict[str, str]], sampling: Sampling, *, adapter: str | None = None
@@ -308,7 +324,7 @@ class LocalModel:
         prompt = self.encode(conversation)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = self._stop_ids()
-        kwargs = self._generate_kwargs(sampling, stop, streamer=streamer)
+        kwargs = self._generate_kwargs(sampling, stop, streamer=streamer, tokenizer=self.tokenizer)
         result: dict[str, Any] = {}
 
         def run() -> None:

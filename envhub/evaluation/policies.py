@@ -1,7 +1,8 @@
 """Policies: what writes the assistant's messages during an evaluation.
 
-Every policy has one coroutine, ``complete(messages, seed=...) -> Completion``, called by many
-episodes at once:
+Every policy has one coroutine, ``complete(messages, seed=..., stop=...) -> Completion``, called by
+many episodes at once; ``stop`` is the environment's strings that end a reply (its manifest's
+``[generation] stop``), and the reply keeps the one it ends with:
 
 - :class:`EndpointPolicy`: any OpenAI-compatible chat endpoint (retries with backoff on timeouts,
   429 and 5xx, an optional rate limit, the API key from the environment), through envhub's HTTP
@@ -16,7 +17,8 @@ episodes at once:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from envhub.http.chat import (
     chat_async,
 )
 from envhub.http.transport import ConnectionPool
-from envhub.evaluation.local_model import Batcher, LocalModel, Sampling
+from envhub.evaluation.local_model import Batcher, LocalModel, Sampling, cut_after_stop
 
 __all__ = ["ENGINES", "Completion", "EndpointPolicy", "LocalPolicy", "Policy", "VLLMPolicy", "make_policy", "training_run"]
 
@@ -51,7 +53,9 @@ class Policy:
 
     sampling: Sampling
 
-    async def complete(self, messages: list[dict[str, str]], *, seed: int | None = None) -> Completion:
+    async def complete(
+        self, messages: list[dict[str, str]], *, seed: int | None = None, stop: Sequence[str] = ()
+    ) -> Completion:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -85,7 +89,14 @@ class EndpointPolicy(Policy):
         self._max_connections = max_connections
         self._client: Any = None  # made in the running loop, on first use
 
-    async def complete(self, messages: list[dict[str, str]], *, seed: int | None = None) -> Completion:
+    #: Whether the server keeps a stop string in the reply when asked (vLLM's
+    #: ``include_stop_str_in_output``). The OpenAI API drops it, and an environment's rubric may need
+    #: it (``</answer>``), so other endpoints are not sent ``stop``: their reply is cut after it here.
+    keeps_stop_strings = False
+
+    async def complete(
+        self, messages: list[dict[str, str]], *, seed: int | None = None, stop: Sequence[str] = ()
+    ) -> Completion:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -95,12 +106,15 @@ class EndpointPolicy(Policy):
         }
         if seed is not None:
             body["seed"] = seed
+        if stop and self.keeps_stop_strings:
+            body.update(stop=list(stop), include_stop_str_in_output=True)
         if self._client is None:
             self._client = ConnectionPool.for_url(self.base_url, max_connections=self._max_connections)
         result = await chat_async(
             self._client, self.base_url, body, api_key=self.api_key, retry=self.retry, limiter=self.limiter
         )
-        return Completion(result.text, result.finish_reason, result.latency_s, result.usage, result.attempts)
+        text, finish = cut_after_stop(result.text, stop, result.finish_reason)
+        return Completion(text, finish, result.latency_s, result.usage, result.attempts)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "endpoint", "name": self.model, "base_url": self.base_url}
@@ -138,8 +152,11 @@ class LocalPolicy(Policy):
                 self.local.load_adapter(self.adapter_name, adapter)
         self.batcher = Batcher(self.local, max_batch=max_batch)
 
-    async def complete(self, messages: list[dict[str, str]], *, seed: int | None = None) -> Completion:
-        gen, elapsed = await self.batcher.submit(messages, self.sampling, adapter=self.adapter_name, seed=seed)
+    async def complete(
+        self, messages: list[dict[str, str]], *, seed: int | None = None, stop: Sequence[str] = ()
+    ) -> Completion:
+        sampling = replace(self.sampling, stop=tuple(stop)) if stop else self.sampling
+        gen, elapsed = await self.batcher.submit(messages, sampling, adapter=self.adapter_name, seed=seed)
         usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens}
         # model_s is the batch's time: each request waited for all of it
         return Completion(gen.text, gen.finish_reason, elapsed, usage)
@@ -157,6 +174,7 @@ class VLLMPolicy(EndpointPolicy):
     adapter is served under the name ``eval-adapter``. ``server`` lends a running one instead."""
 
     ADAPTER_NAME = "eval-adapter"
+    keeps_stop_strings = True  # vLLM stops there and keeps the string when asked
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ from envhub.evaluation.results import (
     read_results,
     summarise,
 )
+from envhub.identity.manifest import reply_stops
 from envhub.runtime.env_pool import EnvPool
 
 __all__ = ["EvalConfig", "default_out_dir", "evaluate", "run_eval"]
@@ -229,7 +230,9 @@ class _Run:
             sample_seed = (config.seed * 1_000_003 + task_index * config.samples + sample) % (2**31)
             while not (terminated or truncated):
                 where = "model"
-                completion = await self.policy.complete(messages, seed=sample_seed + len(step_rewards))
+                completion = await self.policy.complete(
+                    messages, seed=sample_seed + len(step_rewards), stop=reply_stops(env)
+                )
                 model_s += completion.model_s
                 finish_reasons.append(completion.finish_reason)
                 for k in usage:

@@ -99,6 +99,27 @@ class Limits(BaseModel):
     step_timeout_s: float = Field(30.0, gt=0, le=3600)
 
 
+class GenerationSettings(BaseModel):
+    """How a model's replies to this environment are decoded, wherever it runs (trainer, evaluation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="strings that end an assistant reply, kept in it (e.g. `</answer>`): decoding stops at the "
+        "token that completes one, so the reply does not run on past the answer",
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not s or len(s) > 64]
+        if bad:
+            raise ValueError(f"{bad[0]!r}: each stop string must have 1 to 64 characters")
+        return value
+
+
 class RuntimeSettings(BaseModel):
     """Where the environment's dependencies live, when not in envhub's own interpreter."""
 
@@ -129,6 +150,7 @@ class Manifest(BaseModel):
     dataset: Dataset = Field(default_factory=Dataset)
     rubric: RubricSummary = Field(default_factory=RubricSummary)
     limits: Limits = Field(default_factory=Limits)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
     @field_validator("namespace", "name")
@@ -204,6 +226,13 @@ def load_manifest(folder: str | Path) -> Manifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(str(path), [f"cannot be read: {exc}"]) from exc
     return Manifest.from_toml(text, source=str(path))
+
+
+def reply_stops(env: Any) -> tuple[str, ...]:
+    """The strings that end a reply to ``env`` (its manifest's ``[generation] stop``); none when it
+    has no manifest (an environment built in code)."""
+    manifest = getattr(env, "manifest", None)
+    return tuple(manifest.generation.stop) if isinstance(manifest, Manifest) else ()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ One loop serves the trainer's sampler (trainers/generation.py) and local evaluat
   evaluation: 64 arithmetic prompts of 97 tokens, 85 of them common, took 10 s to prefill whole
   and 1.7 s with the common head shared.
 - **Finished rows leave the batch**, so late decoding steps run on the rows still generating.
+  A row finishes at a stop token, or at the token that completes one of its stop strings
+  (:class:`StopStrings`, an environment's ``[generation] stop``).
 
 Both hold for any attention cache. The shared head needs every layer to attend over its whole
 cache: a sliding window counts cache slots, and the padding between the head and a shorter
@@ -37,6 +39,7 @@ __all__ = [
     "MIN_SHARED_TOKENS",
     "Decoded",
     "LayoutSupport",
+    "StopStrings",
     "cache_kwarg",
     "common_prefix_length",
     "decode",
@@ -120,7 +123,30 @@ class Decoded:
     logprobs: list[float]
     """Each id's log-probability under the sampling distribution (0 when greedy)."""
     finished: bool
-    """A stop token ended it (False: it reached the length limit)."""
+    """A stop token or a stop string ended it (False: it reached the length limit)."""
+
+
+class StopStrings:
+    """Says when a row's reply has reached one of its stop strings: ``check(row, ids)`` is True once
+    the text of ``ids`` (the row's new tokens) contains one of ``stops[row]``.
+
+    Called after every token, so only the newest tokens are decoded: a string of n characters that
+    was not in the text one token ago ends within the last n + 1 tokens (a token is at least one
+    character, and one more covers a tokenizer that joins a leading space on the boundary)."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[Sequence[str]]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [tuple(s for s in row if s) for row in stops]
+        self._window = [max((len(s) for s in row), default=0) + 1 for row in self.stops]
+
+    def __bool__(self) -> bool:
+        return any(self.stops)
+
+    def check(self, row: int, ids: Sequence[int]) -> bool:
+        if not self.stops[row]:
+            return False
+        tail = self.tokenizer.decode(list(ids[-self._window[row] :]), skip_special_tokens=True)
+        return any(s in tail for s in self.stops[row])
 
 
 def _nucleus_mask(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -239,15 +265,19 @@ def decode(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     on_done: Callable[[int, Decoded], None] | None = None,
+    stop_strings: StopStrings | None = None,
 ) -> list[Decoded]:
     """Decode up to ``limit`` new tokens for each prompt (token ids) in one batch.
 
     temperature 0 is greedy. ``generator`` None draws from torch's global generator.
+    ``stop_strings`` (one list per prompt) also ends a prompt's decoding, at the token that
+    completes one of its strings.
     ``on_done(index, decoded)`` is called as each prompt's decoding ends (a stop token at once; the
     length limit at the end), before the rest of the batch has finished.
     Raises :class:`UnsupportedModelError` for a model whose layers keep a recurrent state.
     """
     support = require_row_selection(model)
+    stop_strings = stop_strings if stop_strings else None  # none of the rows has any
     device = next(model.parameters()).device
     cache_arg = cache_kwarg(model)
     cache = new_cache(model)  # filled in place by every forward below
@@ -286,9 +316,12 @@ def decode(
             choice = logits.argmax(-1)
             chosen_logp = torch.zeros(choice.shape, device=choice.device)
         done = torch.isin(choice, stop)
-        for seq, tok, lp, d in zip(alive.tolist(), choice.tolist(), chosen_logp.tolist(), done.tolist()):
+        for r, (seq, tok, lp, d) in enumerate(zip(alive.tolist(), choice.tolist(), chosen_logp.tolist(), done.tolist())):
             tokens[seq].append(tok)
             logps[seq].append(lp)
+            if not d and stop_strings is not None and stop_strings.check(seq, tokens[seq]):
+                d = True
+                done[r] = True
             finished[seq] = d
             if d and on_done is not None:
                 on_done(seq, Decoded(tokens[seq], logps[seq], True))

@@ -73,3 +73,15 @@ def test_dependencies_are_names_extras_and_version_specifiers_only():
     for entry, kind in bad.items():
         assert repr(entry) in message and kind in message.split(repr(entry), 1)[1].split("; ")[0], (entry, kind, message)
     assert "'numpy'" not in message
+
+
+def test_reply_stop_strings_are_read_and_checked():
+    assert Manifest.from_toml(GOOD).generation.stop == []  # none unless the author sets them
+    m = Manifest.from_toml(GOOD + '[generation]\nstop = ["</answer>", "\\n\\nUser:"]\n')
+    assert m.generation.stop == ["</answer>", "\n\nUser:"]
+    with pytest.raises(ManifestError, match=r"`generation.stop`: '': each stop string must have 1 to 64 characters"):
+        Manifest.from_toml(GOOD + '[generation]\nstop = ["</answer>", ""]\n')
+    with pytest.raises(ManifestError, match="`generation.stop`"):
+        Manifest.from_toml(GOOD + "[generation]\nstop = " + json.dumps([f"<s{i}>" for i in range(9)]) + "\n")
+    with pytest.raises(ManifestError, match=r"`generation.stops`: unknown field"):
+        Manifest.from_toml(GOOD + '[generation]\nstops = ["</answer>"]\n')

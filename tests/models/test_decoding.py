@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from envhub.models.decoding import MIN_SHARED_TOKENS, common_prefix_length, decode, token_logprobs  # noqa: E402
+from envhub.models.decoding import MIN_SHARED_TOKENS, StopStrings, common_prefix_length, decode, token_logprobs  # noqa: E402
 from envhub.models.loading import load_policy, stop_token_ids  # noqa: E402
 
 
@@ -63,3 +63,23 @@ def test_sampled_logprobs_are_the_full_sequence_values(policy):
             logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
         full = token_logprobs(logits, ids[0, len(prompt) :], 0.8, 0.9)
         assert torch.allclose(full, torch.tensor(d.logprobs), atol=2e-4)
+
+
+@pytest.mark.slow
+def test_a_stop_string_ends_its_row_at_the_token_that_completes_it(policy):
+    model, tokenizer = policy
+    prompts = _prompts(tokenizer, ["What is 6 times 7, and why?", "What is 17 - 9?"])
+    kwargs = {"limit": 24, "stop_ids": stop_token_ids(model, tokenizer), "pad_id": tokenizer.pad_token_id, "temperature": 0.0}
+    free = decode(model, prompts, **kwargs)
+    ids = free[0].token_ids
+    text = lambda n: tokenizer.decode(ids[:n], skip_special_tokens=True)  # noqa: E731
+    # A stop string that spans two tokens (the last character of one and all of the next) and ends
+    # halfway through the free answer, where it first appears.
+    k = len(ids) // 2
+    assert k >= 3 and text(k).startswith(text(k - 1)) and len(text(k)) > len(text(k - 1))
+    stop = text(k)[len(text(k - 1)) - 1 :]
+    assert tokenizer.decode(ids, skip_special_tokens=True).find(stop) == len(text(k - 1)) - 1
+    stopped = decode(model, prompts, stop_strings=StopStrings(tokenizer, [[stop], []]), **kwargs)
+    assert stopped[0].token_ids == ids[:k] and stopped[0].finished
+    assert stopped[1].token_ids == free[1].token_ids  # a row without stop strings runs as before
+    assert not StopStrings(tokenizer, [[], []])  # no strings at all: decode skips the checks

@@ -161,3 +161,25 @@ def test_sampled_ids_come_back_as_sampled_and_score_under_the_trainer(synced):
     logp = token_logprobs(logits, ids[0, len(prompt) :], 1.0, 1.0)
     assert all(math.isfinite(v) and v > -30 for v in logp.tolist())
     assert backend.sync_seconds and all(s < 60 for s in backend.sync_seconds)
+
+
+@needs_vllm
+def test_a_stop_string_ends_the_sample_at_the_token_that_completes_it(synced):
+    """An environment's stop strings reach vLLM, and the ids it returns run to the token that
+    completed the string: the tokens trained on are the ones the reply was made of."""
+    policy, tokenizer, backend = synced
+    prompts = _prompts(tokenizer)
+    backend.temperature = 0.0
+    try:
+        free = backend.generate(prompts, seed=0, max_new_tokens=12)
+        ids = free[0].token_ids
+        k = len(ids) // 2
+        before, upto = (tokenizer.decode(ids[:n], skip_special_tokens=True) for n in (k - 1, k))
+        stop = upto[len(before) - 1 :]  # the last character of token k-1 and all of token k
+        assert k >= 3 and upto.startswith(before) and free[0].text.find(stop) == len(before) - 1
+        stopped = backend.generate(prompts, seed=0, max_new_tokens=12, stop=[[stop], [], []])
+    finally:
+        backend.temperature = 1.0
+    assert stopped[0].token_ids == ids[:k] and stopped[0].finished
+    assert stopped[0].text.endswith(stop)
+    assert [c.token_ids for c in stopped[1:]] == [c.token_ids for c in free[1:]]

@@ -22,6 +22,7 @@ import contextlib
 import json
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -174,6 +175,7 @@ def create_app(model: LocalModel, *, served_name: str | None = None, max_batch: 
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
                 raise BadRequest("`seed` must be an int", param="seed")
             stops = _stops(body)
+            sampling = replace(sampling, stop=tuple(stops))  # decoding ends there, not at max_tokens
             stream = bool(body.get("stream", False))
             if stream and n != 1:
                 raise BadRequest("streaming supports n = 1 only", param="n")
