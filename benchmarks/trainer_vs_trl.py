@@ -67,6 +67,9 @@ def envhub_run(args, workdir: Path, backend: str = "transformers", weight_sync: 
             "dynamic_sampling": False,
             "overlong_shaping": False,
             "mask_truncated": True,
+            # TRL's transformers generation stops only at end-of-turn tokens, not at arithmetic's
+            # `</answer>`: the same work for both means no stop strings here either
+            "env_stops": False,
             "minibatches": 1,
             "micro_batch_size": args.prompts * args.group,
             "lora_r": 16,

@@ -54,15 +54,15 @@ def test_publish_list_info_versions_search(home, tmp_path):
 def test_pull_bundled_then_cached_then_lock(home, tmp_path):
     pulled = run("pull", "arithmetic@^1")
     assert pulled.exit_code == 0, pulled.output
-    assert "pulled envhub/arithmetic@1.2.0" in pulled.output
-    assert (home / "envs" / "envhub" / "arithmetic" / "1.2.0" / "envhub.toml").is_file()
+    assert "pulled envhub/arithmetic@1.3.0" in pulled.output
+    assert (home / "envs" / "envhub" / "arithmetic" / "1.3.0" / "envhub.toml").is_file()
     assert "up to date" in run("pull", "arithmetic").output
 
     locked = run("lock", "arithmetic@^1")
     assert locked.exit_code == 0, locked.output
     lock = json.loads((tmp_path / "envhub.lock").read_text())
     entry = lock["environments"]["envhub/arithmetic"]
-    assert entry["version"] == "1.2.0" and entry["digest"].startswith("sha256:") and entry["requested"] == "^1"
+    assert entry["version"] == "1.3.0" and entry["digest"].startswith("sha256:") and entry["requested"] == "^1"
     # The lock now governs pulls: a version outside it is refused.
     assert "does not pin" in str(run("pull", "arithmetic@2.0.0").exception)
 
@@ -82,7 +82,7 @@ def test_errors_are_one_line_with_next_step(home, tmp_path):
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert "no version of `envhub/arithmetic` matches `9.9.9`; available: 1.2.0" in proc.stderr
+    assert "no version of `envhub/arithmetic` matches `9.9.9`; available: 1.3.0" in proc.stderr
     assert "next:" in proc.stderr
 
 
@@ -109,7 +109,7 @@ def test_export_static_then_read_it_as_a_registry(home, tmp_path):
 def test_archive_writes_the_artifact_and_pack_names_it(home, tmp_path):
     result = run("archive", str(ROOT / "environments" / "arithmetic"), "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "arithmetic-1.2.0.tar.gz").is_file()
+    assert (tmp_path / "arithmetic-1.3.0.tar.gz").is_file()
     # "pack" means a bundle sold to labs; a folder given to it points at `archive`.
     proc = subprocess.run([sys.executable, "-m", "envhub", "pack", str(ROOT / "environments" / "arithmetic")],
                           capture_output=True, text=True, timeout=120)

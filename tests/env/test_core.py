@@ -147,7 +147,7 @@ def test_render_ansi_and_spaces():
 def test_arithmetic_via_make_and_gymnasium_make():
     env = envhub.make("arithmetic", level="medium")
     check_env(env, skip_render_check=True)
-    assert env.identity.ref == "envhub/arithmetic@1.2.0"
+    assert env.identity.ref == "envhub/arithmetic@1.3.0"
     assert env.identity.digest.startswith("sha256:")
     gym_env = gymnasium.make("envhub/arithmetic-v1", level="hard")
     obs, info = gym_env.reset(seed=5)

@@ -69,7 +69,7 @@ def _fake_training_run(root: Path) -> Path:
     adapter.mkdir(parents=True)
     provenance = {
         "trainer": "envhub.trainers.grpo", "algo": "cispo", "model": {"name": "default", "path": "/models/x"},
-        "environments": [{"ref": "envhub/arithmetic@1.2.0", "digest": "sha256:abc"}],
+        "environments": [{"ref": "envhub/arithmetic@1.3.0", "digest": "sha256:abc"}],
         "config": {"output_dir": str(root / "runs" / "cispo"), "steps": 20},
         "finished_at": "2025-01-01T00:00:00Z", "final_metrics": {"step": 20, "reward/mean": 0.41},
     }  # fmt: skip
@@ -81,7 +81,7 @@ def _fake_training_run(root: Path) -> Path:
 def test_the_training_run_of_an_adapter_is_read_from_its_provenance(tmp_path):
     adapter = _fake_training_run(tmp_path)
     run = training_run(adapter)
-    assert run["algo"] == "cispo" and run["environments"] == ["envhub/arithmetic@1.2.0"]
+    assert run["algo"] == "cispo" and run["environments"] == ["envhub/arithmetic@1.3.0"]
     assert run["output_dir"] == str(adapter.parent) and run["steps"] == 20 and run["reward_mean"] == 0.41
     (adapter / "provenance.json").unlink()  # the run folder's copy is found too
     assert training_run(adapter)["provenance"] == str(adapter.parent / "provenance.json")
@@ -94,7 +94,7 @@ def test_an_adapter_run_is_named_in_the_summary_and_the_title(tmp_path):
              "adapter_run": training_run(adapter)}  # what LocalPolicy.describe() records
     base = {"kind": "local", "name": "default", "path": "/models/x"}
     rec = {"key": "0/0", "task_index": 0, "sample": 0, "reward": 1.0, "error": None, "turns": 1,
-           "env": {"ref": "envhub/arithmetic@1.2.0"}}  # fmt: skip
+           "env": {"ref": "envhub/arithmetic@1.3.0"}}  # fmt: skip
     tuned, plain = summarise([{**rec, "model": model}]), summarise([{**rec, "model": base}])
     assert tuned.adapter == {"path": str(adapter), "training_run": training_run(adapter)}
     assert plain.adapter is None and plain.model_label == "default"
@@ -102,4 +102,4 @@ def test_an_adapter_run_is_named_in_the_summary_and_the_title(tmp_path):
     page = render_report(tuned, [{**rec, "model": model}])
     title = re.search(r"<title>(.*?)</title>", page).group(1)
     assert str(adapter) in title and title != re.search(r"<title>(.*?)</title>", render_report(plain, [])).group(1)
-    assert "cispo on envhub/arithmetic@1.2.0 20 steps" in page
+    assert "cispo on envhub/arithmetic@1.3.0 20 steps" in page

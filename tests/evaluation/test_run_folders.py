@@ -81,6 +81,6 @@ def test_a_changed_environment_is_not_resumed(endpoint, tmp_path):
     run_eval(EvalConfig(**config, episodes=2))
     source = env / "arithmetic_env.py"
     source.write_text(source.read_text() + "\n# edited after the first episodes\n")  # a new digest
-    with pytest.raises(EvalRunError, match="its episodes ran on envhub/arithmetic@1.2.0 .* but the environment is now"):
+    with pytest.raises(EvalRunError, match="its episodes ran on envhub/arithmetic@1.3.0 .* but the environment is now"):
         run_eval(EvalConfig(**config, episodes=4))
     assert len(read_results(tmp_path / "run" / "results.jsonl")) == 2  # nothing was added to the old run

@@ -36,7 +36,7 @@ def test_run_writes_results_summary_and_report(endpoint, tmp_path):
     assert r["error"] is None and r["reward"] == 1.0
     assert r["messages"][-1] == {"role": "assistant", "content": solve(r["messages"][:-1])}
     assert r["rubric"]["criteria"]["correct"]["reason"].startswith("answered")
-    assert r["env"]["ref"] == "envhub/arithmetic@1.2.0" and r["env"]["digest"].startswith("sha256:")
+    assert r["env"]["ref"] == "envhub/arithmetic@1.3.0" and r["env"]["digest"].startswith("sha256:")
     assert r["rubric_hash"].startswith("sha256:") and r["rubric"]["hash"] == r["rubric_hash"]
     assert r["model"] == {"kind": "endpoint", "name": "scripted", "base_url": url}
     assert r["sampling"] == {"temperature": 0.5, "top_p": 1.0, "max_tokens": 32}
@@ -267,3 +267,18 @@ def test_ctrl_c_keeps_finished_episodes_and_says_how_to_resume(home, tmp_path):
         assert 3 <= len(kept) < 40
         summary = run_eval(_config(url, out, episodes=40, concurrency=8, report=False))
     assert summary.episodes == 40 and len({r["key"] for r in read_results(out / "results.jsonl")}) == 40
+
+
+def test_an_endpoint_reply_ends_at_the_environments_stop_string(home, tmp_path):
+    """arithmetic stops replies at ``</answer>`` (its ``[generation] stop``). An endpoint is not
+    asked to stop there (the OpenAI API would drop the tag's end from the reply): what it writes
+    after the string is cut off before the rubric scores the reply."""
+    server = ScriptedEndpoint(lambda messages: solve(messages) + "\n\nWhat is 1 + 1?\n<answer>2</answer>")
+    with serve_in_thread(server.app) as url:
+        run_eval(_config(url, tmp_path / "run", episodes=4))
+    records = read_results(tmp_path / "run" / "results.jsonl")
+    assert len(records) == 4 and all(r["error"] is None for r in records)
+    for r in records:
+        assert r["messages"][-1]["content"] == solve(r["messages"][:-1])  # cut right after the tag
+        assert r["reward"] == 1.0 and r["finish_reasons"] == ["stop"]
+    assert all("stop" not in body for body in server.requests)

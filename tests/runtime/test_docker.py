@@ -29,7 +29,7 @@ def test_build_labels_reuse_and_registry_record(docker_engine, envhub_home):
     assert built.digest == version.digest
     image = docker_engine.images.get(built.tag)
     assert image.labels[f"{LABEL}.digest"] == version.digest
-    assert image.labels[f"{LABEL}.ref"] == "envhub/arithmetic@1.2.0"
+    assert image.labels[f"{LABEL}.ref"] == "envhub/arithmetic@1.3.0"
     assert image.attrs["Config"]["User"] == "10001:10001"
     again = build_image(ARITHMETIC, client=docker_engine)
     assert again.reused and again.image_id == built.image_id
@@ -38,9 +38,9 @@ def test_build_labels_reuse_and_registry_record(docker_engine, envhub_home):
 
     from envhub.cli import build_app
 
-    result = CliRunner().invoke(build_app(), ["build", "envhub/arithmetic@1.2.0"])
+    result = CliRunner().invoke(build_app(), ["build", "envhub/arithmetic@1.3.0"])
     assert result.exit_code == 0, result.output
-    entry = registry.index().environments["envhub/arithmetic"].versions["1.2.0"]
+    entry = registry.index().environments["envhub/arithmetic"].versions["1.3.0"]
     assert entry.image == image_tag(envhub.load_manifest(ARITHMETIC), version.digest)
     assert entry.image_digest == built.image_id
 

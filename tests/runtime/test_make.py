@@ -12,15 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_make_by_bundled_name_namespaced_id_and_folder():
-    for ref in ("arithmetic", "envhub/arithmetic", "envhub/arithmetic@1.2.0", "arithmetic@^1", ROOT / "environments/arithmetic"):
+    for ref in ("arithmetic", "envhub/arithmetic", "envhub/arithmetic@1.3.0", "arithmetic@^1", ROOT / "environments/arithmetic"):
         env = envhub.make(ref)
-        assert env.identity.ref == "envhub/arithmetic@1.2.0", ref
+        assert env.identity.ref == "envhub/arithmetic@1.3.0", ref
 
 
 def test_missing_name_suggests_and_missing_version_lists():
     with pytest.raises(EnvNotFoundError, match="Did you mean `arithmetic`"):
         envhub.make("arithmatic")
-    with pytest.raises(VersionNotFoundError, match="available: 1.2.0"):
+    with pytest.raises(VersionNotFoundError, match="available: 1.3.0"):
         envhub.make("envhub/arithmetic@9")
 
 
@@ -41,7 +41,7 @@ def test_publish_then_make_from_local_registry(tmp_path):
 
 def test_pull_bundled_into_local_registry():
     entry, version, created = envhub.pull("arithmetic")
-    assert created and version.version == "1.2.0"
+    assert created and version.version == "1.3.0"
     assert envhub.pull("arithmetic")[2] is False
     local = LocalRegistry()
     assert (local.folder(entry, version) / "envhub.toml").is_file()

@@ -22,7 +22,7 @@ from envhub.models.loading import load_policy, load_tokenizer  # noqa: E402
 from envhub.runtime.env_pool import EnvPool  # noqa: E402
 from trainers.config import make_config  # noqa: E402
 from trainers.grpo import train  # noqa: E402
-from trainers.rollout import bridge_tokens, pack, rollout, sampled_logprobs  # noqa: E402
+from trainers.rollout import bridge_tokens, derive_seed, pack, rollout, sampled_logprobs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,29 @@ def test_multi_turn_rollout_masks_environment_tokens(policy):
         logp, mask = sampled_logprobs(model, batch, 1.0, 1.0)
     assert (~mask & batch["suffix_mask"].bool()).any()  # environment tokens in the suffix
     assert torch.allclose(logp[mask], batch["sampler_logp"][mask], atol=2e-4) and not logp[~mask].any()
+
+
+def test_replies_end_at_the_environments_stop_string(policy, monkeypatch):
+    """arithmetic's manifest stops replies at ``</answer>``: a sampled reply that writes the tag ends
+    with the token that closes it. Without the stop, some of the same rollouts run on past the tag
+    (to a made-up next question), which is what the stop is for."""
+    model, tokenizer = policy
+    backend = TransformersBackend(model, tokenizer, temperature=0.7, max_new_tokens=32)  # the quickstart's
+    pool = EnvPool("arithmetic", kwargs={"level": "starter"})
+    plan = [(g, 0, 100 + g) for g in range(4) for _ in range(8)]
+
+    def tagged_replies() -> list[list[int]]:
+        episodes = rollout(backend, tokenizer, [pool], plan, split="train", max_new_tokens=32, max_episode_tokens=400, seed=4)
+        assert all(ep.error is None for ep in episodes)
+        return [ep.ids[ep.prompt_tokens :] for ep in episodes if "</answer>" in ep.messages[-1]["content"]]
+
+    stopped = tagged_replies()
+    assert stopped, "no sampled reply wrote the answer tag"
+    assert all("</answer>" not in tokenizer.decode(r[:-1], skip_special_tokens=True) for r in stopped)
+    monkeypatch.setattr("trainers.rollout.reply_stops", lambda env: ())
+    loose = tagged_replies()
+    pool.close()
+    assert any(tokenizer.decode(r, skip_special_tokens=True).split("</answer>", 1)[1].strip() for r in loose)
 
 
 @pytest.mark.slow
@@ -177,7 +200,7 @@ def test_tiny_training_run_produces_a_loadable_adapter_and_resumes_exactly(tmp_p
 
     provenance = json.loads((full.adapter_dir / "provenance.json").read_text())
     (environment,) = provenance["environments"]
-    assert environment["ref"] == "envhub/arithmetic@1.2.0" and environment["digest"].startswith("sha256:")
+    assert environment["ref"] == "envhub/arithmetic@1.3.0" and environment["digest"].startswith("sha256:")
     assert environment["rubric_hash"].startswith("sha256:")
     assert provenance["model"]["source_digest"].startswith("sha256:")
     assert provenance["config"]["algo"] == "cispo" and provenance["config"]["cispo_max_ratio"] == 5.0
