@@ -209,6 +209,10 @@ class TrainConfig:
     """``cpu``, ``cuda``; None picks CUDA when available."""
     dtype: str | None = None
     """Weights dtype; None is float32 on CPU, bfloat16 on CUDA."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """``bf16``: the sampler's and the loss's matmuls run in bfloat16 (torch.autocast), the weights,
+    adapters, optimizer and log-softmax stay float32; faster on CPUs with avx512_bf16 or AMX, and both
+    score tokens at one precision. ``no``: the weights' own dtype throughout."""
     threads: int | None = None
     """torch CPU threads; None leaves torch's default."""
     max_train_seconds: float | None = None
@@ -451,6 +455,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError("at least one environment is needed")
     if config.temperature <= 0:
         raise ValueError("temperature must be > 0 for training (the loss needs a distribution)")
+    if config.mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no' or 'bf16', not {config.mixed_precision!r}")
     if config.max_error_rate is not None and not 0 <= config.max_error_rate <= 1:
         raise ValueError(f"max_error_rate must be in [0, 1], not {config.max_error_rate}")
     if config.judge_prompt is not None:

@@ -4,7 +4,8 @@ Two backends share one interface, :class:`Backend`:
 
 - :class:`TransformersBackend` (CPU and GPU): envhub's batched decoding loop over the KV cache
   (:func:`envhub.models.decoding.decode`): a GRPO group's shared prompt, and the head common to
-  all prompts, are prefilled once; finished rows are pruned from the cache as they stop.
+  all prompts, are prefilled once; finished rows are pruned from the cache as they stop. With
+  ``mixed_precision="bf16"`` it decodes under the same bfloat16 autocast as the loss forward.
 - :class:`VLLMBackend` (CPU or GPU, ``make vllm``): a vLLM server in its own process and
   environment (:mod:`envhub.models.vllm_server`), its weights synced after every update by
   hot-loading the LoRA adapter or by pushing merged weights.
@@ -27,6 +28,7 @@ import torch
 
 from envhub.models.decoding import StopStrings, cache_kwarg, decode, processed_logprobs, token_logprobs
 from envhub.models.loading import stop_token_ids
+from envhub.models.precision import MixedPrecision, autocast
 
 __all__ = [
     "Backend",
@@ -125,8 +127,10 @@ class TransformersBackend:
         max_new_tokens: int = 64,
         max_batch: int = 256,
         merge_lora: bool = True,
+        mixed_precision: MixedPrecision = "no",
     ) -> None:
         self.model = model
+        self.mixed_precision = mixed_precision
         self.merge_lora = merge_lora
         self._snapshot: list[torch.Tensor] | None = None
         self.tokenizer = tokenizer
@@ -159,7 +163,7 @@ class TransformersBackend:
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling: the sampler is the policy itself
         try:
-            with self._merged_lora():
+            with self._merged_lora(), autocast(self.device, self.mixed_precision):
                 for start in range(0, len(prompts), self.max_batch):
                     part = slice(start, start + self.max_batch)
                     out.extend(self._generate(prompts[part], limit, generator, stops[part]))
@@ -224,7 +228,7 @@ def vllm_available() -> tuple[bool, str]:
 
 #: What the vLLM backend measured against the transformers one on this project's CPU machines, for
 #: the default model (benchmarks/trainer_vs_trl.md): why ``auto`` keeps transformers on a CPU.
-CPU_MEASUREMENT = "on a CPU it was slower for the default model: 10.1 s a step against 8.8 s, benchmarks/trainer_vs_trl.md"
+CPU_MEASUREMENT = "on a CPU it was no faster for the default model: 10.7 s a step against 10.4 s, benchmarks/trainer_vs_trl.md"
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
@@ -413,5 +417,6 @@ def make_backend(name: str, model: Any, tokenizer: Any, *, model_path: str, **kw
         kwargs.pop("weight_sync", None)
         return TransformersBackend(model, tokenizer, **kwargs)
     if name == "vllm":
+        kwargs.pop("mixed_precision", None)  # the server samples in its own dtype; the loss recomputes
         return VLLMBackend(model, tokenizer, model_path=model_path, **kwargs)
     raise ValueError(f"unknown generation backend {name!r}: expected 'transformers' or 'vllm'")

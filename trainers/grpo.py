@@ -68,6 +68,7 @@ import torch
 
 from envhub.env.judge import GroupJudge
 from envhub.errors import EntrypointError, EvalRunError, JudgeError, TrainRunError
+from envhub.models.precision import autocast, cpu_has_bf16
 from envhub.runtime.env_pool import EnvPool
 from trainers.config import DEFAULT_RUNS_DIR, DEMO_SETTINGS, TrainConfig, make_config, validate
 from trainers.generation import choose_backend, make_backend
@@ -407,6 +408,9 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
 
     backend_name, why = choose_backend(config.backend)
     say(f"generation: {backend_name} ({why})")
+    if config.mixed_precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        say("mixed_precision bf16: this CPU has no bfloat16 instructions (avx512_bf16, AMX), so its "
+            "bfloat16 matmuls are emulated and likely slower than float32; --mixed-precision no to compare")  # fmt: skip
     backend = make_backend(
         backend_name,
         model,
@@ -417,6 +421,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
         max_new_tokens=config.max_new_tokens,
         lora_rank=config.lora_r,
         weight_sync=config.weight_sync,
+        mixed_precision=config.mixed_precision,
     )
     backend.update_weights(model)
     pools = [EnvPool(spec.name, runtime=spec.runtime, kwargs=spec.kwargs) for spec in config.envs]
@@ -538,7 +543,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                 ref_rows: dict[int, torch.Tensor] = {}
                 if old_source == "recompute" or config.beta:
                     model.eval()
-                    with torch.no_grad():
+                    with torch.no_grad(), autocast(device, config.mixed_precision):
                         for chunk, packed in micro_batches(batch, everyone, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device, max_tokens=config.micro_batch_tokens, share_head=share_head):
                             if old_source == "recompute":
                                 old_rows |= split_rows(sampled_logprobs(model, packed, config.temperature, config.top_p)[0], chunk, batch)
@@ -560,7 +565,8 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
                         n_tokens = sum(sum(batch[i].loss_sampled) for i in minibatch)  # dapo/cispo's normaliser
                         optimizer.zero_grad(set_to_none=True)
                         for chunk, packed in micro_batches(batch, minibatch, size=config.micro_batch_size, pad_id=tokenizer.pad_token_id, device=device, max_tokens=config.micro_batch_tokens, share_head=share_head):
-                            logp, _sampled = sampled_logprobs(model, packed, config.temperature, config.top_p)  # [B, S]
+                            with autocast(device, config.mixed_precision):  # backward runs outside, as autocast asks
+                                logp, _sampled = sampled_logprobs(model, packed, config.temperature, config.top_p)  # [B, S]
                             width = logp.shape[1]
                             if old_source == "current":
                                 old_logp = logp.detach()

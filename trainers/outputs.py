@@ -52,7 +52,8 @@ PROVENANCE_FILE = "provenance.json"
 #: (more steps, another device, a budget). Every other field must match the folder's run.
 _RUN_FIELDS = frozenset({
     "output_dir", "steps", "resume", "overwrite", "progress", "tensorboard", "checkpoint_every",
-    "max_train_seconds", "threads", "device", "backend", "weight_sync", "max_error_rate", "judge_base_url",
+    "max_train_seconds", "threads", "device", "backend", "weight_sync", "mixed_precision", "max_error_rate",
+    "judge_base_url",
 })  # fmt: skip
 
 

@@ -19,6 +19,7 @@ envhub = pytest.importorskip("envhub")
 from trainers.generation import TransformersBackend  # noqa: E402
 from envhub.models.decoding import MIN_SHARED_TOKENS  # noqa: E402
 from envhub.models.loading import load_policy, load_tokenizer  # noqa: E402
+from envhub.models.precision import autocast  # noqa: E402
 from envhub.runtime.env_pool import EnvPool  # noqa: E402
 from trainers.config import make_config  # noqa: E402
 from trainers.grpo import train  # noqa: E402
@@ -120,14 +121,20 @@ def test_replies_end_at_the_environments_stop_string(policy, monkeypatch):
     assert any(tokenizer.decode(r, skip_special_tokens=True).split("</answer>", 1)[1].strip() for r in loose)
 
 
+def sampled_arithmetic_batch(backend, tokenizer):
+    """Four arithmetic episodes (a group of three tasks alike and one other) sampled by ``backend``
+    at temperature 0.7, top-p 0.9, and packed for the loss forward."""
+    pool = EnvPool("arithmetic", kwargs={"level": "easy"})
+    episodes = rollout(backend, tokenizer, [pool], [(0, 0, 3)] * 3 + [(1, 0, 4)], split="train", max_new_tokens=16, max_episode_tokens=400, seed=5)
+    pool.close()
+    return episodes, pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
+
+
 @pytest.mark.slow
 def test_sampler_and_loss_use_the_same_distribution(policy):
     model, tokenizer = policy
     backend = TransformersBackend(model, tokenizer, temperature=0.7, top_p=0.9, max_new_tokens=16)
-    pool = EnvPool("arithmetic", kwargs={"level": "easy"})
-    episodes = rollout(backend, tokenizer, [pool], [(0, 0, 3)] * 3 + [(1, 0, 4)], split="train", max_new_tokens=16, max_episode_tokens=400, seed=5)
-    pool.close()
-    batch = pack(episodes, tokenizer.pad_token_id, torch.device("cpu"))
+    episodes, batch = sampled_arithmetic_batch(backend, tokenizer)
     with torch.no_grad():
         logp, mask = sampled_logprobs(model, batch, 0.7, 0.9)
     assert mask.sum() == sum(ep.completion_tokens for ep in episodes)
@@ -171,6 +178,45 @@ def test_shared_prompt_forward_matches_full_sequences_values_and_gradients(polic
         plain = dict(model.named_parameters())[name].grad
         assert (grad - plain).norm() <= 1e-3 * plain.norm(), name  # float32 summation order only
     model.unload()
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_samples_and_scores_in_bfloat16_and_keeps_float32_weights(policy):
+    model, tokenizer = policy
+    backend = TransformersBackend(model, tokenizer, temperature=0.7, top_p=0.9, max_new_tokens=16, mixed_precision="bf16")
+    _episodes, batch = sampled_arithmetic_batch(backend, tokenizer)
+    with torch.no_grad():
+        full, mask = sampled_logprobs(model, batch, 0.7, 0.9)
+        with autocast(torch.device("cpu"), "bf16"):
+            mixed, _ = sampled_logprobs(model, batch, 0.7, 0.9)
+    sampler = batch["sampler_logp"][mask]
+    # the sampler ran in bfloat16: float32 scores its tokens differently (2e-4 apart when both are float32)
+    assert (full[mask] - sampler).abs().mean() > 1e-3
+    # the loss under the same autocast scores them close to the sampler (bfloat16 rounding, not another policy)
+    assert (mixed[mask] - sampler).abs().mean() < 0.05
+    assert mixed.dtype == torch.float32  # the log-softmax stays float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights untouched by the casts
+
+
+@pytest.mark.slow
+def test_a_bf16_mixed_precision_run_trains_float32_adapters(tmp_path):
+    from safetensors.torch import load_file
+
+    settings = {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 16, "steps": 1, "progress": False,
+                "lora_r": 4, "lora_alpha": 8, "dynamic_sampling": False, "minibatches": 2, "mixed_precision": "bf16"}  # fmt: skip
+    result = train(make_config("cispo", envs=["arithmetic?level=easy"], overrides={**settings, "output_dir": str(tmp_path)}))
+    (row,) = result.metrics
+    assert row["episodes/errors"] == 0 and math.isfinite(row["loss/policy"])
+    assert row["adv/abs_mean"] > 0, "no group had a reward spread: the settings test no update"
+    assert result.provenance["config"]["mixed_precision"] == "bf16"
+    weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    assert any(w.abs().sum() > 0 for name, w in weights.items() if "lora_B" in name)  # it updated
+
+
+def test_autocast_refuses_an_unknown_mode():
+    with pytest.raises(ValueError, match="mixed_precision must be 'no' or 'bf16'"):
+        autocast(torch.device("cpu"), "fp16")
 
 
 @pytest.mark.slow
