@@ -9,12 +9,15 @@ Dynamic sampling and overlong shaping are off in envhub's trainer (TRL has neith
 the same work per step.
 
     python benchmarks/trainer_vs_trl.py [--steps 4] [--prompts 2] [--group 8] [--max-new-tokens 32] \
-        [--order envhub,envhub-vllm,envhub-vllm-adapter,trl] [--rounds 2]
+        [--order envhub,envhub-bf16,envhub-vllm,envhub-vllm-adapter,trl,trl-bf16] [--rounds 2]
 
 ``envhub`` is the trainer with its transformers backend, ``envhub-vllm`` with its vLLM backend (a
 vLLM server in its own environment, ``make vllm``; its start-up is outside the step times, its
 weight sync inside them) pushing merged weights after each update, ``envhub-vllm-adapter`` the same
-hot-loading the LoRA adapter instead. The rows run in the order given, ``--rounds`` times over, so that a
+hot-loading the LoRA adapter instead; ``envhub-bf16`` the transformers backend with
+``mixed_precision: bf16`` (bfloat16 matmuls under torch.autocast, float32 weights), set against
+``trl-bf16``, TRL with ``bf16=True`` (accelerate's autocast), so that each comparison is at the same
+precision. The rows run in the order given, ``--rounds`` times over, so that a
 noisy machine weighs on each alike; the tables give medians over every round's steps.
 
 Writes benchmarks/trainer_vs_trl.md and benchmarks/trainer_vs_trl.json.
@@ -44,15 +47,18 @@ from envhub.models.loading import default_model_path  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-#: The envhub rows: (backend, weight_sync) of each.
+#: The envhub rows: (backend, weight_sync, mixed_precision) of each.
 ENVHUB_ROWS = {
-    "envhub": ("transformers", "auto"),
-    "envhub-vllm": ("vllm", "merged"),  # the merged weights pushed to vLLM after each update
-    "envhub-vllm-adapter": ("vllm", "adapter"),  # the LoRA adapter hot-loaded into vLLM instead
+    "envhub": ("transformers", "auto", "no"),
+    "envhub-bf16": ("transformers", "auto", "bf16"),  # bfloat16 matmuls, float32 weights (autocast)
+    "envhub-vllm": ("vllm", "merged", "no"),  # the merged weights pushed to vLLM after each update
+    "envhub-vllm-adapter": ("vllm", "adapter", "no"),  # the LoRA adapter hot-loaded into vLLM instead
 }
+#: The TRL rows: GRPOConfig's bf16 of each (mixed precision through accelerate's autocast).
+TRL_ROWS = {"trl": False, "trl-bf16": True}
 
 
-def envhub_run(args, workdir: Path, backend: str = "transformers", weight_sync: str = "auto") -> dict:
+def envhub_run(args, workdir: Path, backend: str = "transformers", weight_sync: str = "auto", mixed_precision: str = "no") -> dict:
     config = make_config(
         "dapo",
         envs=["arithmetic?level=easy"],
@@ -78,6 +84,7 @@ def envhub_run(args, workdir: Path, backend: str = "transformers", weight_sync: 
             "output_dir": str(workdir / f"envhub-{backend}"),
             "backend": backend,
             "weight_sync": weight_sync,
+            "mixed_precision": mixed_precision,
             "checkpoint_every": 10_000,
             "progress": False,
             "overwrite": True,
@@ -115,7 +122,7 @@ def trl_prompts(args) -> list[dict]:
     return rows
 
 
-def trl_run(args, workdir: Path) -> dict:
+def trl_run(args, workdir: Path, bf16: bool = False) -> dict:
     import envhub
     from datasets import Dataset
     from peft import LoraConfig
@@ -169,7 +176,7 @@ def trl_run(args, workdir: Path) -> dict:
         report_to="none",
         save_strategy="no",
         use_cpu=True,
-        bf16=False,
+        bf16=bf16,
         seed=0,
         disable_dropout=True,
         dataloader_num_workers=0,
@@ -222,7 +229,7 @@ def main(argv=None) -> int:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--order", default="envhub,envhub-vllm,envhub-vllm-adapter,trl")
+    parser.add_argument("--order", default="envhub,envhub-bf16,envhub-vllm,envhub-vllm-adapter,trl,trl-bf16")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -239,11 +246,11 @@ def main(argv=None) -> int:
     try:
         for round_ in range(args.rounds):
             for name in args.order.split(","):
-                if name == "trl":
-                    run = trl_run(args, workdir)
+                if name in TRL_ROWS:
+                    run = trl_run(args, workdir, bf16=TRL_ROWS[name])
                 else:
-                    backend, weight_sync = ENVHUB_ROWS[name]
-                    run = envhub_run(args, workdir, backend=backend, weight_sync=weight_sync)
+                    backend, weight_sync, precision = ENVHUB_ROWS[name]
+                    run = envhub_run(args, workdir, backend=backend, weight_sync=weight_sync, mixed_precision=precision)
                 run["round"] = round_ + 1
                 report["runs"].setdefault(name, []).append(run)
                 report["summary"] = {n: summary(r) for n, r in report["runs"].items()}
@@ -281,11 +288,11 @@ def write(report: dict) -> None:
         tokens = "-" if s["tokens_per_s"] is None else f"{s['tokens_per_s']:.0f}"
         sync = "-" if s["sync_s"] is None else f"{s['sync_s']:.2f}"
         lines.append(f"| {name} | {s['s_per_step']:.1f} | {rollout} | {sync} | {tokens} | {s['completions_per_s']:.3f} | {s['mean_reward']:.3f} | {load} |")
-    if "trl" in report["runs"]:
-        trl_rate = report["summary"]["trl"]["completions_per_s"]
-        for name in report["runs"]:
-            if name != "trl":
-                lines += ["", f"{name} / TRL completions per second: **{report['summary'][name]['completions_per_s'] / trl_rate:.2f}x**."]
+    for trl_name in [n for n in report["runs"] if n in TRL_ROWS]:
+        trl_rate = report["summary"][trl_name]["completions_per_s"]
+        for name in [n for n in report["runs"] if n not in TRL_ROWS]:
+            ratio = report["summary"][name]["completions_per_s"] / trl_rate
+            lines += ["", f"{name} / {trl_name} completions per second: **{ratio:.2f}x**."]
     runs = [(f"{name} (round {run['round']})", run) for name, rs in report["runs"].items() for run in rs]
     lines += [
         "",
