@@ -1,5 +1,5 @@
-"""Test-wide settings: every test gets its own ENVHUB_HOME, so none touches ~/.envhub; the
-subprocesses tests start can be interrupted with SIGINT."""
+"""Test-wide settings: every test gets its own ENVHUB_HOME, so none touches ~/.envhub, and they
+share one folder of converted models; the subprocesses tests start can be interrupted with SIGINT."""
 
 import signal
 
@@ -16,5 +16,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 def envhub_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("envhub-home")
     monkeypatch.setenv("ENVHUB_HOME", str(home))
+    # One converted default model for the whole session: per home it cost a conversion (tens of
+    # seconds) and 530 MB each, and a full run filled the disk. Conversion is atomic, so sharing is safe.
+    monkeypatch.setenv("ENVHUB_MODELS", str(tmp_path_factory.getbasetemp() / "shared-models"))
     monkeypatch.delenv("ENVHUB_LOCKFILE", raising=False)
     return home

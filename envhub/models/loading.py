@@ -53,10 +53,16 @@ _CACHE_NAME = "SmolLM2-135M-Instruct"
 # Bump when the conversion changes, so stale caches are rebuilt rather than trusted.
 _CONVERSION_VERSION = 1
 _MARKER = "envhub-conversion.json"
+MODELS_ENV = "ENVHUB_MODELS"
 
 
 def models_dir() -> Path:
-    """Folder that holds converted models: ``$ENVHUB_HOME/models`` or ``~/.cache/envhub/models``."""
+    """Folder that holds converted models: ``$ENVHUB_MODELS``, else ``$ENVHUB_HOME/models``, else
+    ``~/.cache/envhub/models``. Homes that point ``ENVHUB_MODELS`` at one folder (CI jobs, a test
+    session's per-test homes) convert the default model once instead of once each."""
+    shared = os.environ.get(MODELS_ENV)
+    if shared:
+        return Path(shared).expanduser()
     home = os.environ.get("ENVHUB_HOME")
     if home:
         return Path(home).expanduser() / "models"

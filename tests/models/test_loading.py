@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +14,19 @@ from envhub.models import loading as models  # noqa: E402
 
 
 def test_models_dir_follows_envhub_home(tmp_path, monkeypatch):
+    monkeypatch.delenv(models.MODELS_ENV, raising=False)  # the test session's shared folder (conftest.py)
     monkeypatch.setenv("ENVHUB_HOME", str(tmp_path))
     assert models.models_dir() == tmp_path / "models"
     assert models.default_model_path(convert=False) == tmp_path / "models" / "SmolLM2-135M-Instruct"
+    monkeypatch.delenv("ENVHUB_HOME")
+    assert models.models_dir() == Path.home() / ".cache" / "envhub" / "models"
+
+
+def test_envhub_models_shares_one_folder_between_homes(tmp_path, monkeypatch):
+    monkeypatch.setenv(models.MODELS_ENV, str(tmp_path / "shared"))
+    for home in ("a", "b"):
+        monkeypatch.setenv("ENVHUB_HOME", str(tmp_path / home))
+        assert models.default_model_path(convert=False) == tmp_path / "shared" / "SmolLM2-135M-Instruct"
 
 
 def test_default_gguf_is_found():
