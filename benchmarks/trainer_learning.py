@@ -7,6 +7,10 @@ task by task).
 
     python benchmarks/trainer_learning.py                    # 2 objectives x 3 seeds, 18 min each
     python benchmarks/trainer_learning.py --minutes 5 --eval-episodes 100 --algos cispo --seeds 0
+    python benchmarks/trainer_learning.py --precisions bf16 --keep  # add bfloat16 runs to the page
+
+``--precisions`` takes the trainer's ``--mixed-precision`` values (``no``: float32, ``bf16``); a
+bf16 run is shown as ``cispo+bf16`` beside the float32 runs of the same seeds and budget.
 
 Each run trains and evaluates in its own process; --parallel runs that many at once, sharing the
 machine's cores between them (2 runs on 2 cores: one torch thread each), and the table says so.
@@ -77,16 +81,22 @@ def evaluate_on_test(model, tokenizer, episodes: int) -> dict:
     }
 
 
-def run_key(algo: str, seed: int) -> str:
-    return f"{algo}/seed{seed}"
+def label(algo: str, precision: str) -> str:
+    """The row's name: the objective, with ``+bf16`` where the run trained in mixed precision."""
+    return algo if precision == "no" else f"{algo}+{precision}"
 
 
-def train_and_evaluate(algo: str, seed: int, *, minutes: float, episodes: int, threads: int, runs: str, lr_decay: str) -> dict:
+def run_key(algo: str, seed: int, precision: str = "no") -> str:
+    return f"{label(algo, precision)}/seed{seed}"
+
+
+def train_and_evaluate(algo: str, seed: int, precision: str, *, minutes: float, episodes: int, threads: int, runs: str, lr_decay: str) -> dict:
     """One benchmark run (in this process): train ``algo`` with ``seed``, evaluate the adapter."""
     torch.set_num_threads(threads)
-    out = Path(runs) / f"bench-learning-{algo}-s{seed}"
+    out = Path(runs) / f"bench-learning-{label(algo, precision)}-s{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    overrides = {**SETTINGS, "lr_decay": lr_decay, "threads": threads, "seed": seed, "output_dir": str(out), "max_train_seconds": minutes * 60, "overwrite": True}
+    overrides = {**SETTINGS, "lr_decay": lr_decay, "threads": threads, "seed": seed, "output_dir": str(out), "max_train_seconds": minutes * 60,
+                 "overwrite": True, "mixed_precision": precision}  # fmt: skip
     config = make_config(algo, envs=[ENV], overrides=overrides)
     t = time.perf_counter()
     result = train(config)
@@ -95,10 +105,11 @@ def train_and_evaluate(algo: str, seed: int, *, minutes: float, episodes: int, t
     from peft import PeftModel
 
     tuned = PeftModel.from_pretrained(base, str(result.adapter_dir))
-    tuned.eval()
+    tuned.eval()  # evaluated in float32 whatever the training precision: the same greedy test for every row
     return {
         "algo": algo,
         "seed": seed,
+        "mixed_precision": precision,
         "threads": threads,
         "train_s": train_s,
         "steps": len(result.metrics),
@@ -108,12 +119,12 @@ def train_and_evaluate(algo: str, seed: int, *, minutes: float, episodes: int, t
     }
 
 
-def run_in_subprocess(algo: str, seed: int, args: argparse.Namespace, threads: int) -> dict:
-    """Run one (algo, seed) in a fresh process, so parallel runs share no interpreter or threads."""
-    flags = ["--one", f"{algo}:{seed}", "--minutes", str(args.minutes), "--eval-episodes", str(args.eval_episodes),
+def run_in_subprocess(algo: str, seed: int, precision: str, args: argparse.Namespace, threads: int) -> dict:
+    """Run one (algo, seed, precision) in a fresh process, so parallel runs share no interpreter or threads."""
+    flags = ["--one", f"{algo}:{seed}:{precision}", "--minutes", str(args.minutes), "--eval-episodes", str(args.eval_episodes),
              "--threads", str(threads), "--runs", args.runs, "--lr-decay", args.lr_decay]  # fmt: skip
-    result_file = Path(args.runs) / f"bench-learning-{algo}-s{seed}.result.json"
-    return run_child(__file__, result_file, flags, label=f"run {run_key(algo, seed)}")
+    result_file = Path(args.runs) / f"bench-learning-{label(algo, precision)}-s{seed}.result.json"
+    return run_child(__file__, result_file, flags, label=f"run {run_key(algo, seed, precision)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=200)
     parser.add_argument("--algos", default="dapo,cispo")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, one run per objective and seed (the evaluation tasks stay the same)")
+    parser.add_argument("--precisions", default="no", help="the trainer's --mixed-precision values to run, comma-separated (no, bf16)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once; the machine's cores are split evenly between them")
     parser.add_argument("--runs", default="runs")
     parser.add_argument(
@@ -131,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", action="store_true", help="reuse the baseline of trainer_learning.json and the results of runs not asked for now"
     )
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # ALGO:SEED, a worker process's one run
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # ALGO:SEED:PRECISION, a worker process's one run
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        algo, _, seed = args.one.partition(":")
-        result = train_and_evaluate(algo, int(seed), minutes=args.minutes, episodes=args.eval_episodes, threads=args.threads, runs=args.runs, lr_decay=args.lr_decay)
+        algo, seed, precision = args.one.split(":")
+        result = train_and_evaluate(algo, int(seed), precision, minutes=args.minutes, episodes=args.eval_episodes, threads=args.threads, runs=args.runs, lr_decay=args.lr_decay)
         Path(args.result_file).write_text(json.dumps(result))
         return 0
 
@@ -145,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, cpus // max(1, args.parallel))
     torch.set_num_threads(cpus)
     # Seed-major, so the first runs to finish cover every objective.
-    planned = [(a, int(s)) for s in args.seeds.split(",") if s for a in args.algos.split(",") if a]
+    planned = [(a, int(s), p) for s in args.seeds.split(",") if s for a in args.algos.split(",") if a for p in args.precisions.split(",") if p]
+    unknown = sorted({p for _, _, p in planned} - {"no", "bf16"})
+    if unknown:
+        parser.error(f"--precisions: {', '.join(unknown)} is not a --mixed-precision value (no, bf16)")
     report: dict = {
         "env": ENV,
         "model": "SmolLM2-135M-Instruct (embedded default)",
@@ -167,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--keep: trainer_learning.json was made with other settings ({', '.join(changed)}); rerun without --keep")
         report["before"], report["started_at"] = old["before"], old["started_at"]
         report["notes"] = old.get("notes", [])  # the author's; review them when a result changes
-        report["results"] = {k: r for k, r in old.get("results", {}).items() if (r["algo"], r["seed"]) not in planned}
+        report["results"] = {k: r for k, r in old.get("results", {}).items() if (r["algo"], r["seed"], r.get("mixed_precision", "no")) not in planned}
     else:
         model, tokenizer = load_policy(device="cpu")
         report["before"] = evaluate_on_test(model, tokenizer, args.eval_episodes)
@@ -176,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"before: {mean_ci(report['before']['rewards'])}", flush=True)
 
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        futures = [pool.submit(run_in_subprocess, algo, seed, args, threads) for algo, seed in planned]
+        futures = [pool.submit(run_in_subprocess, algo, seed, precision, args, threads) for algo, seed, precision in planned]
         for future in futures:  # in submission order; each is written as soon as it is collected
             result = future.result()
-            report["results"][run_key(result["algo"], result["seed"])] = result
-            print(f"{run_key(result['algo'], result['seed'])}: after {mean_ci(result['after']['rewards'])} "
+            key = run_key(result["algo"], result["seed"], result["mixed_precision"])
+            report["results"][key] = result
+            print(f"{key}: after {mean_ci(result['after']['rewards'])} "
                   f"in {result['train_s']:.0f}s, {result['steps']} steps", flush=True)  # fmt: skip
             write(report)
     report["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -225,16 +241,20 @@ def write(report: dict) -> None:
         d, dci = mean_ci([y - x for x, y in zip(before, after)])
         ca, caci = mean_ci(res["after"]["correct"])
         cd, cdci = mean_ci([y - x for x, y in zip(correct_before, res["after"]["correct"])])
-        gains.setdefault(res["algo"], []).append(cd)
+        name = label(res["algo"], res.get("mixed_precision", "no"))
+        gains.setdefault(name, []).append(cd)
         tagged = sum(res["after"]["answer_format"]) / len(after)
         lines.append(
-            f"| {res['algo']} | {res['seed']} | {res['train_s'] / 60:.1f} min | {res['steps']} | {ca:.3f} ± {caci:.3f} | "
+            f"| {name} | {res['seed']} | {res['train_s'] / 60:.1f} min | {res['steps']} | {ca:.3f} ± {caci:.3f} | "
             f"**{cd:+.3f} ± {cdci:.3f}** | {a:.3f} | {d:+.3f} ± {dci:.3f} | {tagged:.0%} | {'met' if cd >= GOAL else 'not met'} |"
         )
     if gains:
         lines += ["", "| objective | runs | mean gain in correct | runs meeting the goal |", "|---|---|---|---|"]
         for algo, ds in gains.items():
             lines.append(f"| {algo} | {len(ds)} | {sum(ds) / len(ds):+.3f} | {sum(d >= GOAL for d in ds)} of {len(ds)} |")
+    if any(res.get("mixed_precision", "no") != "no" for res in report["results"].values()):
+        lines += ["", "`+bf16`: trained with `--mixed-precision bf16` (the sampler's and the loss forward's matmuls in "
+                  "bfloat16, weights, adapter and optimizer in float32), in the same budget; evaluated in float32 like every row."]  # fmt: skip
     lines += [
         "",
         "![reward per step](trainer_learning.png)",
@@ -275,7 +295,9 @@ def plot(report: dict) -> None:
         reward = [m["reward/mean"] for m in res["metrics"]]
         smooth = [sum(reward[max(0, i - window + 1) : i + 1]) / len(reward[max(0, i - window + 1) : i + 1]) for i in range(len(reward))]
         style = ["-", "--", ":", "-."][res["seed"] % 4]
-        ax.plot(steps, smooth, style, color=colors.get(res["algo"]), label=f"{res['algo']} seed {res['seed']}")
+        precision = res.get("mixed_precision", "no")
+        ax.plot(steps, smooth, style, color=colors.get(res["algo"]), alpha=1.0 if precision == "no" else 0.45,
+                label=f"{label(res['algo'], precision)} seed {res['seed']}")  # fmt: skip
     ax.axhline(mean_ci(report["before"]["rewards"])[0], color="grey", ls="--", lw=0.8, label="base model, test (greedy)")
     ax.set_xlabel("step")
     ax.set_ylabel(f"training reward, {window}-step mean (sampled)")
