@@ -16,7 +16,9 @@ Each run trains and evaluates in its own process; --parallel runs that many at o
 machine's cores between them (2 runs on 2 cores: one torch thread each), and the table says so.
 
 Writes benchmarks/trainer_learning.md, benchmarks/trainer_learning.json and
-benchmarks/trainer_learning.png (reward per step); runs go under runs/bench-learning-<algo>-s<seed>/.
+benchmarks/trainer_learning.png (reward per step), or PAGE.* with --page PAGE (a shorter or
+narrower comparison that must not replace the issue's page); runs go under
+runs/bench-learning-<algo>-s<seed>/.
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "--lr-decay", choices=["constant", "linear", "cosine"], default=SETTINGS["lr_decay"],
         help="the learning-rate schedule over each run's budget (default: %(default)s)",
     )
+    parser.add_argument("--page", default="trainer_learning", help="the name of the page's .md, .json and .png under benchmarks/")
     parser.add_argument(
         "--keep", action="store_true", help="reuse the baseline of trainer_learning.json and the results of runs not asked for now"
     )
@@ -172,14 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         "threads_per_run": threads,
         "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "results": {},
+        "page": args.page,
+        "argv": sys.argv[1:] if argv is None else argv,
     }
 
-    previous = HERE / "trainer_learning.json"
+    previous = HERE / f"{args.page}.json"
     if args.keep and previous.is_file():  # same tasks (fixed seeds): the baseline stays valid
         old = json.loads(previous.read_text())
         changed = sorted(k for k in {*old["settings"], *report["settings"]} if old["settings"].get(k) != report["settings"].get(k))
         if changed:  # one page, one set of settings
-            raise SystemExit(f"--keep: trainer_learning.json was made with other settings ({', '.join(changed)}); rerun without --keep")
+            raise SystemExit(f"--keep: {args.page}.json was made with other settings ({', '.join(changed)}); rerun without --keep")
         report["before"], report["started_at"] = old["before"], old["started_at"]
         report["notes"] = old.get("notes", [])  # the author's; review them when a result changes
         report["results"] = {k: r for k, r in old.get("results", {}).items() if (r["algo"], r["seed"], r.get("mixed_precision", "no")) not in planned}
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def command_flags(report: dict) -> str:
     """The options that made this page, where they differ from the defaults."""
+    if "argv" in report:
+        return "".join(f" {a}" for a in report["argv"])
     flags = f" --minutes {report['minutes_per_run']:g}" if report["minutes_per_run"] != DEFAULT_MINUTES else ""
     if report["settings"].get("lr_decay", "constant") != SETTINGS["lr_decay"]:
         flags += f" --lr-decay {report['settings'].get('lr_decay', 'constant')}"
@@ -213,7 +220,8 @@ def command_flags(report: dict) -> str:
 
 
 def write(report: dict) -> None:
-    (HERE / "trainer_learning.json").write_text(json.dumps(report, indent=1))
+    page = report.get("page", "trainer_learning")
+    (HERE / f"{page}.json").write_text(json.dumps(report, indent=1))
     plot(report)
     before = report["before"]["rewards"]
     b, bci = mean_ci(before)
@@ -257,7 +265,7 @@ def write(report: dict) -> None:
                   "bfloat16, weights, adapter and optimizer in float32), in the same budget; evaluated in float32 like every row."]  # fmt: skip
     lines += [
         "",
-        "![reward per step](trainer_learning.png)",
+        f"![reward per step]({page}.png)",
         "",
         "Training settings (plus each objective's paper preset, see `trainers/config.py` ALGO_PRESETS):",
         "",
@@ -269,12 +277,12 @@ def write(report: dict) -> None:
         f"{report['parallel']} run(s) at a time, {report['threads_per_run']} torch thread(s) each; "
         f"1-minute load average at the start {report['machine']['load_at_start']:.2f}"
         + ". Other work on the machine slows the steps and so fits fewer of them in the budget. "
-        "Raw per-episode rewards and per-step metrics: `trainer_learning.json`.",
+        f"Raw per-episode rewards and per-step metrics: `{page}.json`.",
         "",
         *[f"- {note}" for note in report.get("notes", [])],
         "",
     ]
-    (HERE / "trainer_learning.md").write_text("\n".join(lines))
+    (HERE / f"{page}.md").write_text("\n".join(lines))
 
 
 def plot(report: dict) -> None:
@@ -304,7 +312,7 @@ def plot(report: dict) -> None:
     ax.set_title("arithmetic starter, SmolLM2-135M + LoRA, CPU")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / "trainer_learning.png", dpi=110)
+    fig.savefig(HERE / f"{report.get('page', 'trainer_learning')}.png", dpi=110)
     plt.close(fig)
 
 
