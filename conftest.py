@@ -16,8 +16,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 def envhub_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("envhub-home")
     monkeypatch.setenv("ENVHUB_HOME", str(home))
-    # One converted default model for the whole session: per home it cost a conversion (tens of
-    # seconds) and 530 MB each, and a full run filled the disk. Conversion is atomic, so sharing is safe.
+    # One converted default model for the whole session: per home it cost a conversion (up to a minute
+    # on CPU) and 530 MB each, and a full run filled the disk. Conversion is atomic, so sharing is safe.
     monkeypatch.setenv("ENVHUB_MODELS", str(tmp_path_factory.getbasetemp() / "shared-models"))
     monkeypatch.delenv("ENVHUB_LOCKFILE", raising=False)
     return home
