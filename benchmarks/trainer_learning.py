@@ -31,6 +31,7 @@ import platform
 import shutil
 import sys
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,11 +44,14 @@ from trainers.config import DEMO_SETTINGS, make_config  # noqa: E402
 from trainers.grpo import train  # noqa: E402
 from trainers.rollout import heldout_rollouts  # noqa: E402
 from envhub.models.loading import load_policy  # noqa: E402
+from envhub.models.precision import MixedPrecision  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ENV = "arithmetic?level=starter"  # the main job's level
 GOAL = 0.10  # the bar: greedy correctness on the test tasks rises by at least this much (absolute)
 DEFAULT_MINUTES = 18.0  # training budget per run, the issue's
+DEFAULT_PAGE = "trainer_learning"  # the page; --page names another
+PRECISIONS = typing.get_args(MixedPrecision)  # the trainer's --mixed-precision values
 
 # The training settings of this benchmark: the quickstart's (DEMO_SETTINGS), spelled out where
 # they matter for the comparison, plus the run's own (everything else: TrainConfig defaults + preset).
@@ -135,16 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=200)
     parser.add_argument("--algos", default="dapo,cispo")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, one run per objective and seed (the evaluation tasks stay the same)")
-    parser.add_argument("--precisions", default="no", help="the trainer's --mixed-precision values to run, comma-separated (no, bf16)")
+    parser.add_argument("--precisions", default="no", help=f"the trainer's --mixed-precision values to run, comma-separated ({', '.join(PRECISIONS)})")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once; the machine's cores are split evenly between them")
     parser.add_argument("--runs", default="runs")
     parser.add_argument(
         "--lr-decay", choices=["constant", "linear", "cosine"], default=SETTINGS["lr_decay"],
         help="the learning-rate schedule over each run's budget (default: %(default)s)",
     )
-    parser.add_argument("--page", default="trainer_learning", help="the name of the page's .md, .json and .png under benchmarks/")
+    parser.add_argument("--page", default=DEFAULT_PAGE, help="the name of the page's .md, .json and .png under benchmarks/")
     parser.add_argument(
-        "--keep", action="store_true", help="reuse the baseline of trainer_learning.json and the results of runs not asked for now"
+        "--keep", action="store_true", help="reuse the baseline of the page's .json and the results of runs not asked for now"
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # ALGO:SEED:PRECISION, a worker process's one run
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
@@ -161,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cpus)
     # Seed-major, so the first runs to finish cover every objective.
     planned = [(a, int(s), p) for s in args.seeds.split(",") if s for a in args.algos.split(",") if a for p in args.precisions.split(",") if p]
-    unknown = sorted({p for _, _, p in planned} - {"no", "bf16"})
+    unknown = sorted({p for _, _, p in planned} - set(PRECISIONS))
     if unknown:
-        parser.error(f"--precisions: {', '.join(unknown)} is not a --mixed-precision value (no, bf16)")
+        parser.error(f"--precisions: {', '.join(unknown)} is not a --mixed-precision value ({', '.join(PRECISIONS)})")
     report: dict = {
         "env": ENV,
         "model": "SmolLM2-135M-Instruct (embedded default)",
@@ -220,9 +224,9 @@ def command_flags(report: dict) -> str:
 
 
 def write(report: dict) -> None:
-    page = report.get("page", "trainer_learning")
+    page = report.get("page", DEFAULT_PAGE)
     (HERE / f"{page}.json").write_text(json.dumps(report, indent=1))
-    plot(report)
+    plot(report, page)
     before = report["before"]["rewards"]
     b, bci = mean_ci(before)
     correct_before = report["before"]["correct"]
@@ -285,7 +289,7 @@ def write(report: dict) -> None:
     (HERE / f"{page}.md").write_text("\n".join(lines))
 
 
-def plot(report: dict) -> None:
+def plot(report: dict, page: str) -> None:
     try:
         import matplotlib
 
@@ -312,7 +316,7 @@ def plot(report: dict) -> None:
     ax.set_title("arithmetic starter, SmolLM2-135M + LoRA, CPU")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / f"{report.get('page', 'trainer_learning')}.png", dpi=110)
+    fig.savefig(HERE / f"{page}.png", dpi=110)
     plt.close(fig)
 
 
