@@ -8,7 +8,8 @@ backoff; a malformed answer (no JSON, no score, a score outside [0, 1]) is asked
 judge failure is a failure, never a made-up score.
 
 Valid answers are cached on disk by (prompt, model) under ``$ENVHUB_HOME/cache/judge``, so that
-re-scoring the same episode with the same judge costs nothing and gives the same score. Set
+re-scoring the same episode with the same judge costs nothing and gives the same score; identical
+prompts asked at once in one process (a group of identical replies) make one request. Set
 ``ENVHUB_JUDGE_CACHE=0`` to turn the cache off.
 
 :class:`GroupJudge` scores all episodes of a group in one call, relative to each other (the way
@@ -23,7 +24,9 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -258,6 +261,32 @@ def judge_cache_dir() -> Path:
     return envhub_home() / "cache" / "judge"
 
 
+class _OneAtATime:
+    """Per-key locks, dropped when nobody holds or waits: with the cache on, concurrent identical
+    prompts in this process ask the endpoint once and the others read the answer it cached."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._entries: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._entries.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._entries[key]
+
+
+_IN_FLIGHT = _OneAtATime()
+
+
 class JudgeClient:
     """A judge endpoint: sends a judging conversation, validates the answer, caches valid ones.
 
@@ -307,18 +336,26 @@ class JudgeClient:
         return judge_cache_dir() / digest[:2] / f"{digest}.json"
 
     def ask(self, system_prompt: str, prompt: str, parse: Callable[[str], T], schema: dict[str, Any]) -> T:
-        """Send (system, prompt) and return ``parse(answer)``; cached by (prompt, model)."""
+        """Send (system, prompt) and return ``parse(answer)``; cached by (prompt, model).
+
+        With the cache on, identical prompts asked at once in this process make one request."""
+        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
+        path = self._cache_path(messages, schema)
+        if not self.cache:
+            return self._request(messages, path, parse, schema)
+        with _IN_FLIGHT.hold(str(path)):
+            if path.is_file():
+                try:
+                    return parse(json.loads(path.read_text())["answer"])
+                except (OSError, ValueError, KeyError):
+                    pass  # a damaged cache entry: ask again and overwrite it
+            return self._request(messages, path, parse, schema)
+
+    def _request(self, messages: list[dict[str, str]], path: Path, parse: Callable[[str], T], schema: dict[str, Any]) -> T:
         from envhub.http.chat import chat_sync
         from envhub.http.transport import ConnectionPool, run_blocking
         from envhub.identity.artifact import write_atomic
 
-        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
-        path = self._cache_path(messages, schema)
-        if self.cache and path.is_file():
-            try:
-                return parse(json.loads(path.read_text())["answer"])
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged cache entry: ask again and overwrite it
         body: dict[str, Any] = {"model": self.model, "temperature": 0.0, "messages": messages}
         if self.structured:
             body["response_format"] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -69,6 +70,21 @@ def test_judge_scores_and_caches_by_prompt_and_model(judge_server):
     JudgeClient(url, "judge-b").score("Explains clearly.", _episode("Mass attracts mass."))
     JudgeClient(url, "judge-a").score("Explains clearly.", _episode("Things fall."))
     assert len(server.requests) == 3
+
+
+def test_identical_prompts_asked_at_once_make_one_request_and_others_still_go(home):
+    # a group of identical replies is judged at once: the first asks, the rest read its cached answer
+    server = ScriptedEndpoint(grader, latency_s=0.3)
+    with serve_in_thread(server.app) as url, ThreadPoolExecutor(8) as pool:
+        same = list(pool.map(lambda _: JudgeClient(url, "judge-a").score("Clear.", _episode("Mass attracts mass.")), range(8)))
+        assert [s.value for s in same] == [0.75] * 8
+        assert len(server.requests) == 1
+        answers = [f"answer {i}" for i in range(4)]
+        list(pool.map(lambda a: JudgeClient(url, "judge-a").score("Clear.", _episode(a)), answers))
+        assert len(server.requests) == 5  # different prompts are not held back by each other
+        # without the cache nothing is shared: each asks
+        list(pool.map(lambda _: JudgeClient(url, "judge-a", cache=False).score("Clear.", _episode("Mass attracts mass.")), range(3)))
+        assert len(server.requests) == 8
 
 
 def test_judge_retries_transport_faults_and_malformed_answers(judge_server):
