@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from envhub.evaluation import compare_runs  # noqa: E402
 from envhub.evaluation.compare import in_words  # noqa: E402
+from machine import describe as describe_machine, in_words as machine_in_words  # noqa: E402  (beside this script)
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,7 +59,7 @@ def write_report(report: dict) -> None:
         "# The main job: `envhub quickstart` on the embedded defaults",
         "",
         f"Written by `python benchmarks/main_job.py` ({report['started']} to {report['finished']} UTC), one seed",
-        f"after another on {os.cpu_count()} CPU cores (load {report['load_before']} before, {report['load_after']} after).",
+        f"after another on {machine_in_words(report.get('machine', {'cpus': '?'}))}; load {report['load_before']} before, {report['load_after']} after.",
         "Each row is one `python -m envhub quickstart --seed S` (arithmetic starter, SmolLM2-135M-Instruct, CISPO with",
         "DEMO_SETTINGS): 200 held-out test tasks (reset seeds S to S + 199), greedy, the same before and after;",
         "differences are paired task by task with 95% intervals. Wall time is the whole command (model already",
@@ -90,7 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     runs_dir = ROOT / "runs" / "bench-main-job"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    report = {"started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_before": round(os.getloadavg()[0], 1), "runs": []}
+    report = {"started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_before": round(os.getloadavg()[0], 1),
+              "machine": describe_machine(), "runs": []}  # fmt: skip
     for seed in args.seeds:
         report["runs"].append(run_seed(seed, args.minutes, runs_dir / f"seed{seed}"))
         print(f"seed {seed}: {report['runs'][-1]['in_words']}", flush=True)

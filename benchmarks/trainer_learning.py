@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -40,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from child_run import run_child  # noqa: E402  (beside this script)
+from machine import describe as describe_machine, in_words as machine_in_words  # noqa: E402
 from trainers.config import DEMO_SETTINGS, make_config  # noqa: E402
 from trainers.grpo import train  # noqa: E402
 from trainers.rollout import heldout_rollouts  # noqa: E402
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_episodes": args.eval_episodes,
         "minutes_per_run": args.minutes,
         "settings": {**SETTINGS, "lr_decay": args.lr_decay},
-        "machine": {"platform": platform.platform(), "cpus": cpus, "load_at_start": os.getloadavg()[0]},
+        "machine": describe_machine(),
         "parallel": args.parallel,
         "threads_per_run": threads,
         "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -277,7 +277,7 @@ def write(report: dict) -> None:
         json.dumps(report["settings"], indent=1),
         "```",
         "",
-        f"Machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs; "
+        f"Machine: {machine_in_words(report['machine'])}; "
         f"{report['parallel']} run(s) at a time, {report['threads_per_run']} torch thread(s) each; "
         f"1-minute load average at the start {report['machine']['load_at_start']:.2f}"
         + ". Other work on the machine slows the steps and so fits fewer of them in the budget. "

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -40,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import describe as describe_machine, in_words as machine_in_words  # noqa: E402  (beside this script)
 from trainers.config import make_config  # noqa: E402
 from trainers.grpo import plan_groups, train  # noqa: E402
 from envhub.models.loading import default_model_path  # noqa: E402
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
 
     report = {
         "settings": vars(args),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": 2},
+        "machine": {**describe_machine(), "torch_threads": 2},
         "versions": {"torch": torch.__version__, "trl": trl.__version__},
         "started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "runs": {},
@@ -271,7 +271,7 @@ def write(report: dict) -> None:
         "",
         f"`python benchmarks/trainer_vs_trl.py --steps {a['steps']} --prompts {a['prompts']} --group {a['group']} "
         f"--max-new-tokens {a['max_new_tokens']} --order {a['order']} --rounds {a['rounds']}` (started {report['started_at']}; torch {report['versions']['torch']}, "
-        f"trl {report['versions']['trl']}).",
+        f"trl {report['versions']['trl']}). Machine: {machine_in_words(report['machine'])}.",
         "",
         f"SmolLM2-135M-Instruct + LoRA r16/alpha32 on all linear layers, arithmetic easy, {a['prompts']} prompts x "
         f"{a['group']} completions per step, at most {a['max_new_tokens']} new tokens, temperature 1, dapo loss, "
