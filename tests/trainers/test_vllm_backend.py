@@ -19,7 +19,8 @@ peft = pytest.importorskip("peft")
 
 from envhub.errors import ModelLoadError  # noqa: E402
 from envhub.models.loading import default_model_path, load_policy  # noqa: E402
-from envhub.models.vllm_server import VLLM_PYTHON_ENV, LoraSlots, VLLMServer, vllm_status  # noqa: E402
+from envhub.models.precision import cpu_has_bf16  # noqa: E402
+from envhub.models.vllm_server import VLLM_PYTHON_ENV, LoraSlots, VLLMServer, default_dtype, vllm_status  # noqa: E402
 from trainers.generation import VLLMBackend, choose_backend, pick_weight_sync, token_logprobs  # noqa: E402
 
 installed, why = vllm_status()
@@ -92,6 +93,17 @@ def synced(request, server):
     yield policy, tokenizer, backend
     backend.close()
     assert server.proc.poll() is None  # a backend given a server leaves it running for its owner
+
+
+@needs_vllm
+def test_the_server_samples_in_float32_on_a_cpu_without_bfloat16(server):
+    """vLLM's own ``auto`` casts the float32 checkpoint to bfloat16 even where the CPU emulates it
+    (3x slower on an AVX2-only host); the server's default dtype keeps float32 there."""
+    engine = server.log_path.read_text(errors="replace")
+    if cpu_has_bf16():
+        assert default_dtype() == "auto" and "dtype=torch.bfloat16" in engine
+    else:
+        assert default_dtype() == "float32" and "dtype=torch.float32" in engine and "Downcasting" not in engine
 
 
 def test_the_small_default_model_syncs_by_merging():
