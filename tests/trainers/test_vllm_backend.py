@@ -20,7 +20,7 @@ peft = pytest.importorskip("peft")
 from envhub.errors import ModelLoadError  # noqa: E402
 from envhub.models.loading import default_model_path, load_policy  # noqa: E402
 from envhub.models.precision import cpu_has_bf16  # noqa: E402
-from envhub.models.vllm_server import VLLM_PYTHON_ENV, LoraSlots, VLLMServer, default_dtype, vllm_status  # noqa: E402
+from envhub.models.vllm_server import VLLM_PYTHON_ENV, LoraSlots, VLLMServer, cpu_binding, default_dtype, on_cpu, vllm_status  # noqa: E402
 from trainers.generation import VLLMBackend, choose_backend, pick_weight_sync, token_logprobs  # noqa: E402
 
 installed, why = vllm_status()
@@ -104,6 +104,16 @@ def test_the_server_samples_in_float32_on_a_cpu_without_bfloat16(server):
         assert default_dtype() == "auto" and "dtype=torch.bfloat16" in engine
     else:
         assert default_dtype() == "float32" and "dtype=torch.float32" in engine and "Downcasting" not in engine
+
+
+@needs_vllm
+def test_a_cpu_server_samples_on_every_core(server):
+    """vLLM alone would keep one core for its front end (on 2 cores, one engine thread)."""
+    if not on_cpu():
+        pytest.skip("a GPU server binds no CPU cores")
+    cores = sorted(os.sched_getaffinity(0))
+    assert f"core ids={cores}" in server.log_path.read_text(errors="replace")
+    assert cpu_binding(1)["VLLM_CPU_OMP_THREADS_BIND"] == f"{cores[0]}-{cores[0]}"
 
 
 def test_the_small_default_model_syncs_by_merging():
