@@ -137,9 +137,10 @@ class VLLMServer:
     ``served_name`` is the model name requests use for the base weights; LoRA adapters are served
     under their own names (``adapters`` at start, :meth:`load_adapter` later). ``kv_cache_gib``
     bounds the KV cache on CPU (``VLLM_CPU_KVCACHE_SPACE``); on a GPU ``gpu_memory_utilization``
-    does. ``dtype`` defaults to :func:`default_dtype`; on CPU the engine gets every core, or the first
-    ``threads`` (:func:`cpu_binding`). ``weight_pushes`` turns on vLLM's development endpoints, which :meth:`reload_weights`
-    needs (they execute engine methods by name: only for a server this process owns).
+    does. ``dtype`` defaults to :func:`default_dtype`; on CPU the engine gets every core, or the
+    first ``threads`` (:func:`cpu_binding`). ``weight_pushes`` turns on vLLM's development
+    endpoints, which :meth:`reload_weights` needs (they execute engine methods by name: only for a
+    server this process owns).
     ``enforce_eager`` (default: on without an NVIDIA GPU) skips graph compilation, which on CPU
     costs minutes at start and gains nothing measurable for a small model. Raises :class:`~envhub.errors.ModelLoadError` when vLLM's environment is missing (naming
     ``make vllm``) or when the server exits or stays silent while starting (with its log's end).

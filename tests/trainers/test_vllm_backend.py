@@ -100,7 +100,7 @@ def test_the_server_samples_in_float32_on_a_cpu_without_bfloat16(server):
     """vLLM's own ``auto`` casts the float32 checkpoint to bfloat16 even where the CPU emulates it
     (3x slower on an AVX2-only host); the server's default dtype keeps float32 there."""
     engine = server.log_path.read_text(errors="replace")
-    if cpu_has_bf16():
+    if not on_cpu() or cpu_has_bf16():  # a GPU, or a CPU with bfloat16 instructions: vLLM's choice
         assert default_dtype() == "auto" and "dtype=torch.bfloat16" in engine
     else:
         assert default_dtype() == "float32" and "dtype=torch.float32" in engine and "Downcasting" not in engine
