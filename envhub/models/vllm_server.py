@@ -38,6 +38,7 @@ __all__ = [
     "VLLM_PYTHON_ENV",
     "VLLMServer",
     "cpu_binding",
+    "cpu_scheduling",
     "default_dtype",
     "on_cpu",
     "vllm_python",
@@ -117,6 +118,17 @@ def cpu_binding(threads: int | None = None) -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
+def cpu_scheduling(max_model_len: int) -> list[str]:
+    """The scheduler flags a CPU server gets: every prompt prefilled whole, never in chunks.
+
+    vLLM splits a prefill that overruns a step's token budget (2048 on CPU) across steps, and for a
+    seeded request it then rewinds the request's random generator, which a CPU generator cannot
+    do: the engine dies (``CPU Generator does not use offset``) and every request gets HTTP 500. A
+    GRPO group is one seeded request with ``n`` samples, so 64 samples of a 110-token prompt were
+    enough. Unchunked, a step's budget must hold the longest prompt: ``max_model_len`` tokens."""
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048))]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,7 +154,8 @@ class VLLMServer:
     endpoints, which :meth:`reload_weights` needs (they execute engine methods by name: only for a
     server this process owns).
     ``enforce_eager`` (default: on without an NVIDIA GPU) skips graph compilation, which on CPU
-    costs minutes at start and gains nothing measurable for a small model. Raises :class:`~envhub.errors.ModelLoadError` when vLLM's environment is missing (naming
+    costs minutes at start and gains nothing measurable for a small model; a CPU server prefills
+    prompts whole (:func:`cpu_scheduling`). ``extra_args`` go last, so they override any of these. Raises :class:`~envhub.errors.ModelLoadError` when vLLM's environment is missing (naming
     ``make vllm``) or when the server exits or stays silent while starting (with its log's end).
     """
 
@@ -192,7 +205,9 @@ class VLLMServer:
             enforce_eager = on_cpu()
         if enforce_eager:
             cmd.append("--enforce-eager")
-        cmd += list(extra_args)
+        if on_cpu():
+            cmd += cpu_scheduling(max_model_len)
+        cmd += list(extra_args)  # last, so that they win
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env.update(
             VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",  # /v1/load_lora_adapter and /v1/unload_lora_adapter

@@ -116,6 +116,23 @@ def test_a_cpu_server_samples_on_every_core(server):
     assert cpu_binding(1)["VLLM_CPU_OMP_THREADS_BIND"] == f"{cores[0]}-{cores[0]}"
 
 
+@needs_vllm
+def test_a_group_whose_prefill_overruns_a_step_samples(synced):
+    """A GRPO group is one seeded request with n samples. 64 of a 110-token prompt overrun a step's
+    prefill budget; chunking it killed the CPU engine (it cannot rewind a seeded CPU generator), and
+    with it every request after. The CPU server prefills whole prompts instead."""
+    policy, tokenizer, backend = synced
+    question = "Add these numbers and give only the sum: " + " + ".join(str(n) for n in range(11, 41))
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    assert 64 * len(prompt) > 2048, "the group must overrun the CPU server's prefill budget"
+    group = backend.generate([prompt] * 64, seed=3, max_new_tokens=4)
+    assert len(group) == 64 and all(c.token_ids for c in group)
+    assert len({tuple(c.token_ids) for c in group}) > 1  # n samples, not one repeated
+    assert backend.server.proc.poll() is None
+
+
 def test_the_small_default_model_syncs_by_merging():
     model, _ = load_policy(device="cpu")
     assert pick_weight_sync(model) == "merged"
