@@ -117,19 +117,23 @@ def test_a_cpu_server_samples_on_every_core(server):
 
 
 @needs_vllm
-def test_a_group_whose_prefill_overruns_a_step_samples(synced):
-    """A GRPO group is one seeded request with n samples. 64 of a 110-token prompt overrun a step's
-    prefill budget; chunking it killed the CPU engine (it cannot rewind a seeded CPU generator), and
-    with it every request after. The CPU server prefills whole prompts instead."""
+def test_groups_whose_prefill_overruns_a_step_sample(synced):
+    """A GRPO group is one seeded request with n samples, and a step's groups go at once. Their
+    prompts overrun a step's prefill budget (2048 tokens on CPU); chunking one killed the CPU
+    engine (it cannot rewind a seeded CPU generator), and with it every request after. The CPU
+    server prefills whole prompts instead."""
     policy, tokenizer, backend = synced
-    question = "Add these numbers and give only the sum: " + " + ".join(str(n) for n in range(11, 41))
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=True
-    )["input_ids"]
-    assert 64 * len(prompt) > 2048, "the group must overrun the CPU server's prefill budget"
-    group = backend.generate([prompt] * 64, seed=3, max_new_tokens=4)
-    assert len(group) == 64 and all(c.token_ids for c in group)
-    assert len({tuple(c.token_ids) for c in group}) > 1  # n samples, not one repeated
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Add, then give the sum: {' + '.join(str(k * n) for n in range(3, 40))}"}],
+            add_generation_prompt=True, tokenize=True, return_dict=True,
+        )["input_ids"]
+        for k in range(1, 25)
+    ]  # fmt: skip
+    assert sum(map(len, prompts)) > 2 * 2048, "the step must overrun the CPU server's prefill budget"
+    groups = backend.generate([p for p in prompts for _ in range(4)], seed=3, max_new_tokens=4)
+    assert len(groups) == 96 and all(c.token_ids for c in groups)
+    assert len({tuple(c.token_ids) for c in groups}) > 24  # n samples of each, not one repeated
     assert backend.server.proc.poll() is None
 
 
