@@ -21,7 +21,7 @@ from envhub.errors import ModelLoadError  # noqa: E402
 from envhub.models.loading import default_model_path, load_policy  # noqa: E402
 from envhub.models.precision import cpu_has_bf16  # noqa: E402
 from envhub.models.vllm_server import VLLM_PYTHON_ENV, LoraSlots, VLLMServer, cpu_binding, default_dtype, on_cpu, vllm_status  # noqa: E402
-from trainers.generation import VLLMBackend, choose_backend, pick_weight_sync, token_logprobs  # noqa: E402
+from trainers.generation import VLLMBackend, choose_backend, pick_weight_sync, sync_scratch_root, token_logprobs  # noqa: E402
 
 installed, why = vllm_status()
 needs_vllm = pytest.mark.skipif(not installed and not os.environ.get("CI"), reason=why)
@@ -154,6 +154,20 @@ def _greedy_gap(policy, prompt: list[int], ids: list[int]) -> float:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_merged_pushes_go_through_memory_when_they_fit(tmp_path, monkeypatch):
+    """Merged weights are written to tmpfs for the engine to reload (half the save time of a disk)
+    only where four copies fit; otherwise, and for adapters, to the system's temporary folder."""
+    model, _ = load_policy(device="cpu")
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    assert sync_scratch_root(model, "merged", shm=str(shm)) == str(shm)
+    assert sync_scratch_root(model, "adapter", shm=str(shm)) is None
+    assert sync_scratch_root(model, "merged", shm=str(tmp_path / "absent")) is None
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    monkeypatch.setattr(os, "statvfs", lambda _path: type("Fs", (), {"f_bavail": 3 * size // 4096, "f_frsize": 4096})())
+    assert sync_scratch_root(model, "merged", shm=str(shm)) is None
 
 
 @needs_vllm
