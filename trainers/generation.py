@@ -260,10 +260,10 @@ def sync_scratch_root(model: Any, weight_sync: str, shm: str = SHARED_MEMORY) ->
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     size = sum(p.numel() * p.element_size() for p in base.parameters())
     try:
-        free = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize
+        fs = os.statvfs(shm)
     except OSError:
         return None
-    return shm if free > 4 * size else None
+    return shm if fs.f_bavail * fs.f_frsize > 4 * size else None
 
 
 def pick_weight_sync(model: Any) -> str:

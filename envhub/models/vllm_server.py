@@ -155,7 +155,8 @@ class VLLMServer:
     server this process owns).
     ``enforce_eager`` (default: on without an NVIDIA GPU) skips graph compilation, which on CPU
     costs minutes at start and gains nothing measurable for a small model; a CPU server prefills
-    prompts whole (:func:`cpu_scheduling`). ``extra_args`` go last, so they override any of these. Raises :class:`~envhub.errors.ModelLoadError` when vLLM's environment is missing (naming
+    prompts whole (:func:`cpu_scheduling`). ``extra_args`` go last, so they override any of these.
+    Raises :class:`~envhub.errors.ModelLoadError` when vLLM's environment is missing (naming
     ``make vllm``) or when the server exits or stays silent while starting (with its log's end).
     """
 
